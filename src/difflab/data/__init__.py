@@ -1,0 +1,1 @@
+"""Datasets: toy data with exact denoisers, and Lightning datamodules."""

@@ -1,0 +1,341 @@
+"""Noise schedules: the forward marginal ``x_t = alpha(t) x0 + sigma(t) eps``.
+
+Time runs over [0, 1] with ``t = 0`` data and ``t = 1`` noise (the prior). A schedule is a
+small value object: a subclass defines ``alpha`` and ``sigma`` only, and everything else follows
+(Kingma et al. 2021, "Variational Diffusion Models"; Song et al. 2021, "Score-Based Generative
+Modeling through SDEs"):
+
+    f(t)      = d log alpha / dt                          drift of the linear SDE dx = f x dt + g dW
+    g2(t)     = d sigma^2 / dt - 2 sigma^2 f(t)           squared diffusion coefficient
+    log_snr(t) = log(alpha^2 / sigma^2)                   strictly decreasing in t
+
+Closed forms override the autograd defaults where they exist; tests compare the two.
+``t_min`` and ``t_max`` bound the interval solvers integrate over: every quantity above is
+finite on it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+SCHEDULES = ("vp_linear", "vp_cosine", "ve", "flow")
+
+
+def _time_derivative(fn, t: Tensor) -> Tensor:
+    """Elementwise d fn(t) / dt by autograd (fn acts elementwise, so the gradient of the sum is it)."""
+    with torch.enable_grad():
+        tt = t.detach().clone().requires_grad_(True)
+        (dy,) = torch.autograd.grad(fn(tt).sum(), tt)
+    return dy
+
+
+class Schedule:
+    """Base class. ``x_t = alpha(t) x0 + sigma(t) eps``; t = 0 is data, t = 1 is noise.
+
+    Subclasses define ``alpha(t)`` and ``sigma(t)`` (elementwise on a float tensor of any shape);
+    ``d_alpha``, ``d_sigma``, ``f``, ``g2``, ``log_snr`` and ``t_from_log_snr`` follow.
+    """
+
+    name = "custom"
+    t_min: float = 1e-3
+    t_max: float = 1.0
+
+    def __init__(self, t_min: float | None = None, t_max: float | None = None):
+        if t_min is not None:
+            self.t_min = float(t_min)
+        if t_max is not None:
+            self.t_max = float(t_max)
+        _check_interval(self.t_min, self.t_max)
+
+    # -- the two defining functions -------------------------------------------------------------
+    def alpha(self, t: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def sigma(self, t: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    # -- derived quantities (autograd defaults; closed forms override) --------------------------
+    def d_alpha(self, t: Tensor) -> Tensor:
+        """d alpha / dt."""
+        return _time_derivative(self.alpha, t)
+
+    def d_sigma(self, t: Tensor) -> Tensor:
+        """d sigma / dt."""
+        return _time_derivative(self.sigma, t)
+
+    def f(self, t: Tensor) -> Tensor:
+        """Drift coefficient ``f(t) = d log alpha / dt``."""
+        return self.d_alpha(t) / self.alpha(t)
+
+    def g2(self, t: Tensor) -> Tensor:
+        """Squared diffusion coefficient ``g(t)^2 = d sigma^2/dt - 2 sigma^2 f(t)``."""
+        sigma = self.sigma(t)
+        return 2 * sigma * self.d_sigma(t) - 2 * sigma**2 * self.f(t)
+
+    def log_snr(self, t: Tensor) -> Tensor:
+        """``lambda(t) = log(alpha^2 / sigma^2)``, strictly decreasing in t."""
+        return 2 * (torch.log(self.alpha(t)) - torch.log(self.sigma(t)))
+
+    def t_from_log_snr(self, lam: Tensor) -> Tensor:
+        """Inverse of ``log_snr`` (generic: bisection on [0, 1] in float64, 64 halvings)."""
+        lam64 = lam.detach().to(torch.float64)
+        lo = torch.zeros_like(lam64)
+        hi = torch.ones_like(lam64)
+        for _ in range(64):
+            mid = (lo + hi) / 2
+            too_early = self.log_snr(mid) > lam64  # log_snr decreases: the root lies later
+            lo = torch.where(too_early, mid, lo)
+            hi = torch.where(too_early, hi, mid)
+        return ((lo + hi) / 2).to(lam.dtype if lam.is_floating_point() else torch.get_default_dtype())
+
+    # -- conveniences ---------------------------------------------------------------------------
+    def sigma_over_alpha(self, t: Tensor) -> Tensor:
+        """The EDM/VE noise level ``sigma / alpha = exp(-log_snr / 2)``."""
+        return torch.exp(-self.log_snr(t) / 2)
+
+    def params(self) -> dict:
+        """Plain-dict description: ``get_schedule(**s.params())`` rebuilds the schedule."""
+        return {"name": self.name, "t_min": self.t_min, "t_max": self.t_max}
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.params().items() if k != "name")
+        return f"{type(self).__name__}({args})"
+
+
+class VPLinear(Schedule):
+    """Variance-preserving SDE with linear beta (DDPM's 1e-4..0.02 over 1000 steps, continuous).
+
+    beta(t) = beta_min + t (beta_max - beta_min),  B(t) = int_0^t beta = -2 log alpha(t),
+    alpha = exp(-B/2), sigma = sqrt(1 - alpha^2); f = -beta/2, g2 = beta. t = 0 data, t = 1 noise.
+    t_min = 1e-3 as in Song et al. (2021).
+    """
+
+    name = "vp_linear"
+    t_min = 1e-3
+    t_max = 1.0
+
+    def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, **interval):
+        _check_positive(beta_min=beta_min, beta_max=beta_max)
+        if not beta_min < beta_max:
+            raise ValueError(f"vp_linear: beta_min={beta_min} must be below beta_max={beta_max}")
+        self.beta_min, self.beta_max = float(beta_min), float(beta_max)
+        super().__init__(**interval)
+
+    def beta(self, t: Tensor) -> Tensor:
+        return self.beta_min + t * (self.beta_max - self.beta_min)
+
+    def _B(self, t: Tensor) -> Tensor:
+        return self.beta_min * t + 0.5 * (self.beta_max - self.beta_min) * t**2
+
+    def alpha(self, t):
+        return torch.exp(-0.5 * self._B(t))
+
+    def sigma(self, t):
+        return torch.sqrt(-torch.expm1(-self._B(t)))
+
+    def d_alpha(self, t):
+        return -0.5 * self.beta(t) * self.alpha(t)
+
+    def d_sigma(self, t):
+        return 0.5 * self.beta(t) * torch.exp(-self._B(t)) / self.sigma(t)
+
+    def f(self, t):
+        return -0.5 * self.beta(t)
+
+    def g2(self, t):
+        return self.beta(t)
+
+    def log_snr(self, t):
+        return -torch.log(torch.expm1(self._B(t)))
+
+    def t_from_log_snr(self, lam):
+        B = torch.nn.functional.softplus(-lam)  # B = log(1 + e^-lam)
+        d = self.beta_max - self.beta_min
+        return 2 * B / (self.beta_min + torch.sqrt(self.beta_min**2 + 2 * d * B))
+
+    def params(self):
+        return {**super().params(), "beta_min": self.beta_min, "beta_max": self.beta_max}
+
+
+class VPCosine(Schedule):
+    """Variance-preserving cosine schedule (Nichol & Dhariwal 2021, iDDPM).
+
+    alpha(t) = cos(theta(t)) / cos(theta(0)),  theta(t) = pi/2 (t + s) / (1 + s),
+    sigma = sqrt(1 - alpha^2); f = -pi/(2(1+s)) tan(theta), g2 = -2 f. t = 0 data, t = 1 noise.
+    alpha reaches 0 at t = 1 (iDDPM clips beta at 0.999); t_max = 0.9946 as in DPM-Solver keeps
+    log alpha, f and g2 finite.
+    """
+
+    name = "vp_cosine"
+    t_min = 1e-3
+    t_max = 0.9946
+
+    def __init__(self, s: float = 0.008, **interval):
+        if not (math.isfinite(s) and s >= 0):
+            raise ValueError(f"vp_cosine: s={s} must be a finite number >= 0")
+        self.s = float(s)
+        self._theta0 = math.pi / 2 * self.s / (1 + self.s)
+        super().__init__(**interval)
+
+    def _theta(self, t):
+        return math.pi / 2 * (t + self.s) / (1 + self.s)
+
+    def alpha(self, t):
+        return torch.cos(self._theta(t)) / math.cos(self._theta0)
+
+    def sigma(self, t):
+        return torch.sqrt(-torch.expm1(2 * torch.log(self.alpha(t))))
+
+    def d_alpha(self, t):
+        return -math.pi / (2 * (1 + self.s)) * torch.sin(self._theta(t)) / math.cos(self._theta0)
+
+    def d_sigma(self, t):
+        return -self.alpha(t) * self.d_alpha(t) / self.sigma(t)
+
+    def f(self, t):
+        return -math.pi / (2 * (1 + self.s)) * torch.tan(self._theta(t))
+
+    def g2(self, t):
+        return -2 * self.f(t)
+
+    def log_snr(self, t):
+        log_alpha2 = 2 * torch.log(self.alpha(t))
+        return log_alpha2 - torch.log(-torch.expm1(log_alpha2))
+
+    def t_from_log_snr(self, lam):
+        alpha = torch.sqrt(torch.sigmoid(lam))  # alpha^2 = sigmoid(lambda) for VP
+        theta = torch.arccos(alpha * math.cos(self._theta0))
+        return theta * 2 * (1 + self.s) / math.pi - self.s
+
+    def params(self):
+        return {**super().params(), "s": self.s}
+
+
+class VE(Schedule):
+    """Variance-exploding schedule (Song & Ermon 2019; Song et al. 2021).
+
+    alpha = 1, sigma(t) = sigma_min (sigma_max / sigma_min)^t (geometric); f = 0,
+    g2 = 2 sigma^2 log(sigma_max / sigma_min). t = 0 data, t = 1 noise; sigma(0) = sigma_min > 0.
+    """
+
+    name = "ve"
+    t_min = 0.0
+    t_max = 1.0
+
+    def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0, **interval):
+        _check_positive(sigma_min=sigma_min, sigma_max=sigma_max)
+        if not sigma_min < sigma_max:
+            raise ValueError(f"ve: sigma_min={sigma_min} must be below sigma_max={sigma_max}")
+        self.sigma_min, self.sigma_max = float(sigma_min), float(sigma_max)
+        self._log_ratio = math.log(self.sigma_max / self.sigma_min)
+        super().__init__(**interval)
+
+    def alpha(self, t):
+        return torch.ones_like(t)
+
+    def sigma(self, t):
+        return self.sigma_min * torch.exp(t * self._log_ratio)
+
+    def d_alpha(self, t):
+        return torch.zeros_like(t)
+
+    def d_sigma(self, t):
+        return self.sigma(t) * self._log_ratio
+
+    def f(self, t):
+        return torch.zeros_like(t)
+
+    def g2(self, t):
+        return 2 * self.sigma(t) ** 2 * self._log_ratio
+
+    def log_snr(self, t):
+        return -2 * (math.log(self.sigma_min) + t * self._log_ratio)
+
+    def t_from_log_snr(self, lam):
+        return (-lam / 2 - math.log(self.sigma_min)) / self._log_ratio
+
+    def params(self):
+        return {**super().params(), "sigma_min": self.sigma_min, "sigma_max": self.sigma_max}
+
+
+class Flow(Schedule):
+    """Flow matching / rectified flow seen as a diffusion (Liu et al. 2022; Lipman et al. 2022).
+
+    alpha = 1 - t, sigma = t; f = -1/(1 - t), g2 = 2t / (1 - t). t = 0 data, t = 1 noise
+    (flow_matching and torchcfm run time the other way). f and g2 diverge at t = 1, so
+    t_max = 1 - 1e-3; the PF-ODE drift (x - D)/t itself stays finite there.
+    """
+
+    name = "flow"
+    t_min = 1e-3
+    t_max = 1.0 - 1e-3
+
+    def alpha(self, t):
+        return 1 - t
+
+    def sigma(self, t):
+        return t.clone() if isinstance(t, Tensor) else t
+
+    def d_alpha(self, t):
+        return -torch.ones_like(t)
+
+    def d_sigma(self, t):
+        return torch.ones_like(t)
+
+    def f(self, t):
+        return -1 / (1 - t)
+
+    def g2(self, t):
+        return 2 * t / (1 - t)
+
+    def log_snr(self, t):
+        return 2 * (torch.log1p(-t) - torch.log(t))
+
+    def t_from_log_snr(self, lam):
+        return torch.sigmoid(-lam / 2)
+
+
+_REGISTRY: dict[str, type[Schedule]] = {"vp_linear": VPLinear, "vp_cosine": VPCosine, "ve": VE, "flow": Flow}
+
+
+def get_schedule(name: str, **params) -> Schedule:
+    """Build a schedule by name: one of ``SCHEDULES``. Unknown names/parameters raise ``ValueError``."""
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown schedule {name!r}; valid schedules: {', '.join(SCHEDULES)}")
+    cls = _REGISTRY[name]
+    allowed = _allowed_params(cls)
+    for key, value in params.items():
+        if key not in allowed:
+            raise ValueError(
+                f"unknown parameter {key!r} for schedule {name!r}; allowed: {', '.join(sorted(allowed))}"
+            )
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+            raise ValueError(f"schedule {name!r}: parameter {key}={value!r} must be a finite number")
+    return cls(**params)
+
+
+def _allowed_params(cls: type[Schedule]) -> set[str]:
+    import inspect
+
+    names = {"t_min", "t_max"}
+    for klass in cls.__mro__:
+        if "__init__" in vars(klass):
+            sig = inspect.signature(klass.__init__)
+            names |= {
+                p for p, v in sig.parameters.items() if p != "self" and v.kind is v.POSITIONAL_OR_KEYWORD
+            }
+    return names
+
+
+def _check_positive(**values):
+    for key, value in values.items():
+        if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+            raise ValueError(f"{key}={value!r} must be a finite number > 0")
+
+
+def _check_interval(t_min: float, t_max: float):
+    if not (math.isfinite(t_min) and math.isfinite(t_max) and 0.0 <= t_min < t_max <= 1.0):
+        raise ValueError(f"t_min={t_min}, t_max={t_max}: need 0 <= t_min < t_max <= 1")
