@@ -4,6 +4,7 @@ SHELL := /bin/bash
 
 UV ?= uv
 RUN := $(UV) run --frozen
+PY_DIRS := $(wildcard src tests pipeline bench)
 EXPERIMENT ?=
 # Tracking stays on this machine unless the user says otherwise (WANDB_MODE=online).
 export WANDB_MODE ?= offline
@@ -28,12 +29,12 @@ help:  ## list the targets
 setup: .venv/.synced  ## install everything (uv, then the locked environment); quick when nothing changed
 
 lint: setup  ## ruff check + format check
-	$(RUN) ruff check src tests pipeline bench
-	$(RUN) ruff format --check src tests pipeline bench
+	$(RUN) ruff check $(PY_DIRS)
+	$(RUN) ruff format --check $(PY_DIRS)
 
 format: setup  ## apply ruff fixes and formatting
-	$(RUN) ruff check --fix src tests pipeline bench
-	$(RUN) ruff format src tests pipeline bench
+	$(RUN) ruff check --fix $(PY_DIRS)
+	$(RUN) ruff format $(PY_DIRS)
 
 spec-check: setup  ## names and outputs promised by ../shared/SPEC.md
 	@if [ -f ../shared/tools/spec_check.py ]; then $(RUN) python ../shared/tools/spec_check.py; \
