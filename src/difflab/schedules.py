@@ -28,8 +28,11 @@ def _time_derivative(fn, t: Tensor) -> Tensor:
     """Elementwise d fn(t) / dt by autograd (fn acts elementwise, so the gradient of the sum is it)."""
     with torch.enable_grad():
         tt = t.detach().clone().requires_grad_(True)
-        (dy,) = torch.autograd.grad(fn(tt).sum(), tt)
-    return dy
+        y = fn(tt)
+        if not y.requires_grad:  # fn does not depend on t (e.g. VE's alpha = ones_like(t))
+            return torch.zeros_like(t)
+        (dy,) = torch.autograd.grad(y.sum(), tt, allow_unused=True)
+    return torch.zeros_like(t) if dy is None else dy
 
 
 class Schedule:

@@ -82,3 +82,135 @@ class GaussianMixture:
             return (r[:, :, None] * post).sum(1).reshape(shape).to(dtype)
 
         return D
+
+
+def ring_mixture(k: int = 8, radius: float = math.sqrt(2.0), std: float = 0.1) -> GaussianMixture:
+    """``k`` equal-weight Gaussians of std ``std`` on a circle of radius ``radius`` in 2-D.
+
+    The default radius sqrt(2) gives each coordinate variance ``1 + std^2``; k = 8 is the
+    "8 Gaussians" toy set (``sample_toy("gaussian_mixture", ...)``), with an exact denoiser.
+    """
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"ring_mixture: k={k!r} must be an integer >= 1")
+    if not (math.isfinite(radius) and radius >= 0):
+        raise ValueError(f"ring_mixture: radius={radius!r} must be a finite number >= 0")
+    angle = 2 * math.pi * torch.arange(k, dtype=torch.float64) / k
+    return GaussianMixture(radius * torch.stack([angle.cos(), angle.sin()], 1), std)
+
+
+def small_mixture(dim: int = 2) -> GaussianMixture:
+    """A small, fixed, deliberately uneven mixture in ``dim`` dimensions for tests: three
+    components with weights (0.5, 0.3, 0.2), stds (0.3, 0.5, 0.2) and means at unit scale."""
+    if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
+        raise ValueError(f"small_mixture: dim={dim!r} must be an integer >= 1")
+    k, j = torch.arange(3, dtype=torch.float64)[:, None], torch.arange(dim, dtype=torch.float64)[None]
+    means = 1.2 * torch.cos(2.1 * k + 1.3 * j + 0.4)  # [3, dim]
+    return GaussianMixture(means, torch.tensor([0.3, 0.5, 0.2]), torch.tensor([0.5, 0.3, 0.2]))
+
+
+# -- 2-D toy sets (the usual ones from FFJORD / scikit-learn, written in torch so that a
+# generator controls them). Each is centred and scaled to about unit variance per coordinate;
+# ``noise`` is the std of isotropic Gaussian noise added in those final units. -------------------
+
+
+def _check_n(n) -> None:
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"n={n!r} must be an integer >= 1")
+
+
+def _check_noise(noise) -> None:
+    if (
+        isinstance(noise, bool)
+        or not isinstance(noise, (int, float))
+        or not (math.isfinite(noise) and noise >= 0)
+    ):
+        raise ValueError(f"noise={noise!r} must be a finite number >= 0")
+
+
+def _add_noise(x: Tensor, noise: float, generator) -> Tensor:
+    if noise == 0:
+        return x
+    return x + noise * torch.randn(x.shape, dtype=x.dtype, generator=generator)
+
+
+def moons(n: int, generator: torch.Generator | None = None, noise: float = 0.05) -> Tensor:
+    """Two interleaving half circles (scikit-learn's ``make_moons``), ``[n, 2]`` float64.
+
+    Outer: (cos th, sin th), inner: (1 - cos th, 1/2 - sin th), th ~ U[0, pi]; centred at
+    (1/2, 1/4) and divided by the RMS spread sqrt((3/4 + 5/8 - 1/pi - 1/16) / 2) ~ 0.705.
+    """
+    _check_n(n), _check_noise(noise)
+    theta = math.pi * torch.rand(n, dtype=torch.float64, generator=generator)
+    inner = torch.arange(n) % 2 == 1
+    x = torch.where(inner, 1 - theta.cos(), theta.cos())
+    y = torch.where(inner, 0.5 - theta.sin(), theta.sin())
+    scale = math.sqrt((0.75 + 0.625 - 1 / math.pi - 0.0625) / 2)
+    return _add_noise(
+        (torch.stack([x, y], 1) - torch.tensor([0.5, 0.25], dtype=torch.float64)) / scale, noise, generator
+    )
+
+
+def rings(n: int, generator: torch.Generator | None = None, noise: float = 0.05) -> Tensor:
+    """Two concentric circles, radii r and r/2 (``make_circles(factor=0.5)``), half the points
+    on each; r = 1/sqrt(5/16) ~ 1.79 gives unit variance per coordinate. ``[n, 2]`` float64."""
+    _check_n(n), _check_noise(noise)
+    theta = 2 * math.pi * torch.rand(n, dtype=torch.float64, generator=generator)
+    radius = torch.where(torch.arange(n) % 2 == 1, 0.5, 1.0).to(torch.float64) / math.sqrt(5 / 16)
+    return _add_noise(radius[:, None] * torch.stack([theta.cos(), theta.sin()], 1), noise, generator)
+
+
+def checkerboard(n: int, generator: torch.Generator | None = None, noise: float = 0.0) -> Tensor:
+    """Uniform on the 8 "black" cells of a 4 x 4 checkerboard over [-2, 2]^2 (cells where
+    floor(x) + floor(y) is even), divided by 2/sqrt(3) (unit variance). ``[n, 2]`` float64."""
+    _check_n(n), _check_noise(noise)
+    x = 4 * torch.rand(n, dtype=torch.float64, generator=generator) - 2
+    row = torch.randint(0, 2, (n,), generator=generator)  # which of the two black cells in x's column
+    y_cell = 2 * row - 2 + (torch.floor(x).long() % 2)  # in {-2, -1, 0, 1}, parity matching x's cell
+    y = y_cell + torch.rand(n, dtype=torch.float64, generator=generator)
+    return _add_noise(torch.stack([x, y], 1) / (2 / math.sqrt(3)), noise, generator)
+
+
+def swiss_roll(n: int, generator: torch.Generator | None = None, noise: float = 0.05) -> Tensor:
+    """2-D Swiss roll (``make_swiss_roll``'s (x, z) plane): (t cos t, t sin t), t ~ U[3pi/2, 9pi/2];
+    centred at its mean (2, 2/(3pi)) and divided by its RMS spread ~ 6.79. ``[n, 2]`` float64."""
+    _check_n(n), _check_noise(noise)
+    a, b = 1.5 * math.pi, 4.5 * math.pi
+    t = a + (b - a) * torch.rand(n, dtype=torch.float64, generator=generator)
+    mean = torch.tensor([2.0, 2 / (3 * math.pi)], dtype=torch.float64)
+    mean_t2 = (b**3 - a**3) / (3 * (b - a))
+    scale = math.sqrt((mean_t2 - (mean**2).sum().item()) / 2)
+    return _add_noise((torch.stack([t * t.cos(), t * t.sin()], 1) - mean) / scale, noise, generator)
+
+
+def gaussian_mixture(n: int, generator: torch.Generator | None = None, noise: float = 0.1) -> Tensor:
+    """8 Gaussians of std ``noise`` on a circle of radius sqrt(2) (``ring_mixture``). ``[n, 2]`` float64."""
+    _check_n(n), _check_noise(noise)
+    if noise == 0:
+        raise ValueError("gaussian_mixture: noise is the components' std and must be > 0")
+    return ring_mixture(8, math.sqrt(2.0), noise).sample(n, generator)
+
+
+TOY_DATASETS = {
+    "moons": moons,
+    "rings": rings,
+    "checkerboard": checkerboard,
+    "swiss_roll": swiss_roll,
+    "gaussian_mixture": gaussian_mixture,
+}
+
+
+def sample_toy(
+    name: str,
+    n: int,
+    generator: torch.Generator | None = None,
+    noise: float | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> Tensor:
+    """``n`` points ``[n, 2]`` of the 2-D toy set ``name`` (one of ``TOY_DATASETS``) in ``dtype``.
+
+    ``noise=None`` keeps the set's default noise. The same generator state gives the same points.
+    """
+    if name not in TOY_DATASETS:
+        raise ValueError(f"unknown toy dataset {name!r}; valid: {', '.join(TOY_DATASETS)}")
+    kwargs = {} if noise is None else {"noise": noise}
+    return TOY_DATASETS[name](n, generator, **kwargs).to(dtype)
