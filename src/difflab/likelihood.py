@@ -123,10 +123,12 @@ def pf_ode_nll(
                 div = div / n_probes
         return dz.detach(), div.detach()
 
-    z0 = x0.detach().to(**f64).reshape(B, d) / c_of(t_min)
-    state0 = (z0, torch.zeros(B, **f64))
-    us = torch.stack([u_min, u_max])
-    zs, ints = odeint(rhs, state0, us, rtol=rtol, atol=atol, method="dopri5")
+    # the divergence needs autograd, also when called under no_grad or inference_mode (Lightning eval)
+    with torch.inference_mode(False), torch.enable_grad():
+        z0 = x0.detach().to(**f64).clone().reshape(B, d) / c_of(t_min.clone())
+        state0 = (z0, torch.zeros(B, **f64))
+        us = torch.stack([u_min, u_max]).clone()
+        zs, ints = odeint(rhs, state0, us, rtol=rtol, atol=atol, method="dopri5")
     z_T, int_div = zs[-1], ints[-1]
 
     x_T = c_of(t_max) * z_T
