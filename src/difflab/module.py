@@ -1,0 +1,95 @@
+"""One LightningModule for every schedule: it receives the network, schedule and loss already built."""
+
+from __future__ import annotations
+
+import lightning.pytorch as pl
+import torch
+from torch import Tensor, nn
+
+from difflab.parametrization import SIGMA_DATA, Denoiser
+from difflab.schedules import Schedule
+
+DEFAULT_OPTIM = {"lr": 2e-4, "weight_decay": 0.0, "betas": (0.9, 0.999), "warmup_steps": 0, "grad_clip": 1.0}
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+class DiffusionModule(pl.LightningModule):
+    """Trains ``net`` as the denoiser of ``schedule`` with ``loss`` (lightning-hydra-template style).
+
+    ``optim``: ``lr``, ``weight_decay``, ``betas``, ``warmup_steps`` (linear warmup of AdamW's lr),
+    ``grad_clip`` (applied by the Trainer). ``num_classes`` > 0 enables class conditioning: labels are
+    replaced by the null label ``num_classes`` with probability ``label_dropout`` (classifier-free
+    guidance). ``hparams`` are plain dicts (``torch.load(weights_only=True)`` reads the checkpoints);
+    ``extra_hparams`` adds more (the net config, the data shape) for loading without the config.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        schedule: Schedule,
+        loss,
+        *,
+        prediction: str,
+        optim: dict | None = None,
+        num_classes: int = 0,
+        label_dropout: float = 0.1,
+        sigma_data: float = SIGMA_DATA,
+        extra_hparams: dict | None = None,
+    ):
+        super().__init__()
+        if not 0.0 <= label_dropout <= 1.0:
+            raise ValueError(f"label_dropout={label_dropout} must be in [0, 1]")
+        self.net, self.schedule, self.loss = net, schedule, loss
+        self.prediction, self.sigma_data = prediction, float(sigma_data)
+        self.num_classes, self.label_dropout = int(num_classes), float(label_dropout)
+        self.optim = {**DEFAULT_OPTIM, **(optim or {})}
+        self.save_hyperparameters(
+            {
+                "schedule": schedule.params(),
+                "prediction": prediction,
+                "optim": {k: list(v) if isinstance(v, tuple) else v for k, v in self.optim.items()},
+                "num_classes": self.num_classes,
+                "label_dropout": self.label_dropout,
+                "sigma_data": self.sigma_data,
+                **(extra_hparams or {}),
+            }
+        )
+
+    @property
+    def denoiser(self) -> Denoiser:
+        """``D(x, t, cond) ~ E[x0 | x_t = x]`` wrapping the current network weights."""
+        return Denoiser(self.net, self.schedule, self.prediction, self.sigma_data)  # a view, built per call
+
+    def _labels(self, y: Tensor | None, drop: bool) -> Tensor | None:
+        """Class labels for the net: ``None`` when unconditional; null label with prob ``label_dropout``."""
+        if self.num_classes == 0 or y is None:
+            return None
+        if drop and self.label_dropout > 0:
+            y = torch.where(torch.rand(y.shape, device=y.device) < self.label_dropout, self.num_classes, y)
+        return y
+
+    def training_step(self, batch, batch_idx):
+        x0, y = batch
+        loss = self.loss(self.denoiser, x0, self._labels(y, drop=True)).mean()
+        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"])
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        x0, y = batch
+        gen = torch.Generator(x0.device).manual_seed(1000 + batch_idx)  # same times and noise every epoch
+        loss = self.loss(self.denoiser, x0, self._labels(y, drop=False), generator=gen).mean()
+        self.log("val/loss", loss, prog_bar=True, batch_size=x0.shape[0])
+        return loss
+
+    def configure_optimizers(self):
+        o = self.optim
+        opt = torch.optim.AdamW(
+            self.net.parameters(), lr=o["lr"], betas=tuple(o["betas"]), weight_decay=o["weight_decay"]
+        )
+        warmup = max(int(o["warmup_steps"]), 0)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / (warmup + 1)))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

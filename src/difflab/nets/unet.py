@@ -1,0 +1,143 @@
+"""U-Net denoiser for images (DDPM / ADM style, compact): residual blocks with GroupNorm and a
+scale-shift from the noise/class embedding, self-attention at chosen resolutions, skip connections."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from difflab.nets.embedding import Conditioning
+
+
+def _norm(channels: int, groups: int) -> nn.GroupNorm:
+    return nn.GroupNorm(min(groups, channels) if channels % min(groups, channels) == 0 else 1, channels)
+
+
+class ResBlock(nn.Module):
+    """``x + conv(silu(GN(conv(silu(GN(x)))) * (1 + scale) + shift))`` with a 1x1 skip on a channel change."""
+
+    def __init__(self, c_in: int, c_out: int, emb_dim: int, groups: int, dropout: float):
+        super().__init__()
+        self.norm1, self.conv1 = _norm(c_in, groups), nn.Conv2d(c_in, c_out, 3, padding=1)
+        self.mod = nn.Linear(emb_dim, 2 * c_out)
+        self.norm2, self.conv2 = _norm(c_out, groups), nn.Conv2d(c_out, c_out, 3, padding=1)
+        self.drop = nn.Dropout(dropout)
+        self.skip = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
+        nn.init.zeros_(self.conv2.weight)
+        nn.init.zeros_(self.conv2.bias)
+
+    def forward(self, x: Tensor, emb: Tensor) -> Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        scale, shift = self.mod(emb)[:, :, None, None].chunk(2, dim=1)
+        h = F.silu(self.norm2(h) * (1 + scale) + shift)
+        return self.skip(x) + self.conv2(self.drop(h))
+
+
+class AttnBlock(nn.Module):
+    """Multi-head self-attention over the H*W positions, residual, zero-initialised output."""
+
+    def __init__(self, channels: int, groups: int, heads: int):
+        super().__init__()
+        self.heads = heads if channels % heads == 0 else 1
+        self.norm = _norm(channels, groups)
+        self.qkv = nn.Conv2d(channels, 3 * channels, 1)
+        self.proj = nn.Conv2d(channels, channels, 1)
+        nn.init.zeros_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+
+    def forward(self, x: Tensor, emb: Tensor | None = None) -> Tensor:
+        B, C, H, W = x.shape
+        q, k, v = self.qkv(self.norm(x)).reshape(B, 3, self.heads, C // self.heads, H * W).unbind(1)
+        out = F.scaled_dot_product_attention(q.transpose(-1, -2), k.transpose(-1, -2), v.transpose(-1, -2))
+        return x + self.proj(out.transpose(-1, -2).reshape(B, C, H, W))  # [B, C, H, W]
+
+
+class UNet(nn.Module):
+    """``UNet(x, noise_level, class_labels=None)``: x ``[B, C, H, W]``, noise_level the log-SNR ``[B]``.
+
+    ``channels`` base width, ``ch_mult`` one multiplier per resolution (H halves between them, so H
+    and W must be divisible by ``2 ** (len(ch_mult) - 1)``), ``num_res_blocks`` per resolution,
+    self-attention at the resolutions listed in ``attn_resolutions`` (in pixels).
+    """
+
+    def __init__(
+        self,
+        data_shape: tuple[int, ...],
+        num_classes: int = 0,
+        channels: int = 64,
+        ch_mult: tuple[int, ...] = (1, 2, 2),
+        num_res_blocks: int = 2,
+        attn_resolutions: tuple[int, ...] = (7,),
+        heads: int = 4,
+        groups: int = 32,
+        dropout: float = 0.0,
+        emb_dim: int | None = None,
+    ):
+        super().__init__()
+        c_data, H, _ = data_shape
+        self.data_shape, self.num_classes = tuple(data_shape), num_classes
+        emb_dim = emb_dim or 4 * channels
+        self.cond = Conditioning(emb_dim, num_classes)
+        self.inp = nn.Conv2d(c_data, channels, 3, padding=1)
+
+        self.down = nn.ModuleList()
+        skips, c, res = [channels], channels, H
+        for level, mult in enumerate(ch_mult):
+            for _ in range(num_res_blocks):
+                blocks = [ResBlock(c, channels * mult, emb_dim, groups, dropout)]
+                c = channels * mult
+                if res in attn_resolutions:
+                    blocks.append(AttnBlock(c, groups, heads))
+                self.down.append(nn.ModuleList(blocks))
+                skips.append(c)
+            if level < len(ch_mult) - 1:
+                self.down.append(nn.ModuleList([nn.Conv2d(c, c, 3, stride=2, padding=1)]))
+                skips.append(c)
+                res //= 2
+        self.mid = nn.ModuleList(
+            [
+                ResBlock(c, c, emb_dim, groups, dropout),
+                AttnBlock(c, groups, heads),
+                ResBlock(c, c, emb_dim, groups, dropout),
+            ]
+        )
+        self.up = nn.ModuleList()
+        for level, mult in reversed(list(enumerate(ch_mult))):
+            for _ in range(num_res_blocks + 1):
+                blocks = [ResBlock(c + skips.pop(), channels * mult, emb_dim, groups, dropout)]
+                c = channels * mult
+                if res in attn_resolutions:
+                    blocks.append(AttnBlock(c, groups, heads))
+                self.up.append(nn.ModuleList(blocks))
+            if level > 0:
+                self.up.append(
+                    nn.ModuleList(
+                        [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(c, c, 3, padding=1)]
+                    )
+                )
+                res *= 2
+        self.out_norm = _norm(c, groups)
+        self.out = nn.Conv2d(c, c_data, 3, padding=1)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    @staticmethod
+    def _run(blocks: nn.ModuleList, h: Tensor, emb: Tensor) -> Tensor:
+        for block in blocks:
+            h = block(h, emb) if isinstance(block, (ResBlock, AttnBlock)) else block(h)
+        return h
+
+    def forward(self, x: Tensor, noise_level: Tensor, class_labels: Tensor | None = None) -> Tensor:
+        emb = F.silu(self.cond(noise_level, class_labels, x.shape[0]))
+        h = self.inp(x)
+        hs = [h]
+        for blocks in self.down:
+            h = self._run(blocks, h, emb)
+            hs.append(h)
+        h = self._run(self.mid, h, emb)
+        for blocks in self.up:
+            if isinstance(blocks[0], ResBlock):
+                h = torch.cat([h, hs.pop()], dim=1)
+            h = self._run(blocks, h, emb)
+        return self.out(F.silu(self.out_norm(h)))  # [B, C, H, W]

@@ -1,0 +1,264 @@
+"""The LightningModule and train(): loss goes down for every schedule, EMA is what is saved, checkpoints
+load with weights_only=True, resume continues the step count, bad input fails early, CFG works."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from difflab.data.toy import ring_mixture
+from difflab.losses import DiffusionLoss
+from difflab.module import DiffusionModule, NonFiniteLossError
+from difflab.nets import build_net
+from difflab.parametrization import from_x0
+from difflab.schedules import SCHEDULES, get_schedule
+from difflab.training import load_denoiser, train
+
+SCHED_CFG = {
+    "vp_linear": {"params": {"beta_min": 0.1, "beta_max": 20.0}, "prediction": "eps"},
+    "vp_cosine": {"params": {"s": 0.008}, "prediction": "eps"},
+    "ve": {"params": {"sigma_min": 0.01, "sigma_max": 50.0}, "prediction": "edm"},
+    "flow": {"params": {}, "prediction": "velocity"},
+}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Two cores shared by many processes: one intra-op thread is far faster than two spinning ones."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def tiny_cfg(**over) -> dict:
+    cfg = {
+        "experiment": "test",
+        "seed": 0,
+        "data": {"name": "toy2d", "toy": "gaussian_mixture", "n": 2000, "batch_size": 128},
+        "denoiser": {"name": "mlp", "width": 64, "depth": 2, "emb_dim": 32},
+        "schedule": SCHED_CFG,
+        "optim": {"lr": 3e-3, "warmup_steps": 5, "grad_clip": 1.0},
+        "ema": {"decay": 0.99},
+        "trainer": {
+            "max_steps": 200,
+            "val_every_n_steps": 100,
+            "accelerator": "cpu",
+            "log_every_n_steps": 10,
+        },
+        "class_cond": {"num_classes": 0, "label_dropout": 0.1},
+        "wandb": {"project": "difflab", "entity": None, "group": None},
+    }
+    for key, value in over.items():
+        cfg[key] = {**cfg[key], **value} if isinstance(value, dict) and key in cfg else value
+    return cfg
+
+
+def _fixed_val_loss(denoiser, data: torch.Tensor) -> float:
+    """The loss on fixed data, times and noise (a fixed generator): comparable before and after."""
+    with torch.no_grad():
+        return float(DiffusionLoss()(denoiser, data, generator=torch.Generator().manual_seed(7)).mean())
+
+
+class _Oracle:
+    """The exact denoiser of the toy mixture in the loss's interface: its loss is the attainable minimum."""
+
+    def __init__(self, like, mixture):
+        self.schedule, self.prediction, self.sigma_data = like.schedule, like.prediction, like.sigma_data
+        self.D = mixture.denoiser(like.schedule)
+
+    def raw(self, x, t, cond=None):
+        x0 = self.D(x, t).to(x.dtype)
+        return from_x0(self.prediction, x0, x, t, self.schedule, self.sigma_data)
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES)
+def test_tiny_training_lowers_the_loss(schedule, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    cfg = tiny_cfg()
+    from difflab.data.datamodules import build_datamodule
+    from difflab.training import build_module
+
+    dm = build_datamodule(cfg["data"], 0)
+    data = dm.dataset("val").tensors[0]
+    pl.seed_everything(0, verbose=False)
+    untrained = build_module(cfg, schedule, dm.data_shape, 0).denoiser
+    before = _fixed_val_loss(untrained, data)
+    best = _fixed_val_loss(_Oracle(untrained, ring_mixture()), data)
+    metrics = train(cfg, schedule, tmp_path)
+    denoiser, hp = load_denoiser(tmp_path / "model.pt")
+    after = _fixed_val_loss(denoiser, data)
+    assert hp["schedule"]["name"] == schedule and hp["prediction"] == SCHED_CFG[schedule]["prediction"]
+    assert metrics["steps"] == 200 and metrics["val_loss"] == pytest.approx(metrics["val_loss"])
+    # the trained net closes most of the gap between the untrained loss and the exact denoiser's
+    assert best < after < best + 0.4 * (before - best), (before, after, best)
+    saved = json.loads((tmp_path / "train_metrics.json").read_text())
+    assert saved["steps"] == 200 and saved["images_per_second"] > 0
+
+
+def test_ema_checkpoint_resume_and_weights_only(tmp_path):
+    """EMA weights differ from the raw ones and are what last.ckpt and model.pt hold; both files load with
+    weights_only=True; a second train() on the same folder resumes and continues the global step.
+    Runs with the offline W&B logger, whose files stay inside the run folder."""
+    cfg = tiny_cfg(
+        data={"name": "digits", "batch_size": 64},
+        trainer={"max_steps": 20, "val_every_n_steps": 10},
+        class_cond={"num_classes": 10},
+    )
+    metrics = train(cfg, "flow", tmp_path)
+    assert metrics["steps"] == 20
+    ckpt = torch.load(tmp_path / "last.ckpt", map_location="cpu", weights_only=True)
+    assert ckpt["global_step"] == 20
+    ema = {k[4:]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
+    raw = {k[4:]: v for k, v in ckpt["current_model_state"].items() if k.startswith("net.")}
+    assert max((ema[k] - raw[k]).abs().max().item() for k in ema) > 1e-4
+    model = torch.load(tmp_path / "model.pt", map_location="cpu", weights_only=True)
+    assert model["state_dict"].keys() == ema.keys()
+    assert all(torch.equal(model["state_dict"][k], ema[k]) for k in ema)
+    hp = model["hparams"]
+    assert hp["data_shape"] == [1, 8, 8] and hp["num_classes"] == 10 and hp["data"]["levels"] == 17
+    assert ckpt["hyper_parameters"]["schedule"]["name"] == "flow"
+    assert (tmp_path / "best.ckpt").exists()
+    # the resolved config went to an offline W&B run inside the run folder
+    runs = list((tmp_path / "wandb").rglob("offline-run-*"))
+    assert runs, list(tmp_path.rglob("*"))
+    # resume: 10 more steps on top of the 20 in last.ckpt
+    cfg["trainer"]["max_steps"] = 30
+    resumed = train(cfg, "flow", tmp_path)
+    assert resumed["resumed_from_step"] == 20 and resumed["steps"] == 30
+    assert torch.load(tmp_path / "last.ckpt", weights_only=True)["global_step"] == 30
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    calls = {"n": 0}
+    original = DiffusionLoss.__call__
+
+    def poisoned(self, *args, **kwargs):
+        out = original(self, *args, **kwargs)
+        calls["n"] += 1
+        return out * float("nan") if calls["n"] > 14 else out  # step 15 onwards (val batches count too)
+
+    monkeypatch.setattr(DiffusionLoss, "__call__", poisoned)
+    cfg = tiny_cfg(trainer={"max_steps": 40, "val_every_n_steps": 10}, data={"n": 400})
+    with pytest.raises(NonFiniteLossError, match="non-finite training loss"):
+        train(cfg, "vp_linear", tmp_path)
+    ckpt = torch.load(tmp_path / "last.ckpt", weights_only=True)
+    assert ckpt["global_step"] == 10
+    assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values() if v.is_floating_point())
+    assert not (tmp_path / "model.pt").exists() and not (tmp_path / "train_metrics.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("over", "message"),
+    [
+        ({"data": {"name": "nope"}}, "unknown dataset 'nope'"),
+        ({"data": {"name": "mnist", "root": "/nonexistent/mnist", "download": False}}, "no IDX files"),
+        ({"denoiser": {"name": "unet", "channels": 16}}, "needs image data"),
+        ({"denoiser": {"name": "mlp", "widht": 3}}, "unknown argument 'widht'"),
+        ({"class_cond": {"num_classes": 10}}, "does not match dataset 'toy2d'"),
+    ],
+)
+def test_bad_input_fails_before_writing(over, message, tmp_path):
+    out = tmp_path / "run"
+    cfg = tiny_cfg()
+    cfg.update({k: v if k in ("data", "denoiser") else {**cfg[k], **v} for k, v in over.items()})
+    with pytest.raises(ValueError, match=message) as info:
+        train(cfg, "vp_linear", out)
+    assert "\n" not in str(info.value)
+    assert not out.exists()
+
+
+def test_unknown_schedule(tmp_path):
+    with pytest.raises(ValueError, match="unknown schedule 'vpp'"):
+        train(tiny_cfg(), "vpp", tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+def test_module_hparams_are_plain_and_label_dropout():
+    net = build_net({"name": "mlp", "width": 32, "depth": 1, "emb_dim": 16}, (2,), 3)
+    module = DiffusionModule(
+        net,
+        get_schedule("flow"),
+        DiffusionLoss(),
+        prediction="velocity",
+        optim={"lr": 1e-3},
+        num_classes=3,
+        label_dropout=0.5,
+    )
+    assert type(module.hparams["optim"]) is dict and module.hparams["schedule"]["name"] == "flow"
+    y = torch.zeros(10000, dtype=torch.long)
+    dropped = module._labels(y, drop=True)
+    assert set(dropped.unique().tolist()) == {0, 3}
+    assert (dropped == 3).float().mean().item() == pytest.approx(0.5, abs=0.03)
+    assert torch.equal(module._labels(y, drop=False), y)
+    assert module.denoiser.net is net
+
+
+def test_classifier_free_guidance_shifts_class_frequencies():
+    """Two overlapping classes N(-1, 0.6^2) and N(+1, 0.6^2) in 2-D: a tiny class-conditional MLP
+    trained with label dropout samples the asked-for class more often than unconditionally, and more
+    still with guidance scale 3 (the class is read off the sign of the first coordinate)."""
+    from difflab.parametrization import guided
+    from difflab.solvers import get_solver
+
+    pl.seed_everything(0, verbose=False)
+    g = torch.Generator().manual_seed(0)
+    n = 4000
+    y = torch.randint(0, 2, (n,), generator=g)
+    x = torch.randn(n, 2, generator=g) * 0.6
+    x[:, 0] += 2.0 * y - 1.0
+    net = build_net({"name": "mlp", "width": 64, "depth": 2, "emb_dim": 32}, (2,), 2)
+    module = DiffusionModule(
+        net,
+        get_schedule("flow"),
+        DiffusionLoss(),
+        prediction="velocity",
+        optim={"lr": 3e-3, "warmup_steps": 10},
+        num_classes=2,
+        label_dropout=0.2,
+    )
+    loader = DataLoader(TensorDataset(x, y), batch_size=256, shuffle=True, drop_last=True)
+    trainer = pl.Trainer(
+        max_steps=300,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(module, loader)
+    module.eval()
+    D = module.denoiser
+    solver = get_solver("euler")
+    noise = torch.randn(2000, 2, generator=torch.Generator().manual_seed(1))
+    cond = torch.zeros(2000, dtype=torch.long)  # ask for class 0 (x < 0)
+
+    def frac_class0(scale):
+        with torch.no_grad():
+            if scale is None:
+                out = solver(guided(D, 1.0, 2), module.schedule, noise, 30)
+            else:
+                out = solver(guided(D, scale, 2), module.schedule, noise, 30, cond=cond)
+        return (out[:, 0] < 0).float().mean().item()
+
+    uncond, cond1, cond3 = frac_class0(None), frac_class0(1.0), frac_class0(3.0)
+    assert 0.35 < uncond < 0.65, uncond
+    assert cond1 > uncond + 0.2, (uncond, cond1)
+    assert cond3 > cond1 + 0.02 and cond3 > 0.9, (cond1, cond3)
+
+
+def test_ckpt_files_are_inside_the_run_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    train(tiny_cfg(trainer={"max_steps": 5, "val_every_n_steps": 5}), "ve", tmp_path / "run")
+    names = sorted(p.name for p in (tmp_path / "run").iterdir())
+    assert names == ["best.ckpt", "last.ckpt", "model.pt", "train_metrics.json"], names
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run", "wandb"] or sorted(
+        p.name for p in tmp_path.iterdir()
+    ) == ["run"]
+    assert pathlib.Path(tmp_path / "run" / "model.pt").stat().st_size > 0
