@@ -1,0 +1,154 @@
+"""What every stage script shares: argument parsing, one-line errors, atomic outputs.
+
+Stage scripts import the heavy libraries (torch, the model code) only after parsing, so ``--help``
+answers at once. Every output is built in a temporary folder under ``outputs/tmp`` (outside
+anything DVC tracks) and renamed into place when complete: a stage killed mid-way leaves no
+output at its declared path, so DVC has nothing partial to cache.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))  # run as `python pipeline/x.py` without an installed package too
+
+
+def parser(description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument(
+        "--params", default="params.yaml", help="the composed configuration (default: %(default)s)"
+    )
+    return p
+
+
+def add_device(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", help="torch device; auto = cuda when available, else cpu")
+
+
+def resolve_device(name: str) -> str:
+    if name != "auto":
+        return name
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def run(main, args) -> None:
+    """Call ``main(args)``; a bad value (``ValueError``, missing file) becomes one line on stderr and
+    exit status 2, with no traceback and no output written."""
+    try:
+        main(args)
+    except (ValueError, FileNotFoundError, KeyError) as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"error: {msg}", file=sys.stderr)
+        sys.exit(2)
+
+
+def load_cfg(args) -> dict:
+    from difflab.config import load_params
+
+    return load_params(args.params)
+
+
+def _tmp_root() -> Path:
+    root = Path(os.environ.get("DIFFLAB_TMP", ROOT / "outputs" / "tmp"))
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def _stale_prefix(final: Path) -> str:
+    rel = os.path.relpath(final.resolve(), ROOT).replace(os.sep, "__")
+    return f"{rel}.tmp-"
+
+
+@contextlib.contextmanager
+def atomic_dir(final: str | os.PathLike):
+    """Yield an empty temporary folder; on success replace ``final`` with it (rename), on any error
+    or kill leave ``final`` absent. Stale temporaries of the same target are removed first."""
+    final = Path(final)
+    root = _tmp_root()
+    prefix = _stale_prefix(final)
+    for stale in root.glob(prefix + "*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    if final.exists():
+        shutil.rmtree(final) if final.is_dir() else final.unlink()
+    tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=root))
+    try:
+        yield tmp
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def atomic_file(final: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` to ``final`` through a temporary file under ``outputs/tmp``, then rename."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=_tmp_root(), prefix=_stale_prefix(final), suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.replace(tmp, final)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return final
+
+
+def write_json(path: str | os.PathLike, obj) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def read_json(path: str | os.PathLike):
+    return json.loads(Path(path).read_text())
+
+
+def load_model(model_dir: str | os.PathLike, device: str):
+    """The trained denoiser D of ``model_dir/model.pt`` (EMA weights), in eval mode on ``device``."""
+    from difflab.training import load_denoiser
+
+    path = Path(model_dir) / "model.pt"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found; run the train stage first")
+    denoiser, hparams = load_denoiser(path, device)
+    return denoiser.eval(), hparams
+
+
+def class_labels(cfg: dict, meta: dict, n: int):
+    """Balanced class labels ``[n]`` when sampling with classifier-free guidance, else ``None``."""
+    if cfg["sample"]["guidance_scale"] is None or not meta.get("num_classes"):
+        return None
+    import torch
+
+    return torch.arange(n) % int(meta["num_classes"])
+
+
+def null_label(meta: dict):
+    """The learned "no class" label of a class-conditional model (= num_classes), else ``None``."""
+    return int(meta["num_classes"]) if meta.get("num_classes") else None
+
+
+@contextlib.contextmanager
+def scratch_dir(target: str | os.PathLike):
+    """A temporary folder under ``outputs/tmp`` for building outputs that are then moved into
+    place one by one; removed afterwards, whatever happens."""
+    root = _tmp_root()
+    prefix = _stale_prefix(Path(target))
+    for stale in root.glob(prefix + "*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=root))
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

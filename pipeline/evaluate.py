@@ -1,0 +1,74 @@
+"""Stage `evaluate`: FID and KID (95% bootstrap interval) of every row of one schedule x solver
+against the prepared reference, with the prepared feature extractor.
+
+Writes OUT (default evals/SCHEDULE/SOLVER.json): one record per step count with schedule, solver,
+steps, nfe, fid, fid_lo, fid_hi, kid_mean, kid_std, solver_error, seconds_per_sample, n_samples,
+feature_extractor.
+"""
+
+import json
+
+from _common import add_device, atomic_file, load_cfg, parser, read_json, resolve_device, run
+
+
+def main(args):
+    cfg = load_cfg(args)
+    import numpy as np
+    import torch
+
+    from difflab.metrics.fid import fid_kid
+    from difflab.sampling import levels_to_uint8_images, load_samples
+
+    ev = cfg["evaluate"]
+    meta = read_json(f"{args.data}/meta.json")
+    prepared = read_json(f"{args.features}/floor.json")["feature_extractor"]
+    if prepared != ev["feature_extractor"]:
+        raise ValueError(
+            f"{args.features} holds {prepared!r} features, not {ev['feature_extractor']!r}; run prepare"
+        )
+    levels = meta["levels"]
+    reference = levels_to_uint8_images(torch.from_numpy(np.load(f"{args.data}/train_images.npy")), levels)
+    folder = args.samples or f"samples/{args.schedule}/{args.solver}"
+    extractor = f"{args.features}/classifier.pt" if ev["feature_extractor"] == "classifier" else None
+    records = []
+    for row in read_json(f"{folder}/rows.json"):
+        images = levels_to_uint8_images(load_samples(f"{folder}/{row['file']}")["images"], levels)
+        scores = fid_kid(
+            images,
+            reference,
+            feature_extractor=ev["feature_extractor"],
+            extractor_path=extractor,
+            cache_dir=f"{args.features}/fid_cache",
+            bootstrap=ev["bootstrap"],
+            seed=cfg["seed"],
+            device=resolve_device(args.device),
+        )
+        record = {"schedule": args.schedule, "solver": args.solver, **{k: row[k] for k in ("steps", "nfe")}}
+        for key in ("fid", "fid_lo", "fid_hi", "kid_mean", "kid_std"):
+            record[key] = float(scores[key])
+        record.update(
+            solver_error=row["solver_error"],
+            seconds_per_sample=row["seconds_per_sample"],
+            n_samples=int(scores.get("n_samples", row["n_samples"])),
+            feature_extractor=scores.get("feature_extractor", ev["feature_extractor"]),
+        )
+        records.append(record)
+        print(
+            f"{args.schedule} {args.solver} steps={row['steps']}: "
+            f"FID {record['fid']:.3f} [{record['fid_lo']:.3f}, {record['fid_hi']:.3f}]"
+        )
+    atomic_file(args.out or f"evals/{args.schedule}/{args.solver}.json", json.dumps(records, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    p = parser(__doc__)
+    p.add_argument("--schedule", required=True)
+    p.add_argument("--solver", required=True)
+    p.add_argument(
+        "--samples", default=None, help="the sample stage's folder (default: samples/SCHEDULE/SOLVER)"
+    )
+    p.add_argument("--data", default="data/prepared", help="the prepare stage's dataset folder")
+    p.add_argument("--features", default="data/features", help="the prepare stage's feature folder")
+    p.add_argument("--out", default=None)
+    add_device(p)
+    run(main, p.parse_args())

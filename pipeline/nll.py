@@ -1,0 +1,56 @@
+"""Stage `nll`: bits/dim of one schedule's model on the held-out split (PF-ODE likelihood).
+
+Writes OUT (default evals/SCHEDULE/nll.json): bpd, bpd_se, n_images, nfe_per_image, divergence.
+"""
+
+import json
+
+from _common import add_device, atomic_file, load_cfg, load_model, parser, read_json, resolve_device, run
+
+
+def main(args):
+    cfg = load_cfg(args)
+    ev = cfg["evaluate"]
+    out = args.out or f"evals/{args.schedule}/nll.json"
+    if ev["nll_images"] == 0:
+        atomic_file(out, json.dumps({"schedule": args.schedule, "bpd": None, "n_images": 0}) + "\n")
+        return
+    import numpy as np
+    import torch
+    from difflab.metrics.nll import evaluate_bpd
+
+    meta = read_json(f"{args.data}/meta.json")
+    images = torch.from_numpy(np.load(f"{args.data}/heldout_images.npy")[: ev["nll_images"]])
+    device = resolve_device(args.device)
+    D, _ = load_model(args.model or f"models/{args.schedule}", device)
+    result = evaluate_bpd(
+        D,
+        D.schedule,
+        images,
+        meta["levels"],
+        divergence=ev["nll_divergence"],
+        n_probes=ev["nll_probes"],
+        batch_size=cfg["sample"]["batch_size"],
+        seed=cfg["seed"],
+        device=device,
+    )
+    record = {"schedule": args.schedule, "n_images": len(images), "divergence": ev["nll_divergence"]}
+    record.update(
+        {
+            k: (float(v) if isinstance(v, (int, float)) else v)
+            for k, v in result.items()
+            if isinstance(v, (int, float, str)) or v is None
+        }
+    )
+    atomic_file(out, json.dumps(record, indent=2) + "\n")
+    print(f"{args.schedule}: {record.get('bpd')} bits/dim on {len(images)} held-out images")
+
+
+if __name__ == "__main__":
+    p = parser(__doc__)
+    p.add_argument("--schedule", required=True)
+    p.add_argument("--model", default=None, help="trained model folder (default: models/SCHEDULE)")
+    p.add_argument("--data", default="data/prepared", help="the prepare stage's folder")
+    p.add_argument("--out", default=None)
+    add_device(p)
+    run(main, p.parse_args())

@@ -1,0 +1,64 @@
+"""Stage `reference`: a high-accuracy PF-ODE solution per schedule (rk45 at sample.reference's
+tolerances) from the same noise as every solver's first `sample.solver_error_samples` samples, so
+`solver_error` measures a solver's discretization error apart from the network's error.
+
+Writes OUT/ (default samples/SCHEDULE/reference): reference.npz (float `x`, measured `nfe`).
+"""
+
+from _common import (
+    add_device,
+    atomic_dir,
+    class_labels,
+    load_cfg,
+    load_model,
+    null_label,
+    parser,
+    read_json,
+    resolve_device,
+    run,
+)
+
+
+def main(args):
+    cfg = load_cfg(args)
+    if args.schedule not in cfg["schedules"]:
+        raise ValueError(f"--schedule {args.schedule!r} is not in params schedules {cfg['schedules']}")
+    s = cfg["sample"]
+    meta = read_json(f"{args.data}/meta.json")
+    n = min(s["solver_error_samples"], s["n_samples"])
+    device = resolve_device(args.device)
+    with atomic_dir(args.out or f"samples/{args.schedule}/reference") as out:
+        if n > 0:
+            from difflab.sampling import generate, save_samples
+
+            D, _ = load_model(args.model or f"models/{args.schedule}", device)
+            result = generate(
+                D,
+                D.schedule,
+                "rk45",
+                1,
+                n,
+                tuple(meta["shape"]),
+                grid=s["grid"],
+                seed=s["seed"],
+                batch_size=s["batch_size"],
+                device=device,
+                labels=class_labels(cfg, meta, n),
+                guidance_scale=s["guidance_scale"],
+                null_label=null_label(meta),
+                options=dict(s["reference"]),
+            )
+            save_samples(out / "reference.npz", result, levels=meta["levels"], save_x=True)
+            print(f"reference {args.schedule}: {n} samples, {result.nfe:.0f} NFE")
+        else:
+            (out / "SKIPPED").write_text("sample.solver_error_samples = 0\n")
+
+
+if __name__ == "__main__":
+    p = parser(__doc__)
+    p.add_argument("--schedule", required=True)
+    p.add_argument("--model", default=None, help="trained model folder (default: models/SCHEDULE)")
+    p.add_argument("--data", default="data/prepared", help="the prepare stage's folder")
+    p.add_argument("--out", default=None)
+    add_device(p)
+    run(main, p.parse_args())

@@ -1,0 +1,83 @@
+"""Stage `report`: results/comparison.csv, results/metrics.json, results/plots/, results/report.html
+and the W&B comparison run (results/wandb, offline unless WANDB_MODE=online).
+
+  python pipeline/report.py                 # the DVC stage: from evals/ and samples/
+  python pipeline/report.py --from-csv      # `make report`: rebuild plots and report.html from
+                                            # results/comparison.csv (no W&B run)
+"""
+
+import os
+import shutil
+from pathlib import Path
+
+from _common import load_cfg, parser, read_json, run, scratch_dir
+
+
+def _place(src: Path, dst: Path) -> None:
+    if dst.is_dir():
+        shutil.rmtree(dst)
+    elif dst.exists():
+        dst.unlink()
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(src, dst)
+
+
+def main(args):
+    cfg = load_cfg(args)
+    from difflab.report import analysis
+    from difflab.report.build import collect, grid_sources, nll_from_rows, write_results
+
+    results = Path(args.out)
+    meta_path = Path(args.data) / "meta.json"
+    meta = read_json(meta_path) if meta_path.exists() else None
+    floor_path = Path(args.features) / "floor.json"
+    if meta is not None and floor_path.exists():
+        meta["data_floor"] = read_json(floor_path).get("data_floor")
+    if args.from_csv:
+        csv_path = results / "comparison.csv"
+        if not csv_path.exists():
+            raise FileNotFoundError(f"{csv_path} not found; run `make repro` first")
+        rows = analysis.read_csv(csv_path)
+        nll = nll_from_rows(rows)
+    else:
+        records, nll = collect(args.evals, cfg["schedules"], cfg["solvers"])
+        rows = analysis.build_table(records, nll)
+    grids = grid_sources(args.samples, rows)
+    with scratch_dir(results) as tmp:
+        built = write_results(rows, nll, cfg, tmp, data_meta=meta, grids=grids, tables=not args.from_csv)
+        if not args.from_csv and not args.no_wandb:
+            from difflab.report.wandb_report import log_comparison
+
+            log_comparison(
+                built["rows"],
+                nll,
+                cfg,
+                out_dir=tmp / "wandb",
+                figures=built["figures"],
+                grids=built["grids"],
+                summary=built["summary"],
+            )
+        for name in ("comparison.csv", "metrics.json", "plots", "wandb", "report.html"):
+            if (tmp / name).exists():
+                _place(tmp / name, results / name)
+    for line in analysis.summary_sentences(built["summary"]):
+        print(line)
+    print(f"wrote {results}/report.html ({len(rows)} rows)")
+
+
+if __name__ == "__main__":
+    p = parser(__doc__)
+    p.add_argument("--evals", default="evals", help="the evaluate/nll stages' folder (default: %(default)s)")
+    p.add_argument(
+        "--samples", default="samples", help="the sample stages' folder, for grids (default: %(default)s)"
+    )
+    p.add_argument(
+        "--data", default="data/prepared", help="the prepare stage's folder (default: %(default)s)"
+    )
+    p.add_argument("--features", default="data/features", help="the prepare stage's feature folder")
+    p.add_argument("--out", default="results", help="output folder (default: %(default)s)")
+    p.add_argument(
+        "--from-csv", action="store_true", help="rebuild plots and report.html from OUT/comparison.csv"
+    )
+    p.add_argument("--no-wandb", action="store_true", help="skip the W&B comparison run")
+    run(main, p.parse_args())

@@ -1,0 +1,100 @@
+"""Stage `sample`: one schedule x one solver at every step count of sample.steps (rk45: once,
+adaptive). Also the solver's mean distance to the schedule's high-accuracy reference from the same
+noise (`solver_error`, deterministic solvers only).
+
+Writes OUT/ (default samples/SCHEDULE/SOLVER): steps_<K>.npz per step count (uint8 levels, nfe,
+seconds per sample), grid_<K>.png, rows.json (steps, nfe, seconds_per_sample, solver_error,
+n_samples, file). rk45's row has steps = 0 (adaptive) and its measured NFE.
+"""
+
+from _common import (
+    add_device,
+    atomic_dir,
+    class_labels,
+    load_cfg,
+    load_model,
+    null_label,
+    parser,
+    read_json,
+    resolve_device,
+    run,
+    write_json,
+)
+
+
+def main(args):
+    cfg = load_cfg(args)
+    if args.schedule not in cfg["schedules"]:
+        raise ValueError(f"--schedule {args.schedule!r} is not in params schedules {cfg['schedules']}")
+    if args.solver not in cfg["solvers"]:
+        raise ValueError(f"--solver {args.solver!r} is not in params solvers {cfg['solvers']}")
+    import numpy as np
+
+    from difflab.config import is_stochastic
+    from difflab.report.analysis import solver_error
+    from difflab.report.grids import save_grid_png
+    from difflab.sampling import generate, load_samples, save_samples
+
+    s = cfg["sample"]
+    options = dict(s["options"][args.solver])
+    meta = read_json(f"{args.data}/meta.json")
+    device = resolve_device(args.device)
+    D, _ = load_model(args.model or f"models/{args.schedule}", device)
+    reference = None
+    ref_path = f"{args.reference or f'samples/{args.schedule}/reference'}/reference.npz"
+    if not is_stochastic(args.solver, options) and s["solver_error_samples"] > 0:
+        reference = load_samples(ref_path)["x"]
+    n = s["n_samples"]
+    labels = class_labels(cfg, meta, n)
+    rows = []
+    with atomic_dir(args.out or f"samples/{args.schedule}/{args.solver}") as out:
+        for steps in [1] if args.solver == "rk45" else s["steps"]:
+            result = generate(
+                D,
+                D.schedule,
+                args.solver,
+                steps,
+                n,
+                tuple(meta["shape"]),
+                grid=s["grid"],
+                seed=s["seed"],
+                batch_size=s["batch_size"],
+                device=device,
+                labels=labels,
+                guidance_scale=s["guidance_scale"],
+                null_label=null_label(meta),
+                options=options,
+            )
+            steps_out = 0 if args.solver == "rk45" else steps
+            name = f"steps_{steps_out:03d}"
+            images = save_samples(out / f"{name}.npz", result, levels=meta["levels"])
+            save_grid_png(out / f"grid_{steps_out:03d}.png", images[:64].numpy(), meta["levels"], nrow=8)
+            err = None
+            if reference is not None:
+                m = len(reference)
+                err = solver_error(result.x[:m].numpy(), np.asarray(reference))
+            rows.append(
+                {
+                    "steps": steps_out,
+                    "nfe": float(result.nfe),
+                    "seconds_per_sample": float(result.seconds_per_sample),
+                    "solver_error": err,
+                    "n_samples": n,
+                    "file": f"{name}.npz",
+                    "grid": f"grid_{steps_out:03d}.png",
+                }
+            )
+            print(f"{args.schedule} {args.solver} steps={steps_out}: nfe={result.nfe:.0f} error={err}")
+        write_json(out / "rows.json", rows)
+
+
+if __name__ == "__main__":
+    p = parser(__doc__)
+    p.add_argument("--schedule", required=True)
+    p.add_argument("--solver", required=True)
+    p.add_argument("--model", default=None, help="trained model folder (default: models/SCHEDULE)")
+    p.add_argument("--reference", default=None, help="reference folder (default: samples/SCHEDULE/reference)")
+    p.add_argument("--data", default="data/prepared", help="the prepare stage's folder")
+    p.add_argument("--out", default=None)
+    add_device(p)
+    run(main, p.parse_args())

@@ -1,0 +1,111 @@
+"""Turn the evaluate/nll records into ``results/``: comparison.csv, metrics.json, plots/, report.html
+(and the W&B comparison run). Everything is built in ``out_dir`` (a temporary folder in the
+pipeline) so nothing partial is ever left at the final paths."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from difflab.report import analysis, html, plots
+
+
+def collect(evals_dir: str | os.PathLike, schedules: Sequence[str], solvers: Sequence[str]):
+    """The evaluate records of every schedule x solver and the NLL record of every schedule.
+    A missing file is an error naming it (the pipeline's stages must all have run)."""
+    evals_dir = Path(evals_dir)
+    records, nll = [], {}
+    for schedule in schedules:
+        for solver in solvers:
+            path = evals_dir / schedule / f"{solver}.json"
+            if not path.exists():
+                raise FileNotFoundError(f"{path} not found; run the evaluate stage for {schedule} x {solver}")
+            records += json.loads(path.read_text())
+        path = evals_dir / schedule / "nll.json"
+        nll[schedule] = json.loads(path.read_text()) if path.exists() else {}
+    return records, nll
+
+
+def nll_from_rows(rows: Sequence[dict]) -> dict[str, dict]:
+    """The per-schedule NLL recorded in a comparison table (its nll_bpd, nll_bpd_se columns)."""
+    out = {}
+    for r in rows:
+        if r.get("nll_bpd") is not None:
+            out[r["schedule"]] = {"bpd": r["nll_bpd"], "bpd_se": r.get("nll_bpd_se")}
+    return out
+
+
+def grid_sources(samples_dir: str | os.PathLike, rows: Sequence[dict]) -> dict[str, dict[str, Path]]:
+    """``schedule -> solver -> grid png`` at each pair's largest step count (rk45: its one run)."""
+    out: dict[str, dict[str, Path]] = {}
+    for r in sorted(rows, key=lambda r: r["steps"]):
+        png = Path(samples_dir) / r["schedule"] / r["solver"] / f"grid_{r['steps']:03d}.png"
+        if png.exists():
+            out.setdefault(r["schedule"], {})[r["solver"]] = png
+    return out
+
+
+def write_results(
+    rows: list[dict],
+    nll: dict[str, dict],
+    cfg: dict,
+    out_dir: str | os.PathLike,
+    *,
+    data_meta: dict | None = None,
+    grids: dict[str, dict[str, Path]] | None = None,
+    tables: bool = True,
+) -> dict:
+    """Write comparison.csv and metrics.json (when ``tables``), plots/*.png and report.html into
+    ``out_dir``; return the summary, figure and grid paths (for the W&B run)."""
+    out_dir = Path(out_dir)
+    schedules, solvers = cfg.get("schedules", []), cfg.get("solvers", [])
+    rows = analysis.sort_rows(rows, schedules, solvers)
+    if tables:
+        (out_dir / "comparison.csv").write_text(analysis.to_csv(rows))
+        (out_dir / "metrics.json").write_text(json.dumps(analysis.nested_metrics(rows, nll), indent=2) + "\n")
+    pdir = out_dir / "plots"
+    pdir.mkdir(parents=True, exist_ok=True)
+    budgets = analysis.default_budgets(rows, cfg.get("sample", {}).get("steps", []))
+    summary = analysis.budget_summary(rows, budgets)
+    figures = {
+        "fid_vs_nfe_by_schedule": (
+            plots.fid_vs_nfe(rows, "schedule", pdir / "fid_vs_nfe_by_schedule.png", schedules, solvers),
+            "FID vs NFE per schedule (one line per solver; bars: 95% bootstrap intervals; "
+            "rk45 is a single adaptive point)",
+        ),
+        "fid_vs_nfe_by_solver": (
+            plots.fid_vs_nfe(rows, "solver", pdir / "fid_vs_nfe_by_solver.png", solvers, schedules),
+            "FID vs NFE per solver (one line per schedule)",
+        ),
+        "pareto": (
+            plots.pareto(rows, pdir / "pareto.png", schedules, solvers),
+            "Every row in the FID-NFE plane with the Pareto frontier; "
+            "circled: rows the 95% intervals cannot rule off it",
+        ),
+        "solver_error": (
+            plots.solver_error_vs_nfe(rows, pdir / "solver_error.png", schedules, solvers),
+            "Discretization error of each ODE solver: mean RMS distance to an adaptive "
+            "high-accuracy solution from the same noise",
+        ),
+        "nll": (
+            plots.nll_bars(nll, pdir / "nll_bpd.png", schedules),
+            "Bits/dim on held-out images per schedule",
+        ),
+    }
+    grid_figs = {}
+    for schedule, by_solver in (grids or {}).items():
+        png = plots.sample_grids(
+            {schedule: by_solver}, pdir / f"samples_{schedule}.png", f"samples: {schedule}"
+        )
+        if png is not None:
+            grid_figs[f"{schedule}: 64 samples per solver at its largest step count"] = png
+    text = html.render(rows, summary, figures, cfg=cfg, nll=nll, data_meta=data_meta, grids=grid_figs)
+    (out_dir / "report.html").write_text(text)
+    return {
+        "rows": rows,
+        "summary": summary,
+        "figures": {k: v[0] for k, v in figures.items()},
+        "grids": {Path(p).stem: p for p in grid_figs.values()},
+    }
