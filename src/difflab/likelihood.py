@@ -64,10 +64,10 @@ def pf_ode_nll(
     """
     if divergence not in DIVERGENCES:
         raise ValueError(f"unknown divergence {divergence!r}; valid: {', '.join(DIVERGENCES)}")
-    if not (isinstance(n_probes, int) and n_probes >= 1):
+    if isinstance(n_probes, bool) or not (isinstance(n_probes, int) and n_probes >= 1):
         raise ValueError(f"n_probes={n_probes!r} must be an integer >= 1")
     for key, value in (("rtol", rtol), ("atol", atol)):
-        if not (math.isfinite(value) and value > 0):
+        if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
             raise ValueError(f"{key}={value!r} must be a finite number > 0")
     if not torch.is_tensor(x0) or x0.ndim < 1 or x0.shape[0] == 0:
         raise ValueError("x0 must be a tensor of shape [B, ...] with B >= 1")
