@@ -124,6 +124,7 @@ def generate(
     options = dict(options or {})
     D = guided(denoiser, float(guidance_scale), int(null_label)) if guidance_scale is not None else denoiser
     adaptive = solver == "rk45"
+    nfe_options = {k: v for k, v in options.items() if solver == "pc" and k == "n_corrector"}
 
     rank, world = _dist_info()
     indices = list(range(rank, n, world))
@@ -144,7 +145,7 @@ def generate(
         cond = labels[idx].to(device) if labels is not None else None
         model = S.CountingDenoiser(D) if adaptive else D
         x = solve(model, schedule, noise, steps, grid=grid, generator=gens, cond=cond, **options)
-        nfe_sum += (model.nfe if adaptive else S.nfe(solver, steps)) * len(idx)
+        nfe_sum += (model.nfe if adaptive else S.nfe(solver, steps, **nfe_options)) * len(idx)
         chunks.append(x.float().cpu())
     if device.type == "cuda":
         torch.cuda.synchronize(device)

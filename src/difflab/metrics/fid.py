@@ -1,0 +1,329 @@
+"""FID and KID through torch-fidelity, with content-keyed reference statistics and a bootstrap interval.
+
+``fid_kid(samples, reference, ...)`` extracts features with a torch-fidelity feature extractor
+(``"classifier"``: our digits/MNIST CNN registered as ``"difflab-classifier"``; ``"inception"``:
+torch-fidelity's ``"inception-v3-compat"``, pool3 2048-d) and computes FID and KID with
+torch-fidelity's own functions, so the numbers equal a direct ``torch_fidelity.calculate_metrics``
+call on the same images. Reference features and statistics are computed once and cached in
+``cache_dir`` under a key hashed from the reference *content* and the weights *file* (torch-fidelity's
+own cache key is just a name: it would silently reuse statistics after the data or weights change).
+
+FID's 95% interval: resample the generated features with replacement, recompute FID against the
+fixed reference statistics (``tr sqrt(S1 S2)`` from the ``min(n, d)``-sized symmetric eigenproblem),
+and take the 2.5/97.5 percentiles shifted by the bootstrap bias (``mean_b - fid``): resampling
+duplicates rows, which alone raises FID, so plain percentiles would sit above the estimate.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import math
+import os
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from threadpoolctl import threadpool_limits
+from torch import Tensor
+
+FEATURE_EXTRACTORS = ("classifier", "inception")
+_TF_NAMES = {"classifier": "difflab-classifier", "inception": "inception-v3-compat"}
+KID_MIN_SAMPLES = 10
+KID_MAX_SUBSET = 1000
+_weights_digest_memo: dict[tuple, str] = {}
+
+
+class _Images(torch.utils.data.Dataset):
+    """uint8 images ``[N, C, H, W]`` as the torch Dataset torch-fidelity consumes."""
+
+    def __init__(self, images: Tensor):
+        self.images = images
+
+    def __len__(self):
+        return self.images.shape[0]
+
+    def __getitem__(self, i):
+        return self.images[i]
+
+
+def _check_images(name: str, images) -> Tensor:
+    if not torch.is_tensor(images):
+        raise ValueError(f"{name} must be a torch uint8 tensor [N, C, H, W], got {type(images).__name__}")
+    if images.dtype != torch.uint8:
+        raise ValueError(
+            f"{name} must be uint8 images in 0..255 [N, C, H, W], got dtype {images.dtype} "
+            "(convert model-space samples with difflab.sampling.to_levels + levels_to_uint8_images)"
+        )
+    if images.ndim != 4 or images.shape[1] not in (1, 3):
+        raise ValueError(f"{name} must have shape [N, C, H, W] with C = 1 or 3, got {tuple(images.shape)}")
+    if images.shape[0] < 2:
+        raise ValueError(f"{name} holds {images.shape[0]} image(s); FID needs at least 2")
+    return images.contiguous().cpu()
+
+
+def content_hash(images: Tensor) -> str:
+    """sha256 of a uint8 tensor's shape and bytes."""
+    h = hashlib.sha256(str(tuple(images.shape)).encode())
+    h.update(images.contiguous().cpu().numpy().tobytes())
+    return h.hexdigest()
+
+
+def weights_hash(path) -> str:
+    """sha256 of a weights file (memoised on path, size and mtime)."""
+    st = os.stat(path)
+    key = (os.path.abspath(path), st.st_size, st.st_mtime_ns)
+    if key not in _weights_digest_memo:
+        h = hashlib.sha256()
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 22), b""):
+                h.update(block)
+        _weights_digest_memo[key] = h.hexdigest()
+    return _weights_digest_memo[key]
+
+
+def resolve_weights(feature_extractor: str, extractor_path=None) -> Path:
+    """The weights file for ``feature_extractor``; for Inception tries the official download first
+    and otherwise raises one line telling the user to run ``make fid-weights``."""
+    if feature_extractor not in FEATURE_EXTRACTORS:
+        raise ValueError(
+            f"unknown feature_extractor {feature_extractor!r}; valid: {', '.join(FEATURE_EXTRACTORS)}"
+        )
+    if feature_extractor == "classifier":
+        if extractor_path is None or not Path(extractor_path).is_file():
+            raise FileNotFoundError(
+                f"classifier checkpoint {extractor_path!r} not found; the prepare stage trains it "
+                "(difflab.metrics.classifier.train_classifier)"
+            )
+        return Path(extractor_path)
+    from difflab.metrics import inception
+
+    path = inception.find_weights(extractor_path)
+    if path is not None:
+        return path
+    if extractor_path is not None:
+        raise FileNotFoundError(f"Inception weights {extractor_path} not found; run `make fid-weights`")
+    target = inception.default_weights_path()
+    if inception.download_official(target, timeout=20):
+        return target
+    raise FileNotFoundError(f"{inception.MISSING_WEIGHTS_HINT} (looked for {target})")
+
+
+def _extract(images: Tensor, feature_extractor: str, weights: Path, device, batch_size: int) -> Tensor:
+    """Features ``[N, F]`` (float64, CPU) from torch-fidelity's extractor, in its own batching."""
+    from torch_fidelity.utils import create_feature_extractor, get_featuresdict_from_dataset
+
+    import difflab.metrics.classifier  # noqa: F401  (registers "difflab-classifier")
+
+    name = _TF_NAMES[feature_extractor]
+    cuda = torch.device(device).type == "cuda"
+    layer = "2048" if feature_extractor == "inception" else "features"
+    if feature_extractor == "inception" and images.shape[1] == 1:
+        images = images.expand(-1, 3, -1, -1).contiguous()  # gray -> RGB, as for files on disk
+    fe = create_feature_extractor(
+        name, [layer], cuda=cuda, feature_extractor_weights_path=str(weights), verbose=False
+    )
+    threads = torch.get_num_threads()
+    if feature_extractor == "classifier" and not cuda:
+        torch.set_num_threads(1)  # a tiny CNN: one CPU thread beats several competing ones
+    try:
+        feats = get_featuresdict_from_dataset(
+            _Images(images), fe, batch_size, cuda, save_cpu_ram=True, verbose=False
+        )
+    finally:
+        torch.set_num_threads(threads)
+    return feats[layer].to(torch.float64)
+
+
+def _stats(features: Tensor) -> dict:
+    from torch_fidelity.metric_fid import fid_features_to_statistics
+
+    return fid_features_to_statistics(features.to(torch.float32))
+
+
+def reference_statistics(
+    reference: Tensor, *, feature_extractor: str, weights: Path, cache_dir, device="cpu", batch_size: int = 64
+) -> tuple[dict, str, bool]:
+    """``({"features", "mu", "sigma"}, cache key, hit)``, cached in ``cache_dir`` under a key from
+    the reference content, the extractor and the weights file's hash."""
+    key = hashlib.sha256(
+        f"{feature_extractor}|{content_hash(reference)}|{weights_hash(weights)}".encode()
+    ).hexdigest()[:32]
+    path = Path(cache_dir) / f"ref-{feature_extractor}-{key}.pt"
+    if path.is_file():
+        cached = torch.load(path, map_location="cpu", weights_only=False)
+        return cached, key, True
+    features = _extract(reference, feature_extractor, weights, device, batch_size)
+    stats = {"features": features, **_stats(features), "n": reference.shape[0]}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(stats, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return stats, key, False
+
+
+@contextlib.contextmanager
+def _small_linalg(d: int, device="cpu"):
+    """One BLAS/OpenMP thread for small (d <= 512) CPU eigenproblems: on a loaded 2-core machine,
+    BLAS threads fighting torch's spinning OpenMP threads make them 10-100x slower."""
+    if d > 512 or torch.device(device).type != "cpu":
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with threadpool_limits(1):
+            yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _sym_sqrt(m: Tensor) -> Tensor:
+    w, v = torch.linalg.eigh(m)
+    return (v * w.clamp_min(0).sqrt()) @ v.T
+
+
+def bootstrap_fid(
+    features: Tensor, mu_ref: Tensor, sigma_ref: Tensor, n_boot: int, seed: int = 0, device="cpu"
+) -> Tensor:
+    """FID of ``n_boot`` resamples (with replacement) of ``features`` ``[n, d]`` against fixed
+    reference statistics. ``tr sqrt(S1 S2) = tr sqrt(S2^1/2 S1 S2^1/2)``, computed on the
+    ``n x n`` Gram matrix when ``n <= d`` (the covariance has rank < n there)."""
+    dev = torch.device(device)
+    f = features.to(dev, torch.float64)
+    mu2, s2 = mu_ref.to(dev, torch.float64), sigma_ref.to(dev, torch.float64)
+    root2 = _sym_sqrt(s2)
+    n, d = f.shape
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    out = torch.empty(n_boot, dtype=torch.float64)
+    tr2 = torch.trace(s2)
+    for b in range(n_boot):
+        fb = f[torch.randint(0, n, (n,), generator=g).to(dev)]
+        mu1 = fb.mean(0)
+        a = (fb - mu1) / math.sqrt(n - 1)  # S1 = a^T a
+        ar = a @ root2  # [n, d]
+        m = ar @ ar.T if n <= d else ar.T @ ar
+        tr_covmean = torch.linalg.eigvalsh(m).clamp_min(0).sqrt().sum()
+        out[b] = ((mu1 - mu2) ** 2).sum() + (a**2).sum() + tr2 - 2 * tr_covmean
+    return out
+
+
+def fid_kid(
+    samples: Tensor,
+    reference: Tensor,
+    *,
+    feature_extractor: str = "classifier",
+    extractor_path=None,
+    cache_dir,
+    bootstrap: int = 200,
+    seed: int = 0,
+    device="cpu",
+    kid_subset_size: int | None = None,
+    kid_subsets: int = 100,
+    batch_size: int = 64,
+) -> dict:
+    """FID (with a 95% bootstrap interval) and KID between uint8 ``samples`` and ``reference``
+    ``[N, C, H, W]`` (0..255; C = 1 or 3; same C, H, W).
+
+    Returns ``dict(fid, fid_lo, fid_hi, kid_mean, kid_std, n_samples, n_reference, kid_subset_size,
+    feature_dim, feature_extractor, weights_sha256, reference_cache_hit)``. ``kid_subset_size``
+    defaults to ``min(1000, n_samples, n_reference)`` (``kid_subsets`` subsets, torch-fidelity's
+    default 100); fewer than 10 images on either side is an error for KID. FID with fewer samples
+    than feature dimensions is strongly biased: a warning, and ``n_samples`` is reported beside
+    every number. ``bootstrap=0`` skips the interval (NaN).
+    """
+    samples = _check_images("samples", samples)
+    reference = _check_images("reference", reference)
+    if samples.shape[1:] != reference.shape[1:]:
+        raise ValueError(
+            f"samples {tuple(samples.shape[1:])} and reference {tuple(reference.shape[1:])} "
+            "differ in [C, H, W]"
+        )
+    if isinstance(bootstrap, bool) or not isinstance(bootstrap, int) or bootstrap < 0:
+        raise ValueError(f"bootstrap={bootstrap!r} must be an integer >= 0")
+    n, n_ref = samples.shape[0], reference.shape[0]
+    if min(n, n_ref) < KID_MIN_SAMPLES:
+        raise ValueError(
+            f"too few images for KID: {n} samples, {n_ref} reference; at least {KID_MIN_SAMPLES} on each side"
+        )
+    if kid_subset_size is None:
+        kid_subset_size = min(KID_MAX_SUBSET, n, n_ref)
+    elif not (isinstance(kid_subset_size, int) and 2 <= kid_subset_size <= min(n, n_ref)):
+        raise ValueError(f"kid_subset_size={kid_subset_size!r} must be an integer in 2..{min(n, n_ref)}")
+    weights = resolve_weights(feature_extractor, extractor_path)
+    if feature_extractor == "classifier":
+        from difflab.metrics.classifier import load_classifier
+
+        _, hp = load_classifier(weights)
+        if list(samples.shape[2:]) != list(hp["image_size"]):
+            raise ValueError(
+                f"the classifier was trained on {hp['image_size'][0]}x{hp['image_size'][1]} images; "
+                f"got {samples.shape[2]}x{samples.shape[3]}"
+            )
+
+    from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_statistics_to_metric
+    from torch_fidelity.metric_kid import KEY_METRIC_KID_MEAN, KEY_METRIC_KID_STD, kid_features_to_metric
+
+    ref, _, hit = reference_statistics(
+        reference,
+        feature_extractor=feature_extractor,
+        weights=weights,
+        cache_dir=cache_dir,
+        device=device,
+        batch_size=batch_size,
+    )
+    feats = _extract(samples, feature_extractor, weights, device, batch_size)
+    d = feats.shape[1]
+    if n < d:
+        warnings.warn(
+            f"FID from {n} samples with {d}-d features is strongly biased (rank-deficient covariance); "
+            "compare only numbers with the same n_samples",
+            stacklevel=2,
+        )
+    with _small_linalg(d):
+        stats = _stats(feats)
+        fid = fid_statistics_to_metric(stats, {"mu": ref["mu"], "sigma": ref["sigma"]}, verbose=False)
+        kid = kid_features_to_metric(
+            feats.to(torch.float32),
+            ref["features"].to(torch.float32),
+            kid_subset_size=kid_subset_size,
+            kid_subsets=kid_subsets,
+            rng_seed=seed,
+            verbose=False,
+        )
+    fid = fid[KEY_METRIC_FID]
+    fid_lo = fid_hi = float("nan")
+    if bootstrap > 0:
+        with _small_linalg(d, device):
+            boots = bootstrap_fid(
+                feats,
+                torch.from_numpy(np.asarray(ref["mu"])),
+                torch.from_numpy(np.asarray(ref["sigma"])),
+                bootstrap,
+                seed=seed,
+                device=device,
+            ).numpy()
+        shift = boots.mean() - fid
+        lo, hi = np.percentile(boots, [2.5, 97.5]) - shift
+        fid_lo, fid_hi = max(0.0, float(lo)), float(hi)
+    return {
+        "fid": float(fid),
+        "fid_lo": fid_lo,
+        "fid_hi": fid_hi,
+        "kid_mean": float(kid[KEY_METRIC_KID_MEAN]),
+        "kid_std": float(kid[KEY_METRIC_KID_STD]),
+        "n_samples": n,
+        "n_reference": n_ref,
+        "kid_subset_size": kid_subset_size,
+        "feature_dim": d,
+        "feature_extractor": feature_extractor,
+        "weights_sha256": weights_hash(weights),
+        "reference_cache_hit": hit,
+    }

@@ -1,0 +1,209 @@
+"""FID/KID through torch-fidelity: known answers, peer equivalence, caching, bad input."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+from difflab.metrics import classifier as C
+from difflab.metrics import fid as F
+from difflab.sampling import levels_to_uint8_images
+
+
+@pytest.fixture(scope="module")
+def digits():
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    levels = torch.from_numpy(d.images).to(torch.uint8).reshape(-1, 1, 8, 8)  # 0..16
+    return levels, torch.from_numpy(d.target)
+
+
+@pytest.fixture(scope="module")
+def ckpt(digits, tmp_path_factory):
+    levels, labels = digits
+    path = tmp_path_factory.mktemp("clf") / "classifier.pt"
+    info = C.train_classifier(levels[:1400], labels[:1400], 17, path, seed=0)
+    return path, info
+
+
+@pytest.fixture(scope="module")
+def halves(digits):
+    u8 = levels_to_uint8_images(digits[0], 17)
+    u8 = u8[torch.randperm(len(u8), generator=torch.Generator().manual_seed(0))]
+    return u8[:900], u8[900:]  # reference, "samples" (another draw from the same distribution)
+
+
+def _noisy(images: torch.Tensor, std: float, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    noise = torch.randn(images.shape, generator=g) * std
+    return (images.float() + noise).round().clamp(0, 255).to(torch.uint8)
+
+
+def test_classifier_trains_fast_and_accurately(ckpt):
+    path, info = ckpt
+    assert info["acc"] > 0.9 and info["seconds"] < 30
+    saved = torch.load(path, weights_only=True)
+    assert saved["hparams"]["image_size"] == [8, 8] and saved["hparams"]["levels"] == 17
+
+
+def test_fid_of_a_set_with_itself_is_zero(ckpt, halves, tmp_path):
+    ref, _ = halves
+    out = F.fid_kid(ref, ref, extractor_path=ckpt[0], cache_dir=tmp_path, bootstrap=0, kid_subsets=5)
+    assert abs(out["fid"]) < 1e-3 * out["feature_dim"]
+    assert out["feature_extractor"] == "classifier" and out["n_samples"] == 900
+
+
+def test_fid_grows_monotonically_with_noise(ckpt, halves, tmp_path):
+    ref, other = halves
+    fids = [
+        F.fid_kid(
+            _noisy(ref, std), ref, extractor_path=ckpt[0], cache_dir=tmp_path, bootstrap=0, kid_subsets=5
+        )["fid"]
+        for std in (0.0, 10.0, 30.0, 60.0, 120.0)
+    ]
+    assert abs(fids[0]) < 1e-3 and all(a < b for a, b in zip(fids, fids[1:])), fids
+
+
+def test_equals_direct_torch_fidelity_and_torchmetrics(ckpt, halves, tmp_path):
+    import torch_fidelity
+    from torchmetrics.image.fid import FrechetInceptionDistance
+
+    ref, other = halves
+    samples = _noisy(other, 30.0)
+    ours = F.fid_kid(
+        samples, ref, extractor_path=ckpt[0], cache_dir=tmp_path, bootstrap=0, seed=7, kid_subsets=20
+    )
+    with F._small_linalg(128):  # the peers' small eigenproblems, on one thread like ours
+        direct = torch_fidelity.calculate_metrics(
+            input1=F._Images(samples),
+            input2=F._Images(ref),
+            fid=True,
+            kid=True,
+            feature_extractor="difflab-classifier",
+            feature_extractor_weights_path=str(ckpt[0]),
+            kid_subset_size=ours["kid_subset_size"],
+            rng_seed=7,
+            kid_subsets=20,
+            cuda=False,
+            cache=False,
+            save_cpu_ram=True,
+            verbose=False,
+        )
+    assert ours["fid"] == pytest.approx(direct["frechet_inception_distance"], abs=1e-3)
+    assert ours["kid_mean"] == pytest.approx(direct["kernel_inception_distance_mean"], abs=1e-6)
+    assert ours["kid_std"] == pytest.approx(direct["kernel_inception_distance_std"], abs=1e-6)
+
+    class Features(torch.nn.Module):  # torchmetrics' custom-feature path: uint8 in, [B, F] out
+        def __init__(self):
+            super().__init__()
+            self.fe = C.FeatureExtractorClassifier("difflab-classifier", ["features"], str(ckpt[0]))
+
+        def forward(self, x):
+            return self.fe(x.to(torch.uint8))[0]
+
+    tm = FrechetInceptionDistance(feature=Features(), input_img_size=(1, 8, 8))
+    tm.update(ref, real=True)
+    tm.update(samples, real=False)
+    with F._small_linalg(128):
+        tm_fid = float(tm.compute())
+    assert tm_fid == pytest.approx(ours["fid"], abs=1e-3)
+    assert ours["fid"] > 1.0  # a non-trivial distance, so the agreement means something
+
+
+def test_reference_cache_is_keyed_by_content_and_weights(ckpt, halves, digits, tmp_path):
+    ref, other = halves
+    first = F.fid_kid(other, ref, extractor_path=ckpt[0], cache_dir=tmp_path, bootstrap=0, kid_subsets=5)
+    again = F.fid_kid(other, ref, extractor_path=ckpt[0], cache_dir=tmp_path, bootstrap=0, kid_subsets=5)
+    assert not first["reference_cache_hit"] and again["reference_cache_hit"]
+    assert again["fid"] == first["fid"]
+    changed = ref.clone()
+    changed[0, 0, 0, 0] ^= 1  # one pixel, one bit
+    moved = F.fid_kid(other, changed, extractor_path=ckpt[0], cache_dir=tmp_path, bootstrap=0, kid_subsets=5)
+    assert not moved["reference_cache_hit"]
+    retrained = tmp_path / "other-classifier.pt"
+    C.train_classifier(digits[0][:300], digits[1][:300], 17, retrained, seed=1, epochs=1)
+    new_weights = F.fid_kid(
+        other, ref, extractor_path=retrained, cache_dir=tmp_path, bootstrap=0, kid_subsets=5
+    )
+    assert not new_weights["reference_cache_hit"]
+    assert len(list(tmp_path.glob("ref-classifier-*.pt"))) == 3
+
+
+def test_bootstrap_interval_contains_the_estimate(ckpt, halves, tmp_path):
+    ref, other = halves
+    out = F.fid_kid(_noisy(other[:300], 30.0), ref, extractor_path=ckpt[0], cache_dir=tmp_path, bootstrap=100)
+    assert out["fid_lo"] < out["fid"] < out["fid_hi"]
+    assert out["fid_hi"] - out["fid_lo"] < out["fid"]  # 300 samples pin FID to well within a factor 2
+
+
+def test_bootstrap_gram_trick_matches_torch_fidelity():
+    """The bootstrap FID of a resample equals torch-fidelity's FID of that resample (n < d and n > d)."""
+    from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
+
+    g = torch.Generator().manual_seed(0)
+    for n in (20, 60):
+        f1 = torch.randn(n, 32, generator=g, dtype=torch.float64) * 1.5 + 0.3
+        f2 = torch.randn(80, 32, generator=g, dtype=torch.float64)
+        s1, s2 = fid_features_to_statistics(f1), fid_features_to_statistics(f2)
+        want = fid_statistics_to_metric(s1, s2, verbose=False)["frechet_inception_distance"]
+        gen = torch.Generator().manual_seed(123)
+        idx = torch.randint(0, n, (n,), generator=gen)
+        got = F.bootstrap_fid(f1, torch.tensor(s2["mu"]), torch.tensor(s2["sigma"]), 1, seed=123)
+        resampled = fid_statistics_to_metric(fid_features_to_statistics(f1[idx]), s2, verbose=False)
+        assert float(got[0]) == pytest.approx(resampled["frechet_inception_distance"], rel=1e-6)
+        assert want > 0
+
+
+def test_too_few_for_kid_and_small_n_warning(ckpt, halves, tmp_path):
+    ref, other = halves
+    with pytest.raises(ValueError, match="too few images for KID: 5 samples"):
+        F.fid_kid(other[:5], ref, extractor_path=ckpt[0], cache_dir=tmp_path)
+    with pytest.warns(UserWarning, match="strongly biased"):
+        out = F.fid_kid(other[:50], ref, extractor_path=ckpt[0], cache_dir=tmp_path, bootstrap=10)
+    assert out["n_samples"] == 50 and out["kid_subset_size"] == 50
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        F.fid_kid(other[:200], ref, extractor_path=ckpt[0], cache_dir=tmp_path, bootstrap=0, kid_subsets=5)
+
+
+@pytest.mark.parametrize(
+    "mutate, match",
+    [
+        (lambda x: x.float() / 255, "uint8"),
+        (lambda x: x.numpy(), "torch uint8 tensor"),
+        (lambda x: torch.nn.functional.pad(x, (1, 1, 1, 1)), "trained on 8x8"),
+        (lambda x: x[:, 0], r"\[N, C, H, W\]"),
+        (lambda x: x.expand(-1, 2, -1, -1), "C = 1 or 3"),
+    ],
+)
+def test_bad_images_are_rejected_without_output(ckpt, halves, tmp_path, mutate, match):
+    ref, other = halves
+    cache = tmp_path / "cache"
+    with pytest.raises(ValueError, match=match):
+        F.fid_kid(
+            mutate(other[:20]),
+            mutate(ref[:20]) if "8x8" in match else ref,
+            extractor_path=ckpt[0],
+            cache_dir=cache,
+        )
+    assert not cache.exists()
+
+
+def test_bad_extractor_and_missing_weights(ckpt, halves, tmp_path, monkeypatch):
+    ref, other = halves
+    with pytest.raises(ValueError, match="classifier, inception"):
+        F.fid_kid(other[:20], ref[:20], feature_extractor="vgg", cache_dir=tmp_path)
+    with pytest.raises(FileNotFoundError, match="classifier checkpoint"):
+        F.fid_kid(other[:20], ref[:20], extractor_path=tmp_path / "nope.pt", cache_dir=tmp_path)
+    from difflab.metrics import inception
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setattr(inception, "download_official", lambda *a, **k: False)
+    with pytest.raises(FileNotFoundError, match="make fid-weights") as err:
+        F.fid_kid(other[:20], ref[:20], feature_extractor="inception", cache_dir=tmp_path)
+    assert "\n" not in str(err.value)
+    with pytest.raises(ValueError, match="samples .* and reference .* differ"):
+        F.fid_kid(other[:20, :, :4], ref[:20], extractor_path=ckpt[0], cache_dir=tmp_path)
