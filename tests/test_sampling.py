@@ -72,6 +72,15 @@ def _stub_solvers() -> types.ModuleType:
 
 
 @pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny float64 problems: one thread avoids contention on the shared 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
 def solvers(monkeypatch):
     try:
         import difflab.solvers as real
