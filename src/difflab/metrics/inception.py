@@ -144,24 +144,26 @@ def load_torchscript(ts_path: str | os.PathLike) -> torch.nn.Module:
 
 
 def inception_skeleton() -> torch.nn.Module:
-    """torch-fidelity's ``FeatureExtractorInceptionV3`` with uninitialised weights (no download)."""
+    """torch-fidelity's ``FeatureExtractorInceptionV3`` on the meta device (keys and shapes, no download)."""
     import torch_fidelity.feature_extractor_inceptionv3 as fe
 
     class _Skeleton(fe.FeatureExtractorInceptionV3):
         def load_state_dict(self, *args, **kwargs):  # the converter fills the weights
             return None
 
-    with mock.patch.object(fe, "load_state_dict_from_url", lambda *a, **k: {}):
-        return _Skeleton("inception-v3-compat", ["2048"])
+    with mock.patch.object(fe, "load_state_dict_from_url", lambda *a, **k: {}), torch.device("meta"):
+        return _Skeleton("inception-v3-compat", ["2048"])  # shapes only: no memory, no init cost
 
 
 def convert_torchscript(ts_path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """torch-fidelity state dict from the TorchScript trunk (conv layers matched in order, shapes checked)."""
     ts_state = load_torchscript(ts_path).state_dict()
     prefixes = [k[: -len(".weight")] for k in ts_state if k.endswith(".weight")]
+    if len(prefixes) != N_CONV:
+        raise RuntimeError(f"expected {N_CONV} conv layers in the TorchScript, got {len(prefixes)}")
     target = inception_skeleton().state_dict()
     convs = [k[: -len(".conv.weight")] for k in target if k.endswith(".conv.weight")]
-    if len(prefixes) != N_CONV or len(convs) != N_CONV:
+    if len(convs) != N_CONV:
         raise RuntimeError(f"expected {N_CONV} conv layers, got {len(prefixes)} (TorchScript), {len(convs)}")
     out: dict[str, torch.Tensor] = {}
     for src, dst in zip(prefixes, convs):
@@ -169,14 +171,14 @@ def convert_torchscript(ts_path: str | os.PathLike) -> dict[str, torch.Tensor]:
         if w.shape != target[f"{dst}.conv.weight"].shape:
             raise RuntimeError(f"shape mismatch {src} {tuple(w.shape)} -> {dst}")
         out[f"{dst}.conv.weight"] = w.float().clone()
-        out[f"{dst}.bn.weight"] = torch.ones_like(ts_state[f"{src}.beta"], dtype=torch.float32)
+        out[f"{dst}.bn.weight"] = torch.ones(w.shape[0], dtype=torch.float32)
         out[f"{dst}.bn.bias"] = ts_state[f"{src}.beta"].float().clone()
         out[f"{dst}.bn.running_mean"] = ts_state[f"{src}.mean"].float().clone()
         out[f"{dst}.bn.running_var"] = ts_state[f"{src}.var"].float().clone()
         out[f"{dst}.bn.num_batches_tracked"] = torch.zeros((), dtype=torch.long)
     # No logits head in the TorchScript: NaN so that an Inception Score from these weights is NaN.
-    out["fc.weight"] = torch.full_like(target["fc.weight"], float("nan"))
-    out["fc.bias"] = torch.full_like(target["fc.bias"], float("nan"))
+    out["fc.weight"] = torch.full(target["fc.weight"].shape, float("nan"))
+    out["fc.bias"] = torch.full(target["fc.bias"].shape, float("nan"))
     missing = set(target) - set(out)
     if missing:
         raise RuntimeError(f"converter left {len(missing)} tensors unset, e.g. {sorted(missing)[:3]}")
