@@ -1,9 +1,12 @@
-"""Stage `evaluate`: FID and KID (95% bootstrap interval) of every row of one schedule x solver
-against the prepared reference, with the prepared feature extractor.
+"""Stage `evaluate`: FID and KID (95% bootstrap interval) of every row of one schedule (every
+solver x step count) against the prepared reference, with the prepared feature extractor.
 
-Writes OUT (default evals/SCHEDULE/SOLVER.json): one record per step count with schedule, solver,
-steps, nfe, fid, fid_lo, fid_hi, kid_mean, kid_std, solver_error, seconds_per_sample, n_samples,
-feature_extractor.
+One process per schedule, not per solver: starting the feature extractor (torch-fidelity imports
+torchvision) costs seconds, which 32 processes would pay 32 times.
+
+Writes OUT (default evals/SCHEDULE/fid.json): one record per solver x step count with schedule,
+solver, steps, nfe, fid, fid_lo, fid_hi, kid_mean, kid_std, solver_error, seconds_per_sample,
+n_samples, feature_extractor.
 """
 
 import json
@@ -16,8 +19,7 @@ def main(args):
     import numpy as np
     import torch
 
-    from difflab.metrics.fid import fid_kid
-    from difflab.sampling import levels_to_uint8_images, load_samples
+    from difflab.sampling import levels_to_uint8_images
 
     ev = cfg["evaluate"]
     meta = read_json(f"{args.data}/meta.json")
@@ -28,8 +30,19 @@ def main(args):
         )
     levels = meta["levels"]
     reference = levels_to_uint8_images(torch.from_numpy(np.load(f"{args.data}/train_images.npy")), levels)
-    folder = args.samples or f"samples/{args.schedule}/{args.solver}"
     extractor = f"{args.features}/classifier.pt" if ev["feature_extractor"] == "classifier" else None
+    records = []
+    for solver in cfg["solvers"]:
+        records += _evaluate(args, cfg, solver, reference, extractor, levels)
+    atomic_file(args.out or f"evals/{args.schedule}/fid.json", json.dumps(records, indent=2) + "\n")
+
+
+def _evaluate(args, cfg, solver, reference, extractor, levels) -> list[dict]:
+    from difflab.metrics.fid import fid_kid
+    from difflab.sampling import levels_to_uint8_images, load_samples
+
+    ev = cfg["evaluate"]
+    folder = f"{args.samples}/{args.schedule}/{solver}"
     records = []
     for row in read_json(f"{folder}/rows.json"):
         images = levels_to_uint8_images(load_samples(f"{folder}/{row['file']}")["images"], levels)
@@ -43,7 +56,7 @@ def main(args):
             seed=cfg["seed"],
             device=resolve_device(args.device),
         )
-        record = {"schedule": args.schedule, "solver": args.solver, **{k: row[k] for k in ("steps", "nfe")}}
+        record = {"schedule": args.schedule, "solver": solver, **{k: row[k] for k in ("steps", "nfe")}}
         for key in ("fid", "fid_lo", "fid_hi", "kid_mean", "kid_std"):
             record[key] = float(scores[key])
         record.update(
@@ -54,21 +67,18 @@ def main(args):
         )
         records.append(record)
         print(
-            f"{args.schedule} {args.solver} steps={row['steps']}: "
+            f"{args.schedule} {solver} steps={row['steps']}: "
             f"FID {record['fid']:.3f} [{record['fid_lo']:.3f}, {record['fid_hi']:.3f}]"
         )
-    atomic_file(args.out or f"evals/{args.schedule}/{args.solver}.json", json.dumps(records, indent=2) + "\n")
+    return records
 
 
 if __name__ == "__main__":
     p = parser(__doc__)
     p.add_argument("--schedule", required=True)
-    p.add_argument("--solver", required=True)
-    p.add_argument(
-        "--samples", default=None, help="the sample stage's folder (default: samples/SCHEDULE/SOLVER)"
-    )
+    p.add_argument("--samples", default="samples", help="the sample stages' folder (default: %(default)s)")
     p.add_argument("--data", default="data/prepared", help="the prepare stage's dataset folder")
     p.add_argument("--features", default="data/features", help="the prepare stage's feature folder")
-    p.add_argument("--out", default=None)
+    p.add_argument("--out", default=None, help="output file (default: evals/SCHEDULE/fid.json)")
     add_device(p)
     run(main, p.parse_args())

@@ -52,7 +52,7 @@ def main(args):
 
             extractor_path = out / "classifier.pt"
             info["classifier"] = train_classifier(
-                train_x, train_y, dm.levels, extractor_path, seed=cfg["seed"]
+                train_x, train_y, dm.levels, extractor_path, seed=cfg["seed"], epochs=ev["classifier_epochs"]
             )
         from difflab.metrics.fid import fid_kid
 

@@ -169,6 +169,7 @@ def validate(cfg: dict) -> dict:
             )
 
     _choice(cfg, "evaluate.feature_extractor", FEATURE_EXTRACTORS)
+    _positive_int(cfg, "evaluate.classifier_epochs")
     _positive_int(cfg, "evaluate.bootstrap", minimum=0)
     _positive_int(cfg, "evaluate.nll_images", minimum=0)
     _choice(cfg, "evaluate.nll_divergence", DIVERGENCES)

@@ -13,16 +13,19 @@ from difflab.report import analysis, html, plots
 
 
 def collect(evals_dir: str | os.PathLike, schedules: Sequence[str], solvers: Sequence[str]):
-    """The evaluate records of every schedule x solver and the NLL record of every schedule.
-    A missing file is an error naming it (the pipeline's stages must all have run)."""
+    """The evaluate records (``evals_dir/<schedule>/fid.json``) of every schedule x solver and the
+    NLL record (``nll.json``) of every schedule. A missing file or solver is an error naming it."""
     evals_dir = Path(evals_dir)
     records, nll = [], {}
     for schedule in schedules:
-        for solver in solvers:
-            path = evals_dir / schedule / f"{solver}.json"
-            if not path.exists():
-                raise FileNotFoundError(f"{path} not found; run the evaluate stage for {schedule} x {solver}")
-            records += json.loads(path.read_text())
+        path = evals_dir / schedule / "fid.json"
+        if not path.exists():
+            raise FileNotFoundError(f"{path} not found; run the evaluate stage for {schedule}")
+        recs = [r for r in json.loads(path.read_text()) if r["solver"] in solvers]
+        missing = [v for v in solvers if not any(r["solver"] == v for r in recs)]
+        if missing:
+            raise FileNotFoundError(f"{path} has no rows for solvers {missing}; re-run evaluate@{schedule}")
+        records += recs
         path = evals_dir / schedule / "nll.json"
         nll[schedule] = json.loads(path.read_text()) if path.exists() else {}
     return records, nll

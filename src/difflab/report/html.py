@@ -42,23 +42,25 @@ def data_uri(png: str | Path | bytes) -> str:
 
 def versions() -> dict:
     """Versions of Python and the libraries the numbers depend on, and the git commit."""
+    from importlib.metadata import PackageNotFoundError, version
+
     out = {"python": platform.python_version()}
-    for mod in (
+    libs = (
         "difflab",
         "torch",
         "lightning",
         "torchdiffeq",
-        "torch_fidelity",
+        "torch-fidelity",
         "wandb",
         "dvc",
-        "hydra",
+        "hydra-core",
         "numpy",
-    ):
+    )
+    for dist in libs:
         try:
-            m = __import__(mod)
-            out[mod] = getattr(m, "__version__", "?")
-        except Exception:
-            out[mod] = "not installed"
+            out[dist] = version(dist)  # package metadata: no import of the (heavy) library itself
+        except PackageNotFoundError:
+            out[dist] = "not installed"
     try:
         commit = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5

@@ -1,0 +1,168 @@
+"""The composed configuration: conf/ composes into exactly params.yaml, experiments override only
+what differs, bad values fail with one clear line, and dvc.yaml reads only declared params."""
+
+import re
+
+import pytest
+import yaml
+
+from difflab.config import ConfigError, compose, is_stochastic, load_params, validate, wandb_group
+
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def default():
+    return compose()
+
+
+@pytest.fixture(scope="module")
+def experiments():
+    return {name: compose([f"experiment={name}"]) for name in ("quick", "smoke", "mnist", "cifar10")}
+
+
+def test_params_yaml_is_the_composed_default(default):
+    assert load_params(ROOT / "params.yaml", check=False) == default
+
+
+def test_default_is_quick_with_everything(default):
+    assert default["experiment"] == "quick"
+    assert default["schedules"] == ["vp_linear", "vp_cosine", "ve", "flow"]
+    assert default["solvers"] == [
+        "euler_maruyama",
+        "euler",
+        "heun",
+        "ddpm",
+        "ddim",
+        "dpm_solver_2m",
+        "pc",
+        "rk45",
+    ]
+    assert default["sample"]["steps"] == [10, 20, 50, 100]
+    assert default["sample"]["n_samples"] >= 1000
+    assert default["data"]["name"] == "digits"
+    assert default["evaluate"]["feature_extractor"] == "classifier"
+    assert default["trainer"]["accelerator"] == "cpu"
+
+
+def _diff(a, b, prefix=""):
+    """Dotted keys where two nested dicts differ."""
+    keys = set()
+    for k in set(a) | set(b):
+        if isinstance(a.get(k), dict) and isinstance(b.get(k), dict):
+            keys |= _diff(a[k], b[k], f"{prefix}{k}.")
+        elif a.get(k) != b.get(k):
+            keys.add(prefix + k)
+    return keys
+
+
+def test_experiments_override_only_what_differs(default, experiments):
+    assert experiments["quick"] == default
+    for name, cfg in experiments.items():
+        validate(cfg)
+        assert cfg["experiment"] == name
+        assert wandb_group(cfg) == name
+        assert cfg["schedule"] == default["schedule"]  # every experiment compares the same schedules
+    smoke = experiments["smoke"]
+    assert set(smoke["schedules"]) < set(default["schedules"]) and "rk45" in smoke["solvers"]
+    assert smoke["sample"]["n_samples"] < default["sample"]["n_samples"]
+    assert smoke["sample"]["options"]["ddim"] == default["sample"]["options"]["ddim"]  # merged, not replaced
+    for gpu in ("mnist", "cifar10"):
+        cfg = experiments[gpu]
+        assert cfg["data"]["name"] == gpu
+        assert cfg["denoiser"]["name"] == "unet" and cfg["trainer"]["accelerator"] == "gpu"
+        assert cfg["evaluate"]["feature_extractor"] == "inception"
+        untouched = _diff(default, cfg) & {"seed", "schedules", "solvers", "sample.grid", "sample.steps"}
+        assert not untouched
+
+
+def test_group_options_compose():
+    vp = compose(["schedule=vp", "solver=ode"])
+    assert vp["schedules"] == ["vp_linear", "vp_cosine"]
+    assert "euler_maruyama" not in vp["solvers"] and "rk45" in vp["solvers"]
+    assert set(vp["sample"]["options"]) >= set(vp["solvers"])
+
+
+@pytest.mark.parametrize(
+    "key, value, words",
+    [
+        ("schedules", ["vp_linear", "edm_typo"], ["edm_typo", "vp_cosine"]),
+        ("solvers", ["euler", "rk4"], ["rk4", "dpm_solver_2m"]),
+        ("data.name", "imagenet", ["imagenet", "digits"]),
+        ("sample.steps", [10, 0], ["0", "> 0"]),
+        ("sample.steps", [-5], ["-5"]),
+        ("sample.steps", [10.5], ["10.5"]),
+        ("sample.steps", [], ["sample.steps"]),
+        ("sample.n_samples", 0, ["n_samples"]),
+        ("sample.grid", "cosine", ["cosine", "logsnr"]),
+        ("evaluate.feature_extractor", "clip", ["clip", "inception"]),
+        ("schedule.ve.params", {"sigma_max": -1.0}, ["sigma_max"]),
+        ("schedule.flow.prediction", "noise", ["noise", "velocity"]),
+        ("sample.guidance_scale", 2.0, ["class_cond"]),
+    ],
+)
+def test_bad_values_fail_with_one_line(default, key, value, words):
+    cfg = yaml.safe_load(yaml.safe_dump(default))
+    node = cfg
+    *parents, last = key.split(".")
+    for p in parents:
+        node = node[p]
+    node[last] = value
+    with pytest.raises(ConfigError) as err:
+        validate(cfg)
+    msg = str(err.value)
+    assert "\n" not in msg
+    for w in words:
+        assert w in msg
+
+
+def test_missing_solver_options_is_an_error(default):
+    cfg = yaml.safe_load(yaml.safe_dump(default))
+    del cfg["sample"]["options"]["heun"]
+    with pytest.raises(ConfigError, match="sample.options.heun"):
+        validate(cfg)
+
+
+def test_bad_override_is_one_line():
+    with pytest.raises(ConfigError) as err:
+        compose(["experiment=does_not_exist"])
+    assert "does_not_exist" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_stochastic_solvers():
+    assert is_stochastic("ddpm") and is_stochastic("pc") and is_stochastic("euler_maruyama")
+    assert not is_stochastic("ddim", {"eta": 0.0}) and is_stochastic("ddim", {"eta": 1.0})
+    assert not any(is_stochastic(s) for s in ("euler", "heun", "dpm_solver_2m", "rk45"))
+
+
+def _expand(template: str, item: dict) -> str:
+    return re.sub(r"\$\{item\.(\w+)\}", lambda m: item[m.group(1)], template)
+
+
+def _lookup(cfg, dotted):
+    node = cfg
+    for part in dotted.split("."):
+        node = node[part]
+    return node
+
+
+def test_dvc_stages_declare_resolvable_and_minimal_params(default):
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    assert {"prepare", "train", "reference", "sample", "evaluate", "nll", "report"} <= set(stages)
+    assert stages["train"]["matrix"] == {"schedule": "${schedules}"}
+    assert stages["sample"]["matrix"] == {"schedule": "${schedules}", "solver": "${solvers}"}
+    for name, stage in stages.items():
+        items = [{"schedule": s, "solver": v} for s in default["schedules"] for v in default["solvers"]]
+        for item in items:
+            for p in stage.get("params", []):
+                _lookup(default, _expand(p, item))  # KeyError if a declared param is missing
+    # one solver's stage reads its own options only, so changing ddim's eta re-runs only ddim
+    sample_params = stages["sample"]["params"]
+    assert "sample.options.${item.solver}" in sample_params
+    assert not any(p in ("sample", "sample.options") for p in sample_params)
+    assert "sample.options.${item.solver}" not in stages["evaluate"]["params"]
+    assert not any(p.startswith("sample") for p in stages["train"]["params"])
+    assert (
+        "schedule.${item.schedule}" in stages["train"]["params"]
+        and "schedule" not in stages["train"]["params"]
+    )
