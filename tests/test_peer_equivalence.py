@@ -114,8 +114,8 @@ def test_ddim_eta_one_matches_diffusers_with_the_same_noise():
     )
     scheduler.set_timesteps(K)
     grid = grid_from_alphas_cumprod(schedule, scheduler.alphas_cumprod)
-    replay = torch.Generator().manual_seed(7)  # our solver draws one [B, d] float64 normal per step
-    noises = [torch.randn(noise.shape, generator=replay, dtype=torch.float64) for _ in range(K)]
+    replay = torch.Generator().manual_seed(7)  # our solver draws one [B, d] normal per step
+    noises = [S.randn_like(noise, replay) for _ in range(K)]
     states = []
     S.sample_ddim(
         D, schedule, noise, None, grid=grid, eta=1.0, generator=torch.Generator().manual_seed(7),

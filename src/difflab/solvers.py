@@ -46,16 +46,21 @@ def randn_like(x: Tensor, generator: torch.Generator | Sequence[torch.Generator]
     ``generator`` is ``None`` (global RNG), one ``torch.Generator``, or a sequence of ``B``
     generators, one per batch row (EDM's ``StackedRandomGenerator``): then row ``b``'s noise depends
     only on ``generator[b]``, so a sample's noise path is independent of the batch it sits in.
+    Float64 noise is drawn in float32 and cast: torch's float64 normal sampler is ~10x slower on CPU
+    and a float32 normal is exact enough for sampling.
     """
+    draw = torch.float32 if x.dtype == torch.float64 else x.dtype
     if generator is None or isinstance(generator, torch.Generator):
-        return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
-    if len(generator) != x.shape[0]:
-        raise ValueError(
-            f"got {len(generator)} generators for a batch of {x.shape[0]} rows; need one per row"
+        z = torch.randn(x.shape, generator=generator, dtype=draw, device=x.device)
+    else:
+        if len(generator) != x.shape[0]:
+            raise ValueError(
+                f"got {len(generator)} generators for a batch of {x.shape[0]} rows; need one per row"
+            )
+        z = torch.stack(
+            [torch.randn(x.shape[1:], generator=g, dtype=draw, device=x.device) for g in generator]
         )
-    return torch.stack(
-        [torch.randn(x.shape[1:], generator=g, dtype=x.dtype, device=x.device) for g in generator]
-    )
+    return z.to(x.dtype)
 
 
 class CountingDenoiser:
