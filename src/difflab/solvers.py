@@ -49,18 +49,21 @@ def randn_like(x: Tensor, generator: torch.Generator | Sequence[torch.Generator]
     Float64 noise is drawn in float32 and cast: torch's float64 normal sampler is ~10x slower on CPU
     and a float32 normal is exact enough for sampling.
     """
-    draw = torch.float32 if x.dtype == torch.float64 else x.dtype
+    return _draw(x, generator).to(x.dtype)
+
+
+def _draw(x: Tensor, generator) -> Tensor:
+    """``randn_like`` before the cast: float32 for float64 ``x`` (added to x in place, no extra pass)."""
+    dtype = torch.float32 if x.dtype == torch.float64 else x.dtype
     if generator is None or isinstance(generator, torch.Generator):
-        z = torch.randn(x.shape, generator=generator, dtype=draw, device=x.device)
-    else:
-        if len(generator) != x.shape[0]:
-            raise ValueError(
-                f"got {len(generator)} generators for a batch of {x.shape[0]} rows; need one per row"
-            )
-        z = torch.stack(
-            [torch.randn(x.shape[1:], generator=g, dtype=draw, device=x.device) for g in generator]
+        return torch.randn(x.shape, generator=generator, dtype=dtype, device=x.device)
+    if len(generator) != x.shape[0]:
+        raise ValueError(
+            f"got {len(generator)} generators for a batch of {x.shape[0]} rows; need one per row"
         )
-    return z.to(x.dtype)
+    return torch.stack(
+        [torch.randn(x.shape[1:], generator=g, dtype=dtype, device=x.device) for g in generator]
+    )
 
 
 class CountingDenoiser:
@@ -245,8 +248,14 @@ class _Run:
         return self.D(x, self.K).to(self.out_dtype)
 
 
-def _noise(x: Tensor, generator) -> Tensor:
-    return randn_like(x, generator)
+def _lin(a: float, x: Tensor, b: float, y: Tensor) -> Tensor:
+    """``a x + b y`` in two passes (one multiply, one fused add) into a fresh tensor."""
+    return torch.mul(x, a).add_(y, alpha=b)
+
+
+def _add_noise(x: Tensor, std: float, generator) -> Tensor:
+    """``x + std z``, z ~ N(0, I) from ``generator``, in place: only call it on a fresh ``x``."""
+    return x.add_(_draw(x, generator), alpha=std)
 
 
 # -- fixed-step solvers --------------------------------------------------------------------------
@@ -261,7 +270,7 @@ def sample_euler_maruyama(
     for i in range(run.K):
         h = run.t[i] - run.t[i + 1]
         D = run.D(x, i)
-        x = (1 - h * c_x[i]) * x - (h * c_D[i]) * D + math.sqrt(g2[i] * h) * _noise(x, generator)
+        x = _add_noise(_lin(1 - h * c_x[i], x, -h * c_D[i], D), math.sqrt(g2[i] * h), generator)
         run.report(i, x, D)
     return run.finish(x)
 
@@ -274,7 +283,7 @@ def sample_euler(denoiser, schedule, noise, steps, *, grid="uniform", generator=
     for i in range(run.K):
         h = run.t[i + 1] - run.t[i]
         D = run.D(x, i)
-        x = (1 + h * c_x[i]) * x + (h * c_D[i]) * D
+        x = _lin(1 + h * c_x[i], x, h * c_D[i], D)
         run.report(i, x, D)
     return run.finish(x)
 
@@ -290,10 +299,10 @@ def sample_heun(denoiser, schedule, noise, steps, *, grid="uniform", generator=N
     for i in range(run.K):
         h = run.t[i + 1] - run.t[i]
         D = run.D(x, i)
-        d = c_x[i] * x + c_D[i] * D
-        x_pred = x + h * d
-        d_next = c_x[i + 1] * x_pred + c_D[i + 1] * run.D(x_pred, i + 1)
-        x = x + (h / 2) * (d + d_next)
+        d = _lin(c_x[i], x, c_D[i], D)
+        x_pred = torch.add(x, d, alpha=h)
+        d_next = _lin(c_x[i + 1], x_pred, c_D[i + 1], run.D(x_pred, i + 1))
+        x = torch.add(x, d.add_(d_next), alpha=h / 2)
         run.report(i, x, D)
     return run.finish(x)
 
@@ -310,9 +319,9 @@ def _ddim_step(run: _Run, i: int, x: Tensor, D: Tensor, eta: float, generator) -
     a_t, s_t, a_s, s_s = run.a[i], run.s[i], run.a[i + 1], run.s[i + 1]
     em = _kernel_ratio(run, i)
     k_eps = s_s * math.sqrt(1 - eta**2 * em) / s_t  # coefficient of eps_hat = (x - a_t D) / s_t
-    x_next = k_eps * x + (a_s - k_eps * a_t) * D
+    x_next = _lin(k_eps, x, a_s - k_eps * a_t, D)
     if eta > 0:
-        x_next = x_next + eta * s_s * math.sqrt(em) * _noise(x, generator)
+        x_next = _add_noise(x_next, eta * s_s * math.sqrt(em), generator)
     return x_next
 
 
@@ -328,8 +337,8 @@ def sample_ddpm(denoiser, schedule, noise, steps, *, grid="uniform", generator=N
         D = run.D(x, i)
         a_t, s_t, a_s, s_s = run.a[i], run.s[i], run.a[i + 1], run.s[i + 1]
         em = _kernel_ratio(run, i)
-        mean = (a_t * s_s**2 / (a_s * s_t**2)) * x + (a_s * em) * D
-        x = mean + s_s * math.sqrt(em) * _noise(x, generator)
+        mean = _lin(a_t * s_s**2 / (a_s * s_t**2), x, a_s * em, D)
+        x = _add_noise(mean, s_s * math.sqrt(em), generator)
         run.report(i, x, D)
     return run.finish(x)
 
@@ -365,8 +374,8 @@ def sample_dpm_solver_2m(
             D_mix = D
         else:
             r = (half[i] - half[i - 1]) / h
-            D_mix = (1 + 1 / (2 * r)) * D - (1 / (2 * r)) * D_prev
-        x = (run.s[i + 1] / run.s[i]) * x - (run.a[i + 1] * math.expm1(-h)) * D_mix
+            D_mix = _lin(1 + 1 / (2 * r), D, -1 / (2 * r), D_prev)
+        x = _lin(run.s[i + 1] / run.s[i], x, -run.a[i + 1] * math.expm1(-h), D_mix)
         D_prev = D
         run.report(i, x, D)
     return run.finish(x)
@@ -397,15 +406,13 @@ def sample_pc(denoiser, schedule, noise, steps, *, grid="uniform", generator=Non
         e = 2 * (r * snr * s_t) ** 2  # Langevin step size
         for _ in range(n_corrector):
             # x + e score + sqrt(2 e) z with e score = (e / s_t^2) (a_t D - x)
-            x = (
-                (1 - e / s_t**2) * x
-                + (e * a_t / s_t**2) * run.D(x, i)
-                + math.sqrt(2 * e) * _noise(x, generator)
+            x = _add_noise(
+                _lin(1 - e / s_t**2, x, e * a_t / s_t**2, run.D(x, i)), math.sqrt(2 * e), generator
             )
         D = run.D(x, i)
         em = _kernel_ratio(run, i)
         # (2 - r) x + v score with v score = em (a_t D - x)
-        x = (2 - r - em) * x + (em * a_t) * D + s_t * math.sqrt(em) * _noise(x, generator)
+        x = _add_noise(_lin(2 - r - em, x, em * a_t, D), s_t * math.sqrt(em), generator)
         run.report(i, x, D)
     return run.finish(x)
 
