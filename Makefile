@@ -6,6 +6,7 @@ UV ?= uv
 RUN := $(UV) run --frozen
 PY_DIRS := $(wildcard src tests pipeline bench)
 EXPERIMENT ?=
+OVERRIDES ?=
 # Tracking stays on this machine unless the user says otherwise (WANDB_MODE=online).
 export WANDB_MODE ?= offline
 export WANDB_DIR ?= $(CURDIR)/outputs/wandb
@@ -16,7 +17,7 @@ export WANDB_SILENT ?= true
 # Offline test data (the MNIST test split) when ../shared is beside the checkout.
 export DIFFLAB_MNIST_ROOT ?= $(if $(wildcard $(CURDIR)/../shared/data/mnist),$(CURDIR)/../shared/data/mnist,)
 
-.PHONY: help setup test test-all lint format clean repro report fid-weights wandb-sync wandb-report bench spec-check
+.PHONY: help setup test test-all lint format clean params repro report fid-weights wandb-sync wandb-report bench spec-check
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -49,9 +50,24 @@ test-all: lint spec-check  ## every test, slow end-to-end runs included
 bench: setup  ## the benchmarks in bench/ (results go to BENCHMARKS.md by hand)
 	$(RUN) python bench/solver_overhead.py
 
-repro: setup  ## run the whole comparison with DVC (EXPERIMENT=mnist for the GPU experiment)
-	@echo "the pipeline is not built yet (issue: the pipeline)"; exit 1
+params: setup  ## compose conf/ into params.yaml (EXPERIMENT=mnist, or OVERRIDES="seed=1 sample.n_samples=500")
+	$(RUN) python pipeline/compose.py $(if $(EXPERIMENT),experiment=$(EXPERIMENT)) $(OVERRIDES)
 
-clean:  ## remove caches and pipeline outputs (keeps .venv)
-	rm -rf .pytest_cache .ruff_cache outputs results
+repro: params  ## run the whole comparison with DVC (EXPERIMENT=mnist for the GPU experiment)
+	$(RUN) dvc repro
+
+report: setup  ## rebuild results/plots and results/report.html from results/comparison.csv
+	$(RUN) python pipeline/report.py --from-csv
+
+fid-weights: setup  ## Inception weights for FID/KID on mnist/cifar10 (download, or rebuilt offline)
+	$(RUN) python -m difflab.metrics.inception
+
+wandb-sync: setup  ## upload the offline W&B runs (needs network and `wandb login`)
+	$(RUN) python pipeline/wandb_tools.py sync
+
+wandb-report: setup  ## publish a W&B Report of the comparison (needs WANDB_MODE=online and a key)
+	$(RUN) python pipeline/wandb_tools.py report
+
+clean:  ## remove caches and pipeline outputs (keeps .venv and the DVC cache)
+	rm -rf .pytest_cache .ruff_cache outputs results data models samples evals
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -15,7 +15,10 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 from pathlib import Path
+
+_START = time.perf_counter()
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))  # run as `python pipeline/x.py` without an installed package too
@@ -50,6 +53,12 @@ def run(main, args) -> None:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         print(f"error: {msg}", file=sys.stderr)
         sys.exit(2)
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    name = Path(sys.argv[0]).stem
+    cpu = usage.ru_utime + usage.ru_stime
+    print(f"[{name}] wall {time.perf_counter() - _START:.1f} s, cpu {cpu:.1f} s (imports included)")
 
 
 def load_cfg(args) -> dict:

@@ -1,0 +1,74 @@
+"""W&B outside the pipeline: upload the offline runs, or publish a W&B Report of the comparison.
+
+  python pipeline/wandb_tools.py sync      # `make wandb-sync`: `wandb sync` every offline run
+  python pipeline/wandb_tools.py report    # `make wandb-report`: a W&B Report (wandb-workspaces)
+
+Both need network and a W&B API key (`wandb login` or WANDB_API_KEY); without them they say why
+and exit 1 without touching anything.
+"""
+
+import subprocess
+import sys
+from pathlib import Path
+
+from _common import ROOT, load_cfg, parser, run
+
+
+def offline_runs(roots=("models", "results", "outputs")) -> list[Path]:
+    runs = []
+    for root in roots:
+        runs += sorted((ROOT / root).glob("**/offline-run-*"))
+    return [r for r in runs if r.is_dir()]
+
+
+def has_key() -> bool:
+    import os
+
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    try:
+        import wandb
+
+        return bool(wandb.Api().api_key)
+    except Exception:  # no key, no config, no network: all mean "cannot upload"
+        return False
+
+
+def main(args):
+    if args.action == "sync":
+        runs = offline_runs()
+        if not runs:
+            raise ValueError(
+                "no offline W&B runs under models/, results/ or outputs/; run `make repro` first"
+            )
+        if not has_key():
+            print(
+                f"wandb-sync: {len(runs)} offline runs kept; no W&B API key (run `wandb login`)",
+                file=sys.stderr,
+            )
+            sys.exit(1)
+        for r in runs:
+            subprocess.run(["wandb", "sync", "--include-offline", str(r)], check=True)
+        return
+    cfg = load_cfg(args)
+    from difflab.config import wandb_group
+    from difflab.report import analysis
+    from difflab.report.wandb_report import publish_report, why_offline
+
+    reason = why_offline()
+    if reason:
+        print(f"wandb-report: not published: {reason}", file=sys.stderr)
+        sys.exit(1)
+    rows = analysis.read_csv(Path(args.results) / "comparison.csv")
+    summary = analysis.budget_summary(rows, analysis.default_budgets(rows, cfg["sample"]["steps"]))
+    url = publish_report(
+        rows, summary, entity=cfg["wandb"]["entity"], project=cfg["wandb"]["project"], group=wandb_group(cfg)
+    )
+    print(f"W&B Report: {url}")
+
+
+if __name__ == "__main__":
+    p = parser(__doc__)
+    p.add_argument("action", choices=("sync", "report"))
+    p.add_argument("--results", default="results", help="the report stage's folder (default: %(default)s)")
+    run(main, p.parse_args())
