@@ -1,0 +1,130 @@
+"""End to end: `dvc repro` of the `smoke` experiment in a temporary git clone produces every output
+SPEC names, a second repro does nothing, one solver's option re-runs only its stages, and a stage
+SIGKILLed mid-way leaves nothing cached and the next repro completes."""
+
+import csv
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+COLUMNS = (
+    "schedule,solver,steps,nfe,fid,fid_lo,fid_hi,kid_mean,kid_std,nll_bpd,solver_error,seconds_per_sample"
+)
+COLUMNS = COLUMNS.split(",") + ["n_samples", "feature_extractor"]
+
+
+def _env(tmp):
+    env = dict(os.environ)
+    env["PATH"] = f"{pathlib.Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env.update(WANDB_MODE="offline", WANDB_SILENT="true", WANDB_DIR=str(tmp / "wandb"))
+    env.pop("DIFFLAB_TMP", None)
+    return env
+
+
+def _run(cmd, cwd, env, timeout=900):
+    r = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert r.returncode == 0, f"{cmd} failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
+    return r.stdout + r.stderr
+
+
+def _stale(repo, env) -> set[str]:
+    out = _run(["dvc", "status", "--json"], repo, env)
+    return set(json.loads(out[out.index("{") :]) if "{" in out else {})
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("e2e")
+    repo = tmp / "main"
+    subprocess.run(["git", "clone", "-q", str(ROOT), str(repo)], check=True)
+    env = _env(tmp)
+    _run([sys.executable, "pipeline/compose.py", "experiment=smoke"], repo, env)
+    start = time.perf_counter()
+    log = _run(["dvc", "repro"], repo, env)
+    return repo, env, log, time.perf_counter() - start
+
+
+@pytest.mark.slow
+def test_smoke_repro_writes_every_output(smoke):
+    repo, env, log, seconds = smoke
+    print(f"smoke dvc repro: {seconds:.0f} s")
+    cfg = yaml.safe_load((repo / "params.yaml").read_text())
+    res = repo / "results"
+    with (res / "comparison.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert list(rows[0])[: len(COLUMNS)] == COLUMNS
+    fixed = [v for v in cfg["solvers"] if v != "rk45"]
+    assert len(rows) == len(cfg["schedules"]) * (len(fixed) * len(cfg["sample"]["steps"]) + 1)
+    for r in rows:
+        assert float(r["fid_lo"]) <= float(r["fid"]) <= float(r["fid_hi"])
+        assert int(r["n_samples"]) == cfg["sample"]["n_samples"] and r["nll_bpd"] != ""
+        assert (r["solver_error"] == "") == (r["solver"] == "ddpm")  # stochastic: no ODE error
+        if r["solver"] == "rk45":
+            assert r["steps"] == "0" and float(r["nfe"]) > 2
+    metrics = json.loads((res / "metrics.json").read_text())
+    assert set(metrics) == set(cfg["schedules"]) and "adaptive" in metrics["flow"]["rk45"]
+    plots = {p.name for p in (res / "plots").glob("*.png")}
+    assert {"fid_vs_nfe_by_schedule.png", "fid_vs_nfe_by_solver.png", "pareto.png"} <= plots
+    html = (res / "report.html").read_text()
+    assert "data:image/png;base64," in html and "cannot separate" in html or "separated from all" in html
+    tables = list(res.glob("wandb/wandb/offline-run-*/files/media/table/comparison/table*.table.json"))
+    assert len(tables) == 1
+    assert len(json.loads(tables[0].read_text())["data"]) == len(rows)
+    assert "dvc metrics show" not in log  # sanity: the log is DVC's
+    shown = _run(["dvc", "metrics", "show", "--json"], repo, env)
+    assert "fid" in shown
+
+
+@pytest.mark.slow
+def test_second_repro_is_a_no_op(smoke):
+    repo, env, _, _ = smoke
+    log = _run(["dvc", "repro"], repo, env)
+    assert "Running stage" not in log
+    assert _stale(repo, env) == set()
+
+
+@pytest.mark.slow
+def test_one_solver_option_reruns_only_its_stages_and_survives_sigkill(smoke):
+    repo, env, _, _ = smoke
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["sample"]["options"]["rk45"]["rtol"] = 2.0e-3
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    stale = _stale(repo, env)
+    schedules = params["schedules"]
+    assert stale == {f"sample@{s}-rk45" for s in schedules} | {f"evaluate@{s}" for s in schedules} | {
+        "report"
+    }
+
+    lock_before = (repo / "dvc.lock").read_text()
+    proc = subprocess.Popen(
+        ["dvc", "repro"], cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True,
+    )  # fmt: skip
+    target = repo / "outputs" / "tmp"
+    deadline = time.time() + 300
+    while time.time() < deadline and not any(p.name.startswith("samples__") for p in target.glob("*")):
+        time.sleep(0.2)
+    assert proc.poll() is None, "dvc repro ended before sample started"
+    os.killpg(proc.pid, signal.SIGKILL)  # kill dvc and the stage mid-way
+    proc.wait()
+    first = schedules[0]
+    assert not (repo / "samples" / first / "rk45" / "rows.json").exists()  # nothing partial in place
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
+    old = yaml.safe_load(lock_before)["stages"]
+    assert lock[f"sample@{first}-rk45"] == old[f"sample@{first}-rk45"]  # the killed stage was not recorded
+    (repo / ".dvc" / "tmp" / "rwlock").unlink(missing_ok=True)  # a killed DVC leaves its lock behind
+    (repo / ".dvc" / "tmp" / "lock").unlink(missing_ok=True)
+
+    log = _run(["dvc", "repro"], repo, env)
+    assert "train@" not in log and "Running stage 'prepare'" not in log
+    assert _stale(repo, env) == set()
+    with (repo / "results" / "comparison.csv").open() as fh:
+        assert len(list(csv.DictReader(fh))) > 0
