@@ -61,7 +61,11 @@ class DiffusionModule(pl.LightningModule):
     @property
     def denoiser(self) -> Denoiser:
         """``D(x, t, cond) ~ E[x0 | x_t = x]`` wrapping the current network weights."""
-        return Denoiser(self.net, self.schedule, self.prediction, self.sigma_data)  # a view, built per call
+        view = self.__dict__.get("_denoiser_view")  # kept outside nn.Module's registry: no duplicate weights
+        if view is None or view.net is not self.net:
+            view = Denoiser(self.net, self.schedule, self.prediction, self.sigma_data)
+            self.__dict__["_denoiser_view"] = view
+        return view
 
     def _labels(self, y: Tensor | None, drop: bool) -> Tensor | None:
         """Class labels for the net: ``None`` when unconditional; null label with prob ``label_dropout``."""
@@ -74,21 +78,26 @@ class DiffusionModule(pl.LightningModule):
     def training_step(self, batch, batch_idx):
         x0, y = batch
         loss = self.loss(self.denoiser, x0, self._labels(y, drop=True)).mean()
-        self.log("train/loss", loss, prog_bar=True)
-        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"])
+        if (self.global_step + 1) % max(self.trainer.log_every_n_steps, 1) == 0:  # the steps loggers record
+            self.log("train/loss", loss)
+            self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"])
         return loss
 
     def validation_step(self, batch, batch_idx):
         x0, y = batch
         gen = torch.Generator(x0.device).manual_seed(1000 + batch_idx)  # same times and noise every epoch
         loss = self.loss(self.denoiser, x0, self._labels(y, drop=False), generator=gen).mean()
-        self.log("val/loss", loss, prog_bar=True, batch_size=x0.shape[0])
+        self.log("val/loss", loss, batch_size=x0.shape[0], sync_dist=True)
         return loss
 
     def configure_optimizers(self):
         o = self.optim
         opt = torch.optim.AdamW(
-            self.net.parameters(), lr=o["lr"], betas=tuple(o["betas"]), weight_decay=o["weight_decay"]
+            self.net.parameters(),
+            lr=o["lr"],
+            betas=tuple(o["betas"]),
+            weight_decay=o["weight_decay"],
+            foreach=True,  # one multi-tensor update (the CPU default is a Python loop over parameters)
         )
         warmup = max(int(o["warmup_steps"]), 0)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / (warmup + 1)))

@@ -120,7 +120,7 @@ def ema_callback(ema_cfg: dict):
     return cb
 
 
-def train(cfg: dict, schedule_name: str, out_dir) -> dict:
+def train(cfg: dict, schedule_name: str, out_dir, *, callbacks: list | None = None) -> dict:
     """Train the denoiser of ``schedule_name`` on ``cfg["data"]``; write ``out_dir/model.pt`` (EMA weights
     + plain hparams), ``out_dir/train_metrics.json``, ``out_dir/{last,best}.ckpt`` and
     ``out_dir/samples/*.png``; return the metrics.
@@ -133,6 +133,7 @@ def train(cfg: dict, schedule_name: str, out_dir) -> dict:
     (``max_steps, accelerator, devices, num_nodes, strategy, precision, val_every_n_steps,
     limit_val_batches, log_every_n_steps, sample_every_n_epochs, sample_solver, sample_steps, sample_n,
     channels_last, compile, enable_progress_bar, deterministic``), ``wandb.{project, entity, group}``.
+    ``callbacks``: extra Lightning callbacks, run before the built-in ones.
     Resumes from ``out_dir/last.ckpt`` when it exists. Bad input raises ``ValueError``
     before anything is written; a non-finite loss raises ``NonFiniteLossError`` keeping the checkpoints.
     """
@@ -192,7 +193,7 @@ def train(cfg: dict, schedule_name: str, out_dir) -> dict:
         val_check_interval=val_every,
         limit_val_batches=tcfg["limit_val_batches"],
         log_every_n_steps=int(tcfg["log_every_n_steps"]),
-        callbacks=[ema, checkpoint, grids, NonFiniteLossGuard()],
+        callbacks=[*(callbacks or []), ema, checkpoint, grids, NonFiniteLossGuard()],
         logger=logger if logger is not None else False,
         default_root_dir=str(out_dir),
         enable_progress_bar=bool(tcfg["enable_progress_bar"]),
