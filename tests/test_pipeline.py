@@ -74,11 +74,12 @@ def test_smoke_repro_writes_every_output(smoke):
     plots = {p.name for p in (res / "plots").glob("*.png")}
     assert {"fid_vs_nfe_by_schedule.png", "fid_vs_nfe_by_solver.png", "pareto.png"} <= plots
     html = (res / "report.html").read_text()
-    assert "data:image/png;base64," in html and "cannot separate" in html or "separated from all" in html
+    assert "data:image/png;base64," in html
+    assert "cannot separate" in html or "separated from all" in html
     tables = list(res.glob("wandb/wandb/offline-run-*/files/media/table/comparison/table*.table.json"))
     assert len(tables) == 1
     assert len(json.loads(tables[0].read_text())["data"]) == len(rows)
-    assert "dvc metrics show" not in log  # sanity: the log is DVC's
+    assert "Running stage 'report'" in log
     shown = _run(["dvc", "metrics", "show", "--json"], repo, env)
     assert "fid" in shown
 
