@@ -339,3 +339,12 @@ def test_bad_input_raises_one_clear_error():
         S.sample_rk45(D, s, noise, None, rtol=0)
     with pytest.raises(ValueError, match="dtype"):
         S.sample_heun(D, s, noise, 5, dtype=torch.float16)
+
+
+@pytest.mark.parametrize("solver", FIXED)
+def test_in_place_state_survives_a_denoiser_that_returns_its_input(solver):
+    """Solvers update x in place; a denoiser returning x itself (or a view) must not be corrupted."""
+    s, noise = get_schedule("vp_linear"), randn(6, 15)
+    same = S.get_solver(solver)(lambda x, t, cond=None: x, s, noise, 4, generator=gen(2))
+    copy = S.get_solver(solver)(lambda x, t, cond=None: x.clone(), s, noise, 4, generator=gen(2))
+    assert torch.equal(same, copy)

@@ -52,18 +52,23 @@ def randn_like(x: Tensor, generator: torch.Generator | Sequence[torch.Generator]
     return _draw(x, generator).to(x.dtype)
 
 
-def _draw(x: Tensor, generator) -> Tensor:
+def _draw_dtype(x: Tensor) -> torch.dtype:
+    return torch.float32 if x.dtype == torch.float64 else x.dtype
+
+
+def _draw(x: Tensor, generator, out: Tensor | None = None) -> Tensor:
     """``randn_like`` before the cast: float32 for float64 ``x`` (added to x in place, no extra pass)."""
-    dtype = torch.float32 if x.dtype == torch.float64 else x.dtype
+    if out is None:
+        out = torch.empty(x.shape, dtype=_draw_dtype(x), device=x.device)
     if generator is None or isinstance(generator, torch.Generator):
-        return torch.randn(x.shape, generator=generator, dtype=dtype, device=x.device)
+        return out.normal_(generator=generator)
     if len(generator) != x.shape[0]:
         raise ValueError(
             f"got {len(generator)} generators for a batch of {x.shape[0]} rows; need one per row"
         )
-    return torch.stack(
-        [torch.randn(x.shape[1:], generator=g, dtype=dtype, device=x.device) for g in generator]
-    )
+    for row, g in zip(out, generator):
+        row.normal_(generator=g)
+    return out
 
 
 class CountingDenoiser:
@@ -225,6 +230,7 @@ class _Run:
         self.x = self.s[0] * noise.to(dtype)
         B = noise.shape[0]
         self.t_batch = [t.to(dtype).expand(B).contiguous() for t in self.ts]  # [B] per grid time
+        self._z = None  # noise buffer
 
     def _floats(self, fn, what: str) -> list[float]:
         values = fn(self.ts)
@@ -236,26 +242,29 @@ class _Run:
         return values.tolist()
 
     def D(self, x: Tensor, i: int) -> Tensor:
-        """The denoiser at grid time ``t_i``."""
-        return _call(self.denoiser, x, self.t_batch[i], self.cond)
+        """The denoiser at grid time ``t_i`` (never sharing memory with ``x``, which is updated in place)."""
+        out = _call(self.denoiser, x, self.t_batch[i], self.cond)
+        return out.clone() if out.untyped_storage().data_ptr() == x.untyped_storage().data_ptr() else out
+
+    def add_noise_(self, x: Tensor, std: float, generator) -> Tensor:
+        """``x <- x + std z`` in place, z ~ N(0, I) from ``generator`` (drawn into a reused buffer)."""
+        if self._z is None:
+            self._z = torch.empty(x.shape, dtype=_draw_dtype(x), device=x.device)
+        return x.add_(_draw(x, generator, out=self._z), alpha=std)
 
     def report(self, i: int, x: Tensor, x0_hat: Tensor) -> None:
         if self.callback is not None:
-            self.callback({"i": i, "t": self.t[i], "t_next": self.t[i + 1], "x": x, "x0_hat": x0_hat})
+            self.callback({"i": i, "t": self.t[i], "t_next": self.t[i + 1], "x": x.clone(), "x0_hat": x0_hat})
 
     def finish(self, x: Tensor) -> Tensor:
         """The final denoising ``D(x(t_K), t_K)``, in the dtype of the noise."""
         return self.D(x, self.K).to(self.out_dtype)
 
 
-def _lin(a: float, x: Tensor, b: float, y: Tensor) -> Tensor:
-    """``a x + b y`` in two passes (one multiply, one fused add) into a fresh tensor."""
-    return torch.mul(x, a).add_(y, alpha=b)
-
-
-def _add_noise(x: Tensor, std: float, generator) -> Tensor:
-    """``x + std z``, z ~ N(0, I) from ``generator``, in place: only call it on a fresh ``x``."""
-    return x.add_(_draw(x, generator), alpha=std)
+def _axpby_(x: Tensor, a: float, b: float, y: Tensor) -> Tensor:
+    """``x <- a x + b y`` in place, two passes. Solvers update their state in place: a fresh
+    allocation per step costs more than the arithmetic for large batches on CPU."""
+    return x.mul_(a).add_(y, alpha=b)
 
 
 # -- fixed-step solvers --------------------------------------------------------------------------
@@ -270,7 +279,7 @@ def sample_euler_maruyama(
     for i in range(run.K):
         h = run.t[i] - run.t[i + 1]
         D = run.D(x, i)
-        x = _add_noise(_lin(1 - h * c_x[i], x, -h * c_D[i], D), math.sqrt(g2[i] * h), generator)
+        run.add_noise_(_axpby_(x, 1 - h * c_x[i], -h * c_D[i], D), math.sqrt(g2[i] * h), generator)
         run.report(i, x, D)
     return run.finish(x)
 
@@ -283,7 +292,7 @@ def sample_euler(denoiser, schedule, noise, steps, *, grid="uniform", generator=
     for i in range(run.K):
         h = run.t[i + 1] - run.t[i]
         D = run.D(x, i)
-        x = _lin(1 + h * c_x[i], x, h * c_D[i], D)
+        _axpby_(x, 1 + h * c_x[i], h * c_D[i], D)
         run.report(i, x, D)
     return run.finish(x)
 
@@ -296,13 +305,15 @@ def sample_heun(denoiser, schedule, noise, steps, *, grid="uniform", generator=N
     run = _Run("heun", denoiser, schedule, noise, steps, grid, cond, options, {})
     c_x, c_D = (c.tolist() for c in _pf_coefficients(schedule, run.ts))
     x = run.x
+    d, x_pred = torch.empty_like(x), torch.empty_like(x)
     for i in range(run.K):
         h = run.t[i + 1] - run.t[i]
         D = run.D(x, i)
-        d = _lin(c_x[i], x, c_D[i], D)
-        x_pred = torch.add(x, d, alpha=h)
-        d_next = _lin(c_x[i + 1], x_pred, c_D[i + 1], run.D(x_pred, i + 1))
-        x = torch.add(x, d.add_(d_next), alpha=h / 2)
+        torch.mul(x, c_x[i], out=d).add_(D, alpha=c_D[i])  # d = drift(x, t_i)
+        torch.add(x, d, alpha=h, out=x_pred)
+        D_pred = run.D(x_pred, i + 1)
+        d.add_(x_pred, alpha=c_x[i + 1]).add_(D_pred, alpha=c_D[i + 1])  # d + drift(x_pred, t_{i+1})
+        x.add_(d, alpha=h / 2)
         run.report(i, x, D)
     return run.finish(x)
 
@@ -319,10 +330,10 @@ def _ddim_step(run: _Run, i: int, x: Tensor, D: Tensor, eta: float, generator) -
     a_t, s_t, a_s, s_s = run.a[i], run.s[i], run.a[i + 1], run.s[i + 1]
     em = _kernel_ratio(run, i)
     k_eps = s_s * math.sqrt(1 - eta**2 * em) / s_t  # coefficient of eps_hat = (x - a_t D) / s_t
-    x_next = _lin(k_eps, x, a_s - k_eps * a_t, D)
+    _axpby_(x, k_eps, a_s - k_eps * a_t, D)
     if eta > 0:
-        x_next = _add_noise(x_next, eta * s_s * math.sqrt(em), generator)
-    return x_next
+        run.add_noise_(x, eta * s_s * math.sqrt(em), generator)
+    return x
 
 
 def sample_ddpm(denoiser, schedule, noise, steps, *, grid="uniform", generator=None, cond=None, **options):
@@ -337,8 +348,8 @@ def sample_ddpm(denoiser, schedule, noise, steps, *, grid="uniform", generator=N
         D = run.D(x, i)
         a_t, s_t, a_s, s_s = run.a[i], run.s[i], run.a[i + 1], run.s[i + 1]
         em = _kernel_ratio(run, i)
-        mean = _lin(a_t * s_s**2 / (a_s * s_t**2), x, a_s * em, D)
-        x = _add_noise(mean, s_s * math.sqrt(em), generator)
+        _axpby_(x, a_t * s_s**2 / (a_s * s_t**2), a_s * em, D)  # the posterior mean
+        run.add_noise_(x, s_s * math.sqrt(em), generator)
         run.report(i, x, D)
     return run.finish(x)
 
@@ -352,7 +363,7 @@ def sample_ddim(denoiser, schedule, noise, steps, *, grid="uniform", generator=N
     x = run.x
     for i in range(run.K):
         D = run.D(x, i)
-        x = _ddim_step(run, i, x, D, float(eta), generator)
+        _ddim_step(run, i, x, D, float(eta), generator)
         run.report(i, x, D)
     return run.finish(x)
 
@@ -366,17 +377,18 @@ def sample_dpm_solver_2m(
     ``r = h_prev / h`` (first step: ``D' = D_t``)."""
     run = _Run("dpm_solver_2m", denoiser, schedule, noise, steps, grid, cond, options, {})
     half = [lam / 2 for lam in run.lam]  # lambda = log(alpha / sigma)
-    x, D_prev = run.x, None
+    x = run.x
+    D_prev, D_mix = torch.empty_like(x), torch.empty_like(x)
     for i in range(run.K):
         D = run.D(x, i)
         h = half[i + 1] - half[i]
-        if D_prev is None:
-            D_mix = D
+        if i == 0:
+            D_mix.copy_(D)
         else:
             r = (half[i] - half[i - 1]) / h
-            D_mix = _lin(1 + 1 / (2 * r), D, -1 / (2 * r), D_prev)
-        x = _lin(run.s[i + 1] / run.s[i], x, -run.a[i + 1] * math.expm1(-h), D_mix)
-        D_prev = D
+            torch.mul(D, 1 + 1 / (2 * r), out=D_mix).add_(D_prev, alpha=-1 / (2 * r))
+        _axpby_(x, run.s[i + 1] / run.s[i], -run.a[i + 1] * math.expm1(-h), D_mix)
+        D_prev.copy_(D)
         run.report(i, x, D)
     return run.finish(x)
 
@@ -406,13 +418,12 @@ def sample_pc(denoiser, schedule, noise, steps, *, grid="uniform", generator=Non
         e = 2 * (r * snr * s_t) ** 2  # Langevin step size
         for _ in range(n_corrector):
             # x + e score + sqrt(2 e) z with e score = (e / s_t^2) (a_t D - x)
-            x = _add_noise(
-                _lin(1 - e / s_t**2, x, e * a_t / s_t**2, run.D(x, i)), math.sqrt(2 * e), generator
-            )
+            D = run.D(x, i)
+            run.add_noise_(_axpby_(x, 1 - e / s_t**2, e * a_t / s_t**2, D), math.sqrt(2 * e), generator)
         D = run.D(x, i)
         em = _kernel_ratio(run, i)
         # (2 - r) x + v score with v score = em (a_t D - x)
-        x = _add_noise(_lin(2 - r - em, x, em * a_t, D), s_t * math.sqrt(em), generator)
+        run.add_noise_(_axpby_(x, 2 - r - em, em * a_t, D), s_t * math.sqrt(em), generator)
         run.report(i, x, D)
     return run.finish(x)
 
