@@ -39,13 +39,7 @@ def main(args):
         device=device,
     )
     record = {"schedule": args.schedule, "n_images": len(images), "divergence": ev["nll_divergence"]}
-    record.update(
-        {
-            k: (float(v) if isinstance(v, (int, float)) else v)
-            for k, v in result.items()
-            if isinstance(v, (int, float, str)) or v is None
-        }
-    )
+    record.update({k: v for k, v in result.items() if isinstance(v, (int, float, str)) or v is None})
     atomic_file(out, json.dumps(record, indent=2) + "\n")
     print(f"{args.schedule}: {record.get('bpd')} bits/dim on {len(images)} held-out images")
 

@@ -6,6 +6,7 @@ import csv
 import json
 import os
 import pathlib
+import re
 import signal
 import subprocess
 import sys
@@ -98,11 +99,8 @@ def test_one_solver_option_reruns_only_its_stages_and_survives_sigkill(smoke):
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["sample"]["options"]["rk45"]["rtol"] = 2.0e-3
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    stale = _stale(repo, env)
     schedules = params["schedules"]
-    assert stale == {f"sample@{s}-rk45" for s in schedules} | {f"evaluate@{s}" for s in schedules} | {
-        "report"
-    }
+    assert _stale(repo, env) == {f"sample@{s}-rk45" for s in schedules}  # nothing else reads rk45's options
 
     lock_before = (repo / "dvc.lock").read_text()
     proc = subprocess.Popen(
@@ -125,7 +123,8 @@ def test_one_solver_option_reruns_only_its_stages_and_survives_sigkill(smoke):
     (repo / ".dvc" / "tmp" / "lock").unlink(missing_ok=True)
 
     log = _run(["dvc", "repro"], repo, env)
-    assert "train@" not in log and "Running stage 'prepare'" not in log
+    ran = set(re.findall(r"Running stage '([^']+)'", log))
+    assert ran == {f"sample@{s}-rk45" for s in schedules} | {f"evaluate@{s}" for s in schedules} | {"report"}
     assert _stale(repo, env) == set()
     with (repo / "results" / "comparison.csv").open() as fh:
         assert len(list(csv.DictReader(fh))) > 0
