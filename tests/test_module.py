@@ -4,6 +4,7 @@ load with weights_only=True, resume continues the step count, bad input fails ea
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 
 import lightning.pytorch as pl
@@ -262,3 +263,22 @@ def test_ckpt_files_are_inside_the_run_folder(tmp_path, monkeypatch):
         p.name for p in tmp_path.iterdir()
     ) == ["run"]
     assert pathlib.Path(tmp_path / "run" / "model.pt").stat().st_size > 0
+
+
+def test_wandb_logger_is_offline_and_keeps_its_files_in_the_run_folder(tmp_path, monkeypatch):
+    from difflab.tracking import WANDB_DIR_VARS, make_logger
+
+    for var in WANDB_DIR_VARS:
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    cfg = {"experiment": "exp1", "wandb": {"project": "p", "entity": None, "group": None}, "seed": 3}
+    logger = make_logger(cfg, "ve", tmp_path)
+    assert logger._wandb_init["mode"] == "offline" and logger._wandb_init["group"] == "exp1"
+    assert logger._wandb_init["name"] == "ve" and logger._wandb_init["config"]["seed"] == 3
+    for var in WANDB_DIR_VARS:
+        assert os.environ[var].startswith(str(tmp_path / "wandb")), var
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    assert make_logger(cfg, "ve", tmp_path) is None
+    cfg["wandb"]["group"] = "g2"
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    assert make_logger(cfg, "flow", tmp_path)._wandb_init["group"] == "g2"

@@ -41,12 +41,22 @@ def image_grid(x: torch.Tensor, nrow: int | None = None) -> torch.Tensor:
 
 class SampleGrid(pl.Callback):
     """Every ``every_n_epochs`` epochs (and at the end of training) draw ``n`` samples of the EMA weights
-    with a cheap solver (``difflab.solvers`` ``solver``, default DDIM, ``steps`` steps, fixed noise), save
+    with a cheap solver (``difflab.solvers`` ``solver``, default DDIM, ``steps`` steps on the ``grid``
+    time grid, fixed noise), save
     ``out_dir/samples/step_XXXXXX.png`` and log the grid to W&B as ``samples/grid``. Image data only."""
 
-    def __init__(self, out_dir, every_n_epochs: int = 10, n: int = 64, steps: int = 20, solver: str = "ddim"):
+    def __init__(
+        self,
+        out_dir,
+        every_n_epochs: int = 10,
+        n: int = 64,
+        steps: int = 20,
+        solver: str = "ddim",
+        grid: str = "logsnr",
+    ):
         self.out_dir = pathlib.Path(out_dir) / "samples"
         self.every, self.n, self.steps, self.solver = max(1, int(every_n_epochs)), int(n), int(steps), solver
+        self.grid = grid
         self._last_step = -1
 
     def on_validation_epoch_end(self, trainer, pl_module):  # runs while EMA weights are swapped in
@@ -74,7 +84,8 @@ class SampleGrid(pl.Callback):
         was_training = pl_module.training
         pl_module.eval()
         with torch.no_grad():
-            x0 = get_solver(self.solver)(pl_module.denoiser, pl_module.schedule, noise, self.steps, cond=cond)
+            solver = get_solver(self.solver)
+            x0 = solver(pl_module.denoiser, pl_module.schedule, noise, self.steps, grid=self.grid, cond=cond)
         pl_module.train(was_training)
         grid = image_grid(x0.float().cpu(), nrow=pl_module.num_classes or None)
         self.out_dir.mkdir(parents=True, exist_ok=True)

@@ -40,6 +40,7 @@ DEFAULTS = {
         "sample_every_n_epochs": 0,  # 0: only at the end of training
         "sample_solver": "ddim",
         "sample_steps": 20,
+        "sample_grid": "logsnr",
         "sample_n": 64,
         "channels_last": False,
         "compile": False,
@@ -131,8 +132,9 @@ def train(cfg: dict, schedule_name: str, out_dir, *, callbacks: list | None = No
     grad_clip}``, ``ema.{decay, warmup, update_starting_at_step}``, ``class_cond.{num_classes,
     label_dropout}`` (num_classes 0 = unconditional; otherwise it must match the data's), ``trainer``
     (``max_steps, accelerator, devices, num_nodes, strategy, precision, val_every_n_steps,
-    limit_val_batches, log_every_n_steps, sample_every_n_epochs, sample_solver, sample_steps, sample_n,
-    channels_last, compile, enable_progress_bar, deterministic``), ``wandb.{project, entity, group}``.
+    limit_val_batches, log_every_n_steps, sample_every_n_epochs, sample_solver, sample_steps,
+    sample_grid, sample_n, channels_last, compile, enable_progress_bar, deterministic``),
+    ``wandb.{project, entity, group}``.
     ``callbacks``: extra Lightning callbacks, run before the built-in ones.
     Resumes from ``out_dir/last.ckpt`` when it exists. Bad input raises ``ValueError``
     before anything is written; a non-finite loss raises ``NonFiniteLossError`` keeping the checkpoints.

@@ -9,6 +9,7 @@ None``) and stores float points. Attributes: ``data_shape`` ((C, H, W) or (d,)),
 
 from __future__ import annotations
 
+import functools
 import gzip
 import logging
 import os
@@ -145,11 +146,16 @@ class Digits(ArrayDataModule):
     levels = 17
 
     def _load(self):
-        from sklearn.datasets import load_digits
+        x, y = _digits_arrays()
+        return (x.clone(), y.clone()), None
 
-        d = load_digits()
-        x = torch.from_numpy(d.images.astype(np.uint8)).reshape(-1, 1, 8, 8)
-        return (x, torch.from_numpy(d.target).long()), None
+
+@functools.cache
+def _digits_arrays() -> tuple[Tensor, Tensor]:
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    return torch.from_numpy(d.images.astype(np.uint8)).reshape(-1, 1, 8, 8), torch.from_numpy(d.target).long()
 
 
 def _read_idx(path: pathlib.Path) -> Tensor:

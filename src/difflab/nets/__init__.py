@@ -12,13 +12,23 @@ import math
 from torch import nn
 
 from difflab.nets.dit import DiT
-from difflab.nets.embedding import Conditioning, FourierEmbedding, LabelEmbedding
+from difflab.nets.embedding import Conditioning, FourierEmbedding, LabelEmbedding, LearnedSkip
 from difflab.nets.mlp import MLP
 from difflab.nets.unet import UNet
 
 NETS = {"mlp": MLP, "unet": UNet, "dit": DiT}
 
-__all__ = ["DiT", "MLP", "NETS", "Conditioning", "FourierEmbedding", "LabelEmbedding", "UNet", "build_net"]
+__all__ = [
+    "DiT",
+    "MLP",
+    "NETS",
+    "Conditioning",
+    "FourierEmbedding",
+    "LabelEmbedding",
+    "LearnedSkip",
+    "UNet",
+    "build_net",
+]
 
 
 def build_net(cfg: dict, data_shape, num_classes: int = 0) -> nn.Module:

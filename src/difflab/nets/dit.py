@@ -6,7 +6,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from difflab.nets.embedding import Conditioning
+from difflab.nets.embedding import Conditioning, LearnedSkip
 
 
 def _modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
@@ -77,6 +77,7 @@ class DiT(nn.Module):
         for layer in (self.final_ada[1], self.final):
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
+        self.skip = LearnedSkip(hidden, c_data)
 
     def forward(self, x: Tensor, noise_level: Tensor, class_labels: Tensor | None = None) -> Tensor:
         B, C, H, W = x.shape
@@ -88,4 +89,4 @@ class DiT(nn.Module):
         h = self.final(_modulate(self.final_norm(h), shift, scale))  # [B, N, p*p*C]
         p, g = self.patch, self.grid
         h = h.reshape(B, g, g, p, p, C).permute(0, 5, 1, 3, 2, 4)
-        return h.reshape(B, C, H, W)
+        return self.skip(h.reshape(B, C, H, W), x, c)

@@ -71,3 +71,19 @@ class Conditioning(nn.Module):
         if self.label is not None:
             emb = emb + self.label(class_labels, batch, emb.device)
         return emb
+
+
+class LearnedSkip(nn.Module):
+    """``out + g(emb) * x``: a per-channel gain on the network's own input, regressed from the embedding
+    and zero-initialised. Targets that are nearly linear in the input at some noise levels (eps at low
+    SNR is ~ the input itself) are then easy to represent exactly; cf. EDM's c_skip, but learned."""
+
+    def __init__(self, emb_dim: int, channels: int):
+        super().__init__()
+        self.gain = nn.Linear(emb_dim, channels)
+        nn.init.zeros_(self.gain.weight)
+        nn.init.zeros_(self.gain.bias)
+
+    def forward(self, out: Tensor, x: Tensor, emb: Tensor) -> Tensor:
+        g = self.gain(emb)  # [B, channels]
+        return out + g.reshape(g.shape + (1,) * (x.ndim - 2)).to(x.dtype) * x

@@ -6,7 +6,7 @@ import math
 
 from torch import Tensor, nn
 
-from difflab.nets.embedding import Conditioning
+from difflab.nets.embedding import Conditioning, LearnedSkip
 
 
 class _Block(nn.Module):
@@ -51,11 +51,13 @@ class MLP(nn.Module):
         self.out = nn.Linear(width, dim)
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
+        self.skip = LearnedSkip(emb_dim, dim)
 
     def forward(self, x: Tensor, noise_level: Tensor, class_labels: Tensor | None = None) -> Tensor:
         B = x.shape[0]
         emb = nn.functional.silu(self.cond(noise_level, class_labels, B))
-        h = self.inp(x.reshape(B, -1))  # [B, width]
+        flat = x.reshape(B, -1)  # [B, d]
+        h = self.inp(flat)  # [B, width]
         for block in self.blocks:
             h = block(h, emb)
-        return self.out(nn.functional.silu(self.out_norm(h))).reshape(x.shape)
+        return self.skip(self.out(nn.functional.silu(self.out_norm(h))), flat, emb).reshape(x.shape)

@@ -7,7 +7,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from difflab.nets.embedding import Conditioning
+from difflab.nets.embedding import Conditioning, LearnedSkip
 
 
 def _norm(channels: int, groups: int) -> nn.GroupNorm:
@@ -121,6 +121,7 @@ class UNet(nn.Module):
         self.out = nn.Conv2d(c, c_data, 3, padding=1)
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
+        self.skip = LearnedSkip(emb_dim, c_data)
 
     @staticmethod
     def _run(blocks: nn.ModuleList, h: Tensor, emb: Tensor) -> Tensor:
@@ -140,4 +141,4 @@ class UNet(nn.Module):
             if isinstance(blocks[0], ResBlock):
                 h = torch.cat([h, hs.pop()], dim=1)
             h = self._run(blocks, h, emb)
-        return self.out(F.silu(self.out_norm(h)))  # [B, C, H, W]
+        return self.skip(self.out(F.silu(self.out_norm(h))), x, emb)  # [B, C, H, W]
