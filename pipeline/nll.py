@@ -18,10 +18,7 @@ def main(args):
     import numpy as np
     import torch
 
-    try:
-        from difflab.metrics.nll import evaluate_bpd
-    except ImportError:  # the evaluation layer's wrapper not installed: the likelihood core directly
-        evaluate_bpd = _bpd_core
+    from difflab.metrics.nll import evaluate_bpd
 
     meta = read_json(f"{args.data}/meta.json")
     images = torch.from_numpy(np.load(f"{args.data}/heldout_images.npy")[: ev["nll_images"]])
@@ -42,25 +39,6 @@ def main(args):
     record.update({k: v for k, v in result.items() if isinstance(v, (int, float, str)) or v is None})
     atomic_file(out, json.dumps(record, indent=2) + "\n")
     print(f"{args.schedule}: {record.get('bpd')} bits/dim on {len(images)} held-out images")
-
-
-def _bpd_core(D, schedule, images, levels, *, divergence, n_probes, batch_size, seed, device):
-    import math
-    import time
-
-    import torch
-
-    from difflab.likelihood import bits_per_dim
-
-    gen = torch.Generator(device=device).manual_seed(seed)
-    start, values = time.perf_counter(), []
-    for chunk in images.split(batch_size):
-        bpd = bits_per_dim(D, schedule, chunk.to(device), levels=levels, divergence=divergence,
-                           n_probes=n_probes, generator=gen)  # fmt: skip
-        values.append(bpd.detach().double().cpu())
-    v = torch.cat(values)
-    se = float(v.std() / math.sqrt(len(v))) if len(v) > 1 else float("nan")
-    return {"bpd": float(v.mean()), "bpd_se": se, "seconds": time.perf_counter() - start}
 
 
 if __name__ == "__main__":
