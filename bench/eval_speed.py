@@ -58,6 +58,22 @@ def timed(fn, repeats: int, device) -> float:
     return statistics.median(times)
 
 
+def timed_round_robin(fns: dict, repeats: int, device) -> dict:
+    """Median seconds of each ``fns[name]()``, interleaved: every repeat runs each once in turn,
+    so a change in machine load hits all of them alike."""
+    for fn in fns.values():
+        fn()  # warm-up
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            _sync(device)
+            start = time.perf_counter()
+            fn()
+            _sync(device)
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
 def digits():
     from sklearn.datasets import load_digits
 
@@ -137,7 +153,8 @@ def main(argv=None) -> int:
         "",
         f"Command: `uv run python bench/eval_speed.py {' '.join(sys.argv[1:] if argv is None else argv)}`  ",
         f"Machine: {machine(dev)}  ",
-        f"Medians over {args.repeats} repeats after one warm-up, measured side by side in one run.",
+        f"Medians over {args.repeats} repeats after one warm-up, measured side by side in one run "
+        "(sampling: all samplers interleaved round-robin in every repeat).",
         "",
     ]
 
@@ -166,38 +183,26 @@ def main(argv=None) -> int:
     K = args.nfe
     rows = ["| sampler | steps | NFE | images/s | vs diffusers |", "|---|---|---|---|---|"]
     peers = {"ddim": DDIMScheduler, "dpm_solver_2m": DPMSolverMultistepScheduler}
-    ref_sec = {}
-    for ours, cls in peers.items():
-        sec_peer = timed(lambda cls=cls: diffusers_loop(net, cls, K, args.n, dev), args.repeats, dev)
-        sec_ours = timed(
-            lambda ours=ours: sampling.generate(
-                D, schedule, ours, K - 1, args.n, (1, 8, 8), batch_size=args.n, device=dev, options=opts
-            ),
-            args.repeats,
-            dev,
+    ours_steps = {"ddim": K - 1, "dpm_solver_2m": K - 1, "euler": K - 1, "euler_maruyama": K - 1}
+    ours_steps |= {"ddpm": K - 1, "heun": (K - 1) // 2, "pc": (K - 1) // 2}
+    fns = {
+        f"peer:{name}": (lambda cls=cls: diffusers_loop(net, cls, K, args.n, dev))
+        for name, cls in peers.items()
+    }
+    for name, steps in ours_steps.items():
+        fns[name] = lambda name=name, steps=steps: sampling.generate(
+            D, schedule, name, steps, args.n, (1, 8, 8), batch_size=args.n, device=dev, options=opts
         )
-        ref_sec[ours] = sec_peer
-        rows.append(f"| diffusers {cls.__name__} | {K} | {K} | {args.n / sec_peer:,.0f} | 1.00x |")
+    sec = timed_round_robin(fns, args.repeats, dev)
+    for name, steps in ours_steps.items():
+        if name in peers:
+            peer = sec[f"peer:{name}"]
+            rows.append(f"| diffusers {peers[name].__name__} | {K} | {K} | {args.n / peer:,.0f} | 1.00x |")
+            versus = f"{peer / sec[name]:.2f}x"
+        else:
+            versus = f"{sec['peer:ddim'] / sec[name]:.2f}x (vs DDIMScheduler)"
         rows.append(
-            f"| difflab {ours} | {K - 1} | {K} | {args.n / sec_ours:,.0f} | {sec_peer / sec_ours:.2f}x |"
-        )
-    for name, steps in (
-        ("euler", K - 1),
-        ("euler_maruyama", K - 1),
-        ("ddpm", K - 1),
-        ("heun", (K - 1) // 2),
-        ("pc", (K - 1) // 2),
-    ):
-        sec = timed(
-            lambda name=name, steps=steps: sampling.generate(
-                D, schedule, name, steps, args.n, (1, 8, 8), batch_size=args.n, device=dev, options=opts
-            ),
-            args.repeats,
-            dev,
-        )
-        rows.append(
-            f"| difflab {name} | {steps} | {S.nfe(name, steps)} | {args.n / sec:,.0f} | "
-            f"{ref_sec['ddim'] / sec:.2f}x (vs DDIMScheduler) |"
+            f"| difflab {name} | {steps} | {S.nfe(name, steps)} | {args.n / sec[name]:,.0f} | {versus} |"
         )
     res = sampling.generate(
         D, schedule, "rk45", 1, args.n, (1, 8, 8), batch_size=args.n, device=dev, options=opts

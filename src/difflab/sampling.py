@@ -50,9 +50,20 @@ class SampleResult:
     extra: dict = field(default_factory=dict)
 
 
+_MASK64 = (1 << 64) - 1
+
+
+def _splitmix64(z: int) -> int:
+    """SplitMix64's finaliser (Steele et al. 2014): a bijective, well-mixed 64-bit hash."""
+    z = (z + 0x9E3779B97F4A7C15) & _MASK64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return z ^ (z >> 31)
+
+
 def _row_seed(seed: int, index: int) -> int:
-    """A 63-bit seed for sample ``index`` under ``seed`` (NumPy SeedSequence: well mixed, stable)."""
-    return int(np.random.SeedSequence([int(seed), int(index)]).generate_state(1, dtype=np.uint64)[0] >> 1)
+    """A 63-bit seed for sample ``index`` under ``seed``: SplitMix64 of SplitMix64(seed) + index."""
+    return _splitmix64((_splitmix64(int(seed) & _MASK64) + int(index)) & _MASK64) >> 1
 
 
 def sample_generators(seed: int, indices, device="cpu") -> list[torch.Generator]:
