@@ -151,7 +151,7 @@ def test_dvc_stages_declare_resolvable_and_minimal_params(default):
     assert {"prepare", "train", "reference", "sample", "evaluate", "nll", "report"} <= set(stages)
     assert stages["train"]["matrix"] == {"schedule": "${schedules}"}
     assert stages["sample"]["matrix"] == {"schedule": "${schedules}", "solver": "${solvers}"}
-    for name, stage in stages.items():
+    for stage in stages.values():
         items = [{"schedule": s, "solver": v} for s in default["schedules"] for v in default["solvers"]]
         for item in items:
             for p in stage.get("params", []):
