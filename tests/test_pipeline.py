@@ -57,6 +57,7 @@ def smoke(tmp_path_factory):
 def test_smoke_repro_writes_every_output(smoke):
     repo, env, log, seconds = smoke
     print(f"smoke dvc repro: {seconds:.0f} s")
+    print("\n".join(line for line in log.splitlines() if "] wall " in line))  # per-stage timings
     cfg = yaml.safe_load((repo / "params.yaml").read_text())
     res = repo / "results"
     with (res / "comparison.csv").open() as fh:
