@@ -7,7 +7,6 @@ W&B logger; ``load_denoiser(out_dir / "model.pt")`` rebuilds the trained ``Denoi
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import os
@@ -79,7 +78,7 @@ def build_module(
     prediction = sched_cfg.get("prediction") or default_prediction(schedule_name)
     loss_cfg = _section(cfg, "loss")
     loss = DiffusionLoss(loss_cfg["time_sampling"], loss_cfg["weighting"], loss_cfg["min_snr_gamma"])
-    net_cfg = dict(cfg["denoiser"])
+    net_cfg = _plain(dict(cfg["denoiser"]))
     net = build_net(net_cfg, data_shape, num_classes)
     cc = _section(cfg, "class_cond")
     hparams = {
@@ -93,11 +92,11 @@ def build_module(
         schedule,
         loss,
         prediction=prediction,
-        optim=_section(cfg, "optim"),
+        optim=_plain(_section(cfg, "optim")),
         num_classes=num_classes,
         label_dropout=float(cc["label_dropout"]),
         sigma_data=float(cfg.get("sigma_data", SIGMA_DATA)),
-        extra_hparams=hparams,
+        extra_hparams=_plain(hparams),
     )
 
 
@@ -146,7 +145,7 @@ def train(cfg: dict, schedule_name: str, out_dir, *, callbacks: list | None = No
     from difflab.data.datamodules import build_datamodule
     from difflab.tracking import make_logger
 
-    cfg = copy.deepcopy(dict(cfg))
+    cfg = _plain(cfg)  # a plain deep copy (OmegaConf resolved): what is logged and saved
     out_dir = pathlib.Path(out_dir)
     seed = int(cfg.get("seed", 0))
     tcfg = _section(cfg, "trainer")
