@@ -92,11 +92,30 @@ def atomic_dir(final: str | os.PathLike):
     tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=root))
     try:
         yield tmp
+        self_contained(tmp)
         final.parent.mkdir(parents=True, exist_ok=True)
         os.replace(tmp, final)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def self_contained(folder: Path) -> None:
+    """Make ``folder`` movable and hashable: symlinks that leave it (W&B points its run logs at its
+    cache folder) are replaced by a copy of their target, or removed when dangling; absolute links
+    inside it become relative."""
+    folder = Path(folder).resolve()
+    for link in [p for p in folder.rglob("*") if p.is_symlink()]:
+        raw = os.readlink(link)
+        target = (link.parent / raw).resolve()
+        inside = target == folder or folder in target.parents
+        if inside and os.path.isabs(raw):
+            link.unlink()
+            link.symlink_to(os.path.relpath(target, link.parent))
+        elif not inside:
+            link.unlink()
+            if target.is_file():
+                shutil.copy2(target, link)
 
 
 def atomic_file(final: str | os.PathLike, text: str) -> Path:

@@ -10,7 +10,7 @@ import os
 import shutil
 from pathlib import Path
 
-from _common import load_cfg, parser, read_json, run, scratch_dir
+from _common import load_cfg, parser, read_json, run, scratch_dir, self_contained
 
 
 def _place(src: Path, dst: Path) -> None:
@@ -57,6 +57,7 @@ def main(args):
                 grids=built["grids"],
                 summary=built["summary"],
             )
+            self_contained(tmp / "wandb")
         for name in ("comparison.csv", "metrics.json", "plots", "wandb", "report.html"):
             if (tmp / name).exists():
                 _place(tmp / name, results / name)
