@@ -25,8 +25,9 @@ COLUMNS = COLUMNS.split(",") + ["n_samples", "feature_extractor"]
 def _env(tmp):
     env = dict(os.environ)
     env["PATH"] = f"{pathlib.Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    env.update(WANDB_MODE="offline", WANDB_SILENT="true", WANDB_DIR=str(tmp / "wandb"))
-    env.pop("DIFFLAB_TMP", None)
+    env.update(WANDB_MODE="offline", WANDB_SILENT="true")
+    for var in ("DIFFLAB_TMP", "WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR", "WANDB_CONFIG_DIR"):
+        env.pop(var, None)  # a bare `dvc repro`: W&B's folders default to inside each stage's output
     return env
 
 
