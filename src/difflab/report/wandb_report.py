@@ -40,6 +40,10 @@ def log_comparison(
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    folders = {"WANDB_CACHE_DIR": "cache", "WANDB_DATA_DIR": "data", "WANDB_CONFIG_DIR": "config"}
+    for var, sub in folders.items():
+        if not os.environ.get(var):  # W&B's own folders stay inside the output, not in $HOME
+            os.environ[var] = str(out_dir / sub)
     wb = cfg.get("wandb") or {}
     group = wandb_group(cfg)
     run = wandb.init(
