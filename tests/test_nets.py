@@ -8,6 +8,7 @@ import torch
 
 from difflab.nets import MLP, DiT, UNet, build_net
 
+
 @pytest.fixture(autouse=True)
 def _one_thread():
     """Two cores shared by many processes: one intra-op thread is far faster than two spinning ones."""
@@ -117,3 +118,14 @@ def test_sizes_from_config():
 def test_config_that_does_not_fit(cfg, shape, message):
     with pytest.raises(ValueError, match=message):
         build_net(cfg, shape, 0)
+
+
+@pytest.mark.parametrize(("cfg", "shape"), CASES)
+def test_learned_skip_can_pass_the_input_through(cfg, shape):
+    """With the skip gain at 1 and the rest at initialisation the net is exactly the identity: the low-SNR
+    eps target (~ the input) is representable without the body learning an identity map."""
+    net = build_net(cfg, shape, 0)
+    with torch.no_grad():
+        net.skip.gain.bias.fill_(1.0)
+    x = torch.randn(3, *shape)
+    assert torch.allclose(net(x, torch.zeros(3)), x)
