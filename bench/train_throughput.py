@@ -8,6 +8,13 @@ in wall-clock time and in process CPU time (the latter is far less sensitive to 
 shared machine), and the median over rounds of the per-round throughput ratio.
 
     uv run python bench/train_throughput.py [--steps 60] [--rounds 10] [--threads 1] [--denoiser mlp]
+
+On a GPU (``--gpu``): the MNIST-size U-Net (``--denoiser unet``) on 1x28x28 batches (random levels, so
+no dataset is needed), bf16 autocast in both loops (``bf16-mixed`` in Lightning), channels_last, and
+``--compile`` for torch.compile; times are taken after ``torch.cuda.synchronize()`` (this mode has not
+been run yet: no GPU was lent to the session that wrote it):
+
+    uv run python bench/train_throughput.py --gpu --denoiser unet --steps 50 --rounds 3 [--compile]
 """
 
 from __future__ import annotations
@@ -24,9 +31,30 @@ import yaml
 from difflab.data.datamodules import build_datamodule
 from difflab.training import build_module
 
+DEVICE = {"gpu": False, "compile": False}
+
 
 def _now() -> tuple[float, float]:
+    if DEVICE["gpu"]:
+        torch.cuda.synchronize()
     return time.perf_counter(), time.process_time()
+
+
+class Synthetic28:
+    """Stand-in for the MNIST datamodule on a GPU box: random 256-level 1x28x28 images, 10 labels."""
+
+    data_shape, num_classes, levels = (1, 28, 28), 10, 256
+
+    def __init__(self, batch_size: int, n: int = 8192):
+        g = torch.Generator().manual_seed(0)
+        x = torch.randint(0, 256, (n, 1, 28, 28), generator=g).float() / 127.5 - 1
+        self.dataset = torch.utils.data.TensorDataset(x, torch.randint(0, 10, (n,), generator=g))
+        self.batch_size = batch_size
+
+    def train_dataloader(self):
+        return torch.utils.data.DataLoader(
+            self.dataset, self.batch_size, shuffle=True, drop_last=True, pin_memory=DEVICE["gpu"]
+        )
 
 
 class StepTimer(pl.Callback):
@@ -44,7 +72,12 @@ class StepTimer(pl.Callback):
 
 
 def make(cfg, dm):
-    return build_module(cfg, "vp_linear", dm.data_shape, dm.num_classes)
+    module = build_module(cfg, "vp_linear", dm.data_shape, dm.num_classes)
+    if DEVICE["gpu"]:
+        module.net.to(memory_format=torch.channels_last)
+        if DEVICE["compile"]:
+            module.net.compile()
+    return module
 
 
 def lightning_round(cfg, dm, steps):
@@ -52,7 +85,9 @@ def lightning_round(cfg, dm, steps):
     timer = StepTimer()
     trainer = pl.Trainer(
         max_steps=steps,
-        accelerator="cpu",
+        accelerator="gpu" if DEVICE["gpu"] else "cpu",
+        devices=1,
+        precision="bf16-mixed" if DEVICE["gpu"] else "32-true",
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
@@ -67,6 +102,8 @@ def lightning_round(cfg, dm, steps):
 
 def plain_round(cfg, dm, steps):
     module = make(cfg, dm)
+    device = torch.device("cuda" if DEVICE["gpu"] else "cpu")
+    module.to(device)
     opt_cfg = module.configure_optimizers()
     opt, sched = opt_cfg["optimizer"], opt_cfg["lr_scheduler"]["scheduler"]
     params = list(module.net.parameters())
@@ -74,8 +111,10 @@ def plain_round(cfg, dm, steps):
     t = _now()
     while step < steps:
         for x0, y in dm.train_dataloader():
+            x0, y = x0.to(device, non_blocking=True), y.to(device, non_blocking=True)
             y = module._labels(y, drop=True)
-            loss = module.loss(module.denoiser, x0, y).mean()
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=DEVICE["gpu"]):
+                loss = module.loss(module.denoiser, x0, y).mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, cfg["optim"]["grad_clip"])
@@ -96,14 +135,21 @@ def main():
     p.add_argument("--rounds", type=int, default=10)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--denoiser", default="mlp", help="a conf/denoiser/*.yaml name")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--gpu", action="store_true", help="CUDA, bf16, channels_last, 1x28x28 synthetic data")
+    p.add_argument("--compile", action="store_true", help="torch.compile the network (with --gpu)")
     args = p.parse_args()
+    DEVICE.update(gpu=args.gpu, compile=args.compile)
     torch.set_num_threads(args.threads)
     cfg = {
         "denoiser": yaml.safe_load(open(f"conf/denoiser/{args.denoiser}.yaml")),
         "optim": {"lr": 1e-3, "warmup_steps": 100, "grad_clip": 1.0},
         "class_cond": {"num_classes": 10, "label_dropout": 0.1},
     }
-    dm = build_datamodule({"name": "digits", "batch_size": 128}, seed=0)
+    if args.gpu:
+        dm = Synthetic28(args.batch_size)
+    else:
+        dm = build_datamodule({"name": "digits", "batch_size": args.batch_size}, seed=0)
     plain, light, ratios = [], [], []
     for r in range(args.rounds):
         pl.seed_everything(r, verbose=False)

@@ -108,11 +108,17 @@ def test_ema_checkpoint_resume_and_weights_only(tmp_path):
     Runs with the offline W&B logger, whose files stay inside the run folder."""
     cfg = tiny_cfg(
         data={"name": "digits", "batch_size": 64},
-        trainer={"max_steps": 20, "val_every_n_steps": 10},
+        trainer={"max_steps": 20, "val_every_n_steps": 10, "sample_every_n_epochs": 1, "sample_steps": 4},
         class_cond={"num_classes": 10},
     )
     metrics = train(cfg, "flow", tmp_path)
     assert metrics["steps"] == 20
+    # sample grids: after the first epoch's validation (step 10) and at the end; 64 samples, a class a column
+    from PIL import Image
+
+    grids = sorted(p.name for p in (tmp_path / "samples").iterdir())
+    assert grids == ["step_000010.png", "step_000020.png"], grids
+    assert Image.open(tmp_path / "samples" / "step_000020.png").size == (10 * 9 + 1, 7 * 9 + 1)
     ckpt = torch.load(tmp_path / "last.ckpt", map_location="cpu", weights_only=True)
     assert ckpt["global_step"] == 20
     ema = {k[4:]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}

@@ -57,11 +57,13 @@ class SampleGrid(pl.Callback):
         self.out_dir = pathlib.Path(out_dir) / "samples"
         self.every, self.n, self.steps, self.solver = max(1, int(every_n_epochs)), int(n), int(steps), solver
         self.grid = grid
-        self._last_step = -1
+        self._last_step, self._next_epoch = -1, self.every
 
     def on_validation_epoch_end(self, trainer, pl_module):  # runs while EMA weights are swapped in
-        if trainer.sanity_checking or (trainer.current_epoch + 1) % self.every:
+        # validation runs every N steps, so check "at least `every` epochs since the last grid"
+        if trainer.sanity_checking or trainer.current_epoch + 1 < self._next_epoch:
             return
+        self._next_epoch = trainer.current_epoch + 1 + self.every
         self.draw(trainer, pl_module)
 
     def draw(self, trainer, pl_module):
