@@ -20,10 +20,11 @@ class NonFiniteLossGuard(pl.Callback):
 
     def on_before_backward(self, trainer, pl_module, loss):
         value = float(loss.detach())
-        if not math.isfinite(value):
+        # every rank stops together (one rank raising alone would leave the others waiting in all-reduce)
+        if trainer.strategy.reduce_boolean_decision(not math.isfinite(value), all=False):
             raise NonFiniteLossError(
-                f"non-finite training loss ({value}) at step {trainer.global_step}; "
-                "stopped, the last good checkpoint is kept"
+                f"non-finite training loss at step {trainer.global_step} "
+                f"(rank {trainer.global_rank}: {value}); stopped, the last good checkpoint is kept"
             )
 
 

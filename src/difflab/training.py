@@ -235,7 +235,7 @@ def train(cfg: dict, schedule_name: str, out_dir, *, callbacks: list | None = No
         _atomic_write(
             out_dir / "train_metrics.json", lambda p: p.write_text(json.dumps(metrics, indent=2) + "\n")
         )
-    if logger is not None:
+    if logger is not None and trainer.is_global_zero:
         logger.experiment.summary.update({f"final/{k}": v for k, v in metrics.items() if v is not None})
         logger.finalize("success")
         import wandb
