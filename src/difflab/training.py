@@ -160,7 +160,10 @@ def train(cfg: dict, schedule_name: str, out_dir, *, callbacks: list | None = No
             f"with {dm.num_classes} classes; use 0 (unconditional) or {dm.num_classes}"
         )
     sched_params = dict(((cfg.get("schedule") or {}).get(schedule_name) or {}).get("params") or {})
-    extra = {"data": {"name": dm.name, "levels": dm.levels}, "seed": seed, "schedule_name": schedule_name}
+    data_info = {"name": dm.name, "levels": dm.levels, "n_train": len(dm.train_levels()[0])}
+    if getattr(dm, "offline_split", False):  # MNIST offline: the 10k test split, split again
+        data_info["offline_split"] = True
+    extra = {"data": data_info, "seed": seed, "schedule_name": schedule_name}
     module = build_module(cfg, schedule_name, dm.data_shape, num_classes, extra)
     if tcfg["channels_last"]:
         module.net.to(memory_format=torch.channels_last)
@@ -225,6 +228,7 @@ def train(cfg: dict, schedule_name: str, out_dir, *, callbacks: list | None = No
         "images_per_second": (steps - start_step) * dm.batch_size * trainer.world_size / max(seconds, 1e-9),
         "params": sum(p.numel() for p in module.net.parameters()),
         "resumed_from_step": start_step if ckpt_path else None,
+        "data": data_info,
     }
     if trainer.is_global_zero:
         payload = {
