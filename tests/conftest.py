@@ -10,7 +10,9 @@ SHARED_DATA = ROOT.parent / "shared" / "data"
 # Tests never reach a W&B server and keep its files inside the test's temporary folders.
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# One intra-op thread: the tests' tensors are small, and on a 2-core machine a second thread mostly
+# adds contention (measured up to 10x slower for the ODE tests while anything else runs).
+torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)
