@@ -37,11 +37,24 @@ def add_device(p: argparse.ArgumentParser) -> None:
 
 
 def resolve_device(name: str) -> str:
-    if name != "auto":
-        return name
+    """``auto`` -> cuda when available, else cpu; sets the CPU threads (see ``cpu_threads``)."""
     import torch
 
+    cpu_threads()
+    if name != "auto":
+        return name
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def cpu_threads() -> int:
+    """Torch's CPU threads: ``$DIFFLAB_CPU_THREADS``, default 1. The quick experiment's networks are
+    small: one thread is faster than two, and several threads fighting over busy cores (another
+    process, a parallel `dvc queue`) made a sampling stage 20x slower here."""
+    import torch
+
+    n = int(os.environ.get("DIFFLAB_CPU_THREADS", "1"))
+    torch.set_num_threads(max(n, 1))
+    return n
 
 
 def run(main, args) -> None:

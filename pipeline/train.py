@@ -4,7 +4,7 @@ Writes OUT/ (default models/SCHEDULE): model.pt, last.ckpt, train_metrics.json a
 W&B training run (group = the experiment).
 """
 
-from _common import atomic_dir, load_cfg, parser, run
+from _common import atomic_dir, cpu_threads, load_cfg, parser, run
 
 
 def main(args):
@@ -12,6 +12,8 @@ def main(args):
     if args.schedule not in cfg["schedules"]:
         raise ValueError(f"--schedule {args.schedule!r} is not in params schedules {cfg['schedules']}")
     from difflab.training import train
+
+    cpu_threads()
 
     with atomic_dir(args.out or f"models/{args.schedule}") as out:
         metrics = train(cfg, args.schedule, out)
