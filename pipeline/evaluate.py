@@ -53,6 +53,7 @@ def _evaluate(args, cfg, solver, reference, extractor, levels) -> list[dict]:
             extractor_path=extractor,
             cache_dir=f"{args.features}/fid_cache",
             bootstrap=ev["bootstrap"],
+            kid_subset_size=ev["kid_subset_size"],
             seed=cfg["seed"],
             device=resolve_device(args.device),
         )

@@ -171,6 +171,11 @@ def validate(cfg: dict) -> dict:
     _choice(cfg, "evaluate.feature_extractor", FEATURE_EXTRACTORS)
     _positive_int(cfg, "evaluate.classifier_epochs")
     _positive_int(cfg, "evaluate.bootstrap", minimum=0)
+    kid = _need(cfg, "evaluate.kid_subset_size")
+    if kid is not None and (not _is_int(kid) or kid < 2 or kid > cfg["sample"]["n_samples"]):
+        raise ConfigError(
+            f"params: evaluate.kid_subset_size={kid!r} must be null or an integer in 2..n_samples"
+        )
     _positive_int(cfg, "evaluate.nll_images", minimum=0)
     _choice(cfg, "evaluate.nll_divergence", DIVERGENCES)
     _positive_int(cfg, "evaluate.nll_probes")
