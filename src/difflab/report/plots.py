@@ -67,13 +67,14 @@ def fid_vs_nfe(
                 linestyle="none" if adaptive else "-",
             )
         ax.set_xscale("log")
+        ax.set_yscale("log")  # one diverging solver should not flatten the others
         ax.set_title(f"{by} = {p}")
         ax.set_xlabel("NFE (denoiser evaluations)")
         ax.grid(alpha=0.3, which="both")
     axes[0].set_ylabel("FID (95% interval)")
     handles, labels = [], []
     for ax in axes:
-        _plain_log_ticks(ax)
+        _plain_log_ticks(ax, y=True)
         for h, lab in zip(*ax.get_legend_handles_labels()):
             if lab not in labels:
                 handles.append(h)
