@@ -166,3 +166,13 @@ def test_dvc_stages_declare_resolvable_and_minimal_params(default):
         "schedule.${item.schedule}" in stages["train"]["params"]
         and "schedule" not in stages["train"]["params"]
     )
+
+
+@pytest.mark.parametrize("experiment", ["quick", "smoke", "mnist"])
+def test_dvc_hydra_composition_equals_ours(tmp_path, experiment):
+    """`dvc exp run -S experiment=X` writes params.yaml with DVC's own Hydra call: same dict as ours."""
+    from dvc.utils.hydra import compose_and_dump
+
+    out = tmp_path / "params.yaml"
+    compose_and_dump(out, str(ROOT / "conf"), None, "config", str(tmp_path), [f"experiment={experiment}"])
+    assert yaml.safe_load(out.read_text()) == compose([f"experiment={experiment}"])
