@@ -47,12 +47,14 @@ def resolve_device(name: str) -> str:
 
 
 def cpu_threads() -> int:
-    """Torch's CPU threads: ``$DIFFLAB_CPU_THREADS``, default 1. The quick experiment's networks are
-    small: one thread is faster than two, and several threads fighting over busy cores (another
-    process, a parallel `dvc queue`) made a sampling stage 20x slower here."""
+    """Torch's CPU threads: ``$DIFFLAB_CPU_THREADS``, default the cores this process may use. DVC runs
+    stages one at a time, and on an idle 2-core machine two threads made the quick experiment's
+    training and sampling stages ~20% faster than one. Set ``DIFFLAB_CPU_THREADS=1`` when stages share
+    the cores (``dvc queue start -j N``, other jobs): oversubscribed threads spin against each other
+    and made a sampling stage 20x slower on a busy machine."""
     import torch
 
-    n = int(os.environ.get("DIFFLAB_CPU_THREADS", "1"))
+    n = int(os.environ.get("DIFFLAB_CPU_THREADS", len(os.sched_getaffinity(0))))
     torch.set_num_threads(max(n, 1))
     return n
 
@@ -111,6 +113,38 @@ def atomic_dir(final: str | os.PathLike):
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def resumable_dir(final: str | os.PathLike, key: str):
+    """Like ``atomic_dir``, but the work folder outlives a kill or an error so that the next run with
+    the same ``key`` (a hash of everything the stage reads) resumes in it: training picks up its
+    ``last.ckpt`` instead of starting over. Work folders of the same target under another key are
+    stale and removed. ``final`` is absent until the work completes and is renamed into place."""
+    final = Path(final)
+    root = _tmp_root()
+    prefix = _stale_prefix(final)
+    work = root / f"{prefix}resume-{key}"
+    for stale in root.glob(prefix + "*"):
+        if stale != work:
+            shutil.rmtree(stale, ignore_errors=True)
+    if final.exists():
+        shutil.rmtree(final) if final.is_dir() else final.unlink()
+    work.mkdir(parents=True, exist_ok=True)
+    yield work
+    self_contained(work)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(work, final)
+
+
+def content_key(*parts) -> str:
+    """A short hash of JSON-able ``parts`` and of the library's source (what a stage's result depends on)."""
+    import hashlib
+
+    h = hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode())
+    for path in sorted((ROOT / "src" / "difflab").rglob("*.py")):
+        h.update(path.read_bytes())
+    return h.hexdigest()[:16]
 
 
 def self_contained(folder: Path) -> None:

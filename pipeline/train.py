@@ -1,10 +1,14 @@
 """Stage `train`: one denoiser per schedule (difflab.training.train), EMA weights to OUT/model.pt.
 
 Writes OUT/ (default models/SCHEDULE): model.pt, last.ckpt, train_metrics.json and the offline
-W&B training run (group = the experiment).
+W&B training run (group = the experiment). A run killed mid-way resumes from its last.ckpt the
+next time (the work folder under outputs/tmp is keyed by the params this stage reads and the code).
 """
 
-from _common import atomic_dir, cpu_threads, load_cfg, parser, run
+from _common import content_key, cpu_threads, load_cfg, parser, resumable_dir, run
+
+# the params the train stage declares in dvc.yaml
+TRAIN_KEYS = ("seed", "data", "denoiser", "loss", "optim", "ema", "class_cond", "trainer", "wandb")
 
 
 def main(args):
@@ -15,7 +19,8 @@ def main(args):
 
     cpu_threads()
 
-    with atomic_dir(args.out or f"models/{args.schedule}") as out:
+    read = {k: cfg.get(k) for k in TRAIN_KEYS} | {"schedule": cfg["schedule"][args.schedule]}
+    with resumable_dir(args.out or f"models/{args.schedule}", content_key(args.schedule, read)) as out:
         metrics = train(cfg, args.schedule, out)
     shown = {k: v for k, v in (metrics or {}).items() if isinstance(v, (int, float))}
     print(f"trained {args.schedule}: {shown}")

@@ -130,3 +130,29 @@ def test_one_solver_option_reruns_only_its_stages_and_survives_sigkill(smoke):
     assert _stale(repo, env) == set()
     with (repo / "results" / "comparison.csv").open() as fh:
         assert len(list(csv.DictReader(fh))) > 0
+
+
+@pytest.mark.slow
+def test_killed_training_resumes_from_its_last_checkpoint(smoke):
+    repo, env, _, _ = smoke
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["trainer"].update(max_steps=400, val_every_n_steps=40)
+    (repo / "params_resume.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    cmd = [sys.executable, "pipeline/train.py", "--params", "params_resume.yaml", "--schedule", "flow"]
+    cmd += ["--out", "resume/flow"]
+    proc = subprocess.Popen(cmd, cwd=repo, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    work = repo / "outputs" / "tmp"
+    while time.time() < deadline and not list(work.glob("resume__flow.tmp-resume-*/last.ckpt")):
+        time.sleep(0.2)
+    time.sleep(1.0)  # let the checkpoint file be complete before the kill
+    assert proc.poll() is None, "training ended before its first checkpoint"
+    proc.kill()
+    proc.wait()
+    assert not (repo / "resume" / "flow").exists()  # nothing in place for DVC to cache
+
+    _run(cmd, repo, env)
+    metrics = json.loads((repo / "resume" / "flow" / "train_metrics.json").read_text())
+    assert metrics["resumed_from_step"] >= 40  # continued, not started over
+    assert metrics["steps"] == 400
+    assert not list(work.glob("resume__flow.tmp-*"))  # the work folder became the output
