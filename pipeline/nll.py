@@ -24,9 +24,15 @@ def main(args):
     images = torch.from_numpy(np.load(f"{args.data}/heldout_images.npy")[: ev["nll_images"]])
     device = resolve_device(args.device)
     D, _ = load_model(args.model or f"models/{args.schedule}", device)
+    schedule = D.schedule  # the same alpha, sigma; only where the likelihood ODE starts may differ
+    if ev.get("nll_t_min") is not None:
+        from difflab.schedules import get_schedule
+
+        params = {k: v for k, v in schedule.params().items() if k != "name"}
+        schedule = get_schedule(schedule.name, **{**params, "t_min": ev["nll_t_min"]})
     result = evaluate_bpd(
         D,
-        D.schedule,
+        schedule,
         images,
         meta["levels"],
         divergence=ev["nll_divergence"],
@@ -36,6 +42,7 @@ def main(args):
         device=device,
     )
     record = {"schedule": args.schedule, "n_images": len(images), "divergence": ev["nll_divergence"]}
+    record["t_min"] = schedule.t_min
     record.update({k: v for k, v in result.items() if isinstance(v, (int, float, str)) or v is None})
     atomic_file(out, json.dumps(record, indent=2) + "\n")
     print(f"{args.schedule}: {record.get('bpd')} bits/dim on {len(images)} held-out images")

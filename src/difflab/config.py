@@ -179,6 +179,9 @@ def validate(cfg: dict) -> dict:
     _positive_int(cfg, "evaluate.nll_images", minimum=0)
     _choice(cfg, "evaluate.nll_divergence", DIVERGENCES)
     _positive_int(cfg, "evaluate.nll_probes")
+    nll_t_min = _need(cfg, "evaluate.nll_t_min")
+    if nll_t_min is not None and (not _is_number(nll_t_min) or not 0 <= nll_t_min < 0.5):
+        raise ConfigError(f"params: evaluate.nll_t_min={nll_t_min!r} must be null or a number in [0, 0.5)")
     project = _need(cfg, "wandb.project")
     if not isinstance(project, str) or not project:
         raise ConfigError(f"params: wandb.project={project!r} must be a non-empty name")
