@@ -1,7 +1,9 @@
 """What each fixed-step solver adds on top of its denoiser calls (CPU).
 
-A ~1.1M-parameter MLP on 784-dim inputs, wrapped with ``Denoiser`` (eps prediction, vp_linear),
-batch 256. Two measurements per solver and integration dtype, interleaved in one run, medians over
+A ~1M-parameter network wrapped with ``Denoiser`` (eps prediction, vp_linear), batch 256: either a
+1.1M-parameter MLP on 784-dim inputs (``--net mlp``, the cheapest network of that size, so the
+hardest case for the target) or difflab's U-Net at ~1M parameters on 1x28x28 images (``--net unet``).
+Two measurements per solver and integration dtype, interleaved in one run, medians over
 repeats:
 
 * side by side: ``steps`` solver steps against the same number of bare denoiser calls
@@ -11,7 +13,8 @@ repeats:
   solver's own arithmetic, noise draws and bookkeeping, per denoiser call, divided by the median
   time of one network call. This is the overhead in % of a step, measured without differencing.
 
-    uv run python bench/solver_overhead.py [--steps 20] [--repeats 15] [--batch 256] [--threads 1]
+    uv run python bench/solver_overhead.py [--net mlp|unet] [--steps 20] [--repeats 15] [--batch 256]
+        [--threads 1]
 """
 
 from __future__ import annotations
@@ -86,16 +89,31 @@ def main():
     p.add_argument("--repeats", type=int, default=15)
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--net", choices=("mlp", "unet"), default="mlp")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     schedule = get_schedule("vp_linear")
-    net = MLP().eval()
+    if args.net == "mlp":
+        net, shape = MLP().eval(), (784,)
+    else:
+        from difflab.nets import build_net
+
+        shape = (1, 28, 28)
+        unet = {
+            "name": "unet",
+            "channels": 32,
+            "ch_mult": [1, 2, 2],
+            "num_res_blocks": 1,
+            "attn_resolutions": [7],
+        }
+        net = build_net(unet, shape, 0).eval()
     D = Denoiser(net, schedule, "eps")
     n_params = sum(q.numel() for q in net.parameters())
-    noise = torch.randn(args.batch, 784)
+    noise = torch.randn(args.batch, *shape)
     print(
-        f"# solver overhead: MLP {n_params / 1e6:.2f}M params, batch {args.batch}, {args.steps} steps, "
+        f"# solver overhead: {args.net} {n_params / 1e6:.2f}M params, batch {args.batch}, "
+        f"{args.steps} steps, "
         f"{args.repeats} repeats, {args.threads} threads, {platform.processor() or platform.machine()}, "
         f"torch {torch.__version__}\n"
     )
