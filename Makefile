@@ -2,7 +2,8 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-UV ?= uv
+# uv on PATH, else the module of a pip-installed uv (pip may put its script off PATH)
+UV ?= $(shell command -v uv 2>/dev/null || echo python3 -m uv)
 RUN := $(UV) run --frozen
 PY_DIRS := $(wildcard src tests pipeline bench)
 EXPERIMENT ?=
@@ -23,7 +24,7 @@ help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
 
 .venv/.synced: pyproject.toml uv.lock
-	@command -v $(UV) >/dev/null 2>&1 || python3 -m pip install --quiet uv
+	@$(UV) --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
 	$(UV) sync --frozen
 	@touch $@
 
