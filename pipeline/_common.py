@@ -32,6 +32,24 @@ def parser(description: str) -> argparse.ArgumentParser:
     return p
 
 
+def add_schedule_args(p: argparse.ArgumentParser, *, model: bool = True, data: bool = True) -> None:
+    """The arguments of a per-schedule stage: ``--schedule`` and, where the stage reads them, the
+    trained model folder and the prepare stage's folder."""
+    p.add_argument("--schedule", required=True, help="one of the params' schedules")
+    if model:
+        p.add_argument("--model", default=None, help="trained model folder (default: models/SCHEDULE)")
+    if data:
+        p.add_argument(
+            "--data", default="data/prepared", help="the prepare stage's folder (default: %(default)s)"
+        )
+
+
+def check_schedule(cfg: dict, schedule: str) -> None:
+    """A per-stage ``--schedule`` must be one of the params' schedules."""
+    if schedule not in cfg["schedules"]:
+        raise ValueError(f"--schedule {schedule!r} is not in params schedules {cfg['schedules']}")
+
+
 def add_device(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="torch device; auto = cuda when available, else cpu")
 
@@ -93,23 +111,36 @@ def _stale_prefix(final: Path) -> str:
     return f"{rel}.tmp-"
 
 
+def _clear_target(final: Path, keep: Path | None = None) -> tuple[Path, str]:
+    """Remove ``final`` and the stale work folders of the same target (all but ``keep``); return the
+    work root and the target's work-folder prefix."""
+    root = _tmp_root()
+    prefix = _stale_prefix(final)
+    for stale in root.glob(prefix + "*"):
+        if stale != keep:
+            shutil.rmtree(stale, ignore_errors=True)
+    if final.exists():
+        shutil.rmtree(final) if final.is_dir() else final.unlink()
+    return root, prefix
+
+
+def _publish(work: Path, final: Path) -> None:
+    """Make the finished ``work`` folder movable and rename it to ``final``."""
+    self_contained(work)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(work, final)
+
+
 @contextlib.contextmanager
 def atomic_dir(final: str | os.PathLike):
     """Yield an empty temporary folder; on success replace ``final`` with it (rename), on any error
     or kill leave ``final`` absent. Stale temporaries of the same target are removed first."""
     final = Path(final)
-    root = _tmp_root()
-    prefix = _stale_prefix(final)
-    for stale in root.glob(prefix + "*"):
-        shutil.rmtree(stale, ignore_errors=True)
-    if final.exists():
-        shutil.rmtree(final) if final.is_dir() else final.unlink()
+    root, prefix = _clear_target(final)
     tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=root))
     try:
         yield tmp
-        self_contained(tmp)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(tmp, final)
+        _publish(tmp, final)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -122,19 +153,11 @@ def resumable_dir(final: str | os.PathLike, key: str):
     ``last.ckpt`` instead of starting over. Work folders of the same target under another key are
     stale and removed. ``final`` is absent until the work completes and is renamed into place."""
     final = Path(final)
-    root = _tmp_root()
-    prefix = _stale_prefix(final)
-    work = root / f"{prefix}resume-{key}"
-    for stale in root.glob(prefix + "*"):
-        if stale != work:
-            shutil.rmtree(stale, ignore_errors=True)
-    if final.exists():
-        shutil.rmtree(final) if final.is_dir() else final.unlink()
+    work = _tmp_root() / f"{_stale_prefix(final)}resume-{key}"
+    _clear_target(final, keep=work)
     work.mkdir(parents=True, exist_ok=True)
     yield work
-    self_contained(work)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(work, final)
+    _publish(work, final)
 
 
 def content_key(*parts) -> str:

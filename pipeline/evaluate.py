@@ -11,11 +11,22 @@ n_samples, feature_extractor.
 
 import json
 
-from _common import add_device, atomic_file, load_cfg, parser, read_json, resolve_device, run
+from _common import (
+    add_device,
+    add_schedule_args,
+    atomic_file,
+    check_schedule,
+    load_cfg,
+    parser,
+    read_json,
+    resolve_device,
+    run,
+)
 
 
 def main(args):
     cfg = load_cfg(args)
+    check_schedule(cfg, args.schedule)
     import numpy as np
     import torch
 
@@ -76,9 +87,8 @@ def _evaluate(args, cfg, solver, reference, extractor, levels) -> list[dict]:
 
 if __name__ == "__main__":
     p = parser(__doc__)
-    p.add_argument("--schedule", required=True)
+    add_schedule_args(p, model=False)
     p.add_argument("--samples", default="samples", help="the sample stages' folder (default: %(default)s)")
-    p.add_argument("--data", default="data/prepared", help="the prepare stage's dataset folder")
     p.add_argument("--features", default="data/features", help="the prepare stage's feature folder")
     p.add_argument("--out", default=None, help="output file (default: evals/SCHEDULE/fid.json)")
     add_device(p)

@@ -5,11 +5,23 @@ Writes OUT (default evals/SCHEDULE/nll.json): bpd, bpd_se, n_images, nfe_per_ima
 
 import json
 
-from _common import add_device, atomic_file, load_cfg, load_model, parser, read_json, resolve_device, run
+from _common import (
+    add_device,
+    add_schedule_args,
+    atomic_file,
+    check_schedule,
+    load_cfg,
+    load_model,
+    parser,
+    read_json,
+    resolve_device,
+    run,
+)
 
 
 def main(args):
     cfg = load_cfg(args)
+    check_schedule(cfg, args.schedule)
     ev = cfg["evaluate"]
     out = args.out or f"evals/{args.schedule}/nll.json"
     if ev["nll_images"] == 0:
@@ -50,9 +62,7 @@ def main(args):
 
 if __name__ == "__main__":
     p = parser(__doc__)
-    p.add_argument("--schedule", required=True)
-    p.add_argument("--model", default=None, help="trained model folder (default: models/SCHEDULE)")
-    p.add_argument("--data", default="data/prepared", help="the prepare stage's folder")
+    add_schedule_args(p)
     p.add_argument("--out", default=None)
     add_device(p)
     run(main, p.parse_args())

@@ -10,7 +10,7 @@ and FEATURES/ (default data/features):
   floor.json       FID/KID of the held-out split against the reference: the real-data floor
 """
 
-from _common import atomic_dir, load_cfg, parser, resolve_device, run, write_json
+from _common import add_device, atomic_dir, load_cfg, parser, resolve_device, run, write_json
 
 
 def main(args):
@@ -76,5 +76,5 @@ if __name__ == "__main__":
     p = parser(__doc__)
     p.add_argument("--out", default="data/prepared", help="dataset folder (default: %(default)s)")
     p.add_argument("--features", default="data/features", help="feature folder (default: %(default)s)")
-    p.add_argument("--device", default="auto", help="torch device for the features (default: auto)")
+    add_device(p)
     run(main, p.parse_args())

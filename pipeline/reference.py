@@ -7,7 +7,9 @@ Writes OUT/ (default samples/SCHEDULE/reference): reference.npz (float `x`, meas
 
 from _common import (
     add_device,
+    add_schedule_args,
     atomic_dir,
+    check_schedule,
     class_labels,
     load_cfg,
     load_model,
@@ -21,8 +23,7 @@ from _common import (
 
 def main(args):
     cfg = load_cfg(args)
-    if args.schedule not in cfg["schedules"]:
-        raise ValueError(f"--schedule {args.schedule!r} is not in params schedules {cfg['schedules']}")
+    check_schedule(cfg, args.schedule)
     s = cfg["sample"]
     meta = read_json(f"{args.data}/meta.json")
     n = min(s["solver_error_samples"], s["n_samples"])
@@ -56,9 +57,7 @@ def main(args):
 
 if __name__ == "__main__":
     p = parser(__doc__)
-    p.add_argument("--schedule", required=True)
-    p.add_argument("--model", default=None, help="trained model folder (default: models/SCHEDULE)")
-    p.add_argument("--data", default="data/prepared", help="the prepare stage's folder")
+    add_schedule_args(p)
     p.add_argument("--out", default=None)
     add_device(p)
     run(main, p.parse_args())

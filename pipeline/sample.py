@@ -9,7 +9,9 @@ n_samples, file). rk45's row has steps = 0 (adaptive) and its measured NFE.
 
 from _common import (
     add_device,
+    add_schedule_args,
     atomic_dir,
+    check_schedule,
     class_labels,
     load_cfg,
     load_model,
@@ -24,8 +26,7 @@ from _common import (
 
 def main(args):
     cfg = load_cfg(args)
-    if args.schedule not in cfg["schedules"]:
-        raise ValueError(f"--schedule {args.schedule!r} is not in params schedules {cfg['schedules']}")
+    check_schedule(cfg, args.schedule)
     if args.solver not in cfg["solvers"]:
         raise ValueError(f"--solver {args.solver!r} is not in params solvers {cfg['solvers']}")
     import numpy as np
@@ -90,11 +91,9 @@ def main(args):
 
 if __name__ == "__main__":
     p = parser(__doc__)
-    p.add_argument("--schedule", required=True)
-    p.add_argument("--solver", required=True)
-    p.add_argument("--model", default=None, help="trained model folder (default: models/SCHEDULE)")
+    add_schedule_args(p)
+    p.add_argument("--solver", required=True, help="one of the params' solvers")
     p.add_argument("--reference", default=None, help="reference folder (default: samples/SCHEDULE/reference)")
-    p.add_argument("--data", default="data/prepared", help="the prepare stage's folder")
     p.add_argument("--out", default=None)
     add_device(p)
     run(main, p.parse_args())

@@ -5,7 +5,16 @@ W&B training run (group = the experiment). A run killed mid-way resumes from its
 next time (the work folder under outputs/tmp is keyed by the params this stage reads and the code).
 """
 
-from _common import content_key, cpu_threads, load_cfg, parser, resumable_dir, run
+from _common import (
+    add_schedule_args,
+    check_schedule,
+    content_key,
+    cpu_threads,
+    load_cfg,
+    parser,
+    resumable_dir,
+    run,
+)
 
 # the params the train stage declares in dvc.yaml
 TRAIN_KEYS = ("seed", "data", "denoiser", "loss", "optim", "ema", "class_cond", "trainer", "wandb")
@@ -13,8 +22,7 @@ TRAIN_KEYS = ("seed", "data", "denoiser", "loss", "optim", "ema", "class_cond", 
 
 def main(args):
     cfg = load_cfg(args)
-    if args.schedule not in cfg["schedules"]:
-        raise ValueError(f"--schedule {args.schedule!r} is not in params schedules {cfg['schedules']}")
+    check_schedule(cfg, args.schedule)
     from difflab.training import train
 
     cpu_threads()
@@ -28,6 +36,6 @@ def main(args):
 
 if __name__ == "__main__":
     p = parser(__doc__)
-    p.add_argument("--schedule", required=True, help="one of the params' schedules")
+    add_schedule_args(p, model=False, data=False)
     p.add_argument("--out", default=None, help="output folder (default: models/SCHEDULE)")
     run(main, p.parse_args())
