@@ -37,7 +37,7 @@ def main(args):
                 D,
                 D.schedule,
                 "rk45",
-                1,
+                0,
                 n,
                 tuple(meta["shape"]),
                 grid=s["grid"],

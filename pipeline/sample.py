@@ -31,25 +31,26 @@ def main(args):
         raise ValueError(f"--solver {args.solver!r} is not in params solvers {cfg['solvers']}")
     import numpy as np
 
-    from difflab.config import is_stochastic
     from difflab.report.analysis import solver_error
     from difflab.report.grids import save_grid_png
     from difflab.sampling import generate, load_samples, save_samples
+    from difflab.solvers import get_spec
 
     s = cfg["sample"]
-    options = dict(s["options"][args.solver])
+    spec = get_spec(args.solver)
+    options = spec.check_options(s["options"][args.solver])
     meta = read_json(f"{args.data}/meta.json")
     device = resolve_device(args.device)
     D, _ = load_model(args.model or f"models/{args.schedule}", device)
     reference = None
     ref_path = f"{args.reference or f'samples/{args.schedule}/reference'}/reference.npz"
-    if not is_stochastic(args.solver, options) and s["solver_error_samples"] > 0:
+    if not spec.is_stochastic(options) and s["solver_error_samples"] > 0:
         reference = load_samples(ref_path)["x"]
     n = s["n_samples"]
     labels = class_labels(cfg, meta, n)
     rows = []
     with atomic_dir(args.out or f"samples/{args.schedule}/{args.solver}") as out:
-        for steps in [1] if args.solver == "rk45" else s["steps"]:
+        for steps in [0] if spec.adaptive else s["steps"]:
             result = generate(
                 D,
                 D.schedule,
@@ -66,26 +67,25 @@ def main(args):
                 null_label=null_label(meta),
                 options=options,
             )
-            steps_out = 0 if args.solver == "rk45" else steps
-            name = f"steps_{steps_out:03d}"
+            name = f"steps_{steps:03d}"
             images = save_samples(out / f"{name}.npz", result, levels=meta["levels"])
-            save_grid_png(out / f"grid_{steps_out:03d}.png", images[:64].numpy(), meta["levels"], nrow=8)
+            save_grid_png(out / f"grid_{steps:03d}.png", images[:64].numpy(), meta["levels"], nrow=8)
             err = None
             if reference is not None:
                 m = len(reference)
                 err = solver_error(result.x[:m].numpy(), np.asarray(reference))
             rows.append(
                 {
-                    "steps": steps_out,
+                    "steps": steps,
                     "nfe": float(result.nfe),
                     "seconds_per_sample": float(result.seconds_per_sample),
                     "solver_error": err,
                     "n_samples": n,
                     "file": f"{name}.npz",
-                    "grid": f"grid_{steps_out:03d}.png",
+                    "grid": f"grid_{steps:03d}.png",
                 }
             )
-            print(f"{args.schedule} {args.solver} steps={steps_out}: nfe={result.nfe:.0f} error={err}")
+            print(f"{args.schedule} {args.solver} steps={steps}: nfe={result.nfe:.0f} error={err}")
         write_json(out / "rows.json", rows)
 
 

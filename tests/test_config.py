@@ -6,7 +6,8 @@ import re
 import pytest
 import yaml
 
-from difflab.config import ConfigError, compose, is_stochastic, load_params, validate, wandb_group
+from difflab.config import ConfigError, compose, load_params, validate, wandb_group
+from difflab.solvers import get_spec
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
 
@@ -130,9 +131,9 @@ def test_bad_override_is_one_line():
 
 
 def test_stochastic_solvers():
-    assert is_stochastic("ddpm") and is_stochastic("pc") and is_stochastic("euler_maruyama")
-    assert not is_stochastic("ddim", {"eta": 0.0}) and is_stochastic("ddim", {"eta": 1.0})
-    assert not any(is_stochastic(s) for s in ("euler", "heun", "dpm_solver_2m", "rk45"))
+    assert all(get_spec(s).is_stochastic() for s in ("ddpm", "pc", "euler_maruyama"))
+    assert not get_spec("ddim").is_stochastic({"eta": 0.0}) and get_spec("ddim").is_stochastic({"eta": 1.0})
+    assert not any(get_spec(s).is_stochastic() for s in ("euler", "heun", "dpm_solver_2m", "rk45"))
 
 
 def _expand(template: str, item: dict) -> str:

@@ -327,9 +327,9 @@ def test_bad_input_raises_one_clear_error():
     flow = get_schedule("flow")
     with pytest.raises(ValueError, match=r"alpha = 0 .*t_max\] = \[0.001, 0.999\]"):
         S.sample_euler(mixture().denoiser(flow), flow, noise, None, grid=torch.tensor([1.0, 0.5]))
-    with pytest.raises(ValueError, match="unknown option 'eta' for solver 'euler'; allowed: callback, dtype"):
+    with pytest.raises(ValueError, match="euler: unknown option 'eta'; allowed: callback, dtype"):
         S.sample_euler(D, s, noise, 5, eta=0.5)
-    with pytest.raises(ValueError, match="unknown option 'snr' for solver 'rk45'"):
+    with pytest.raises(ValueError, match="rk45: unknown option 'snr'"):
         S.sample_rk45(D, s, noise, None, snr=0.1)
     with pytest.raises(ValueError, match="eta=2"):
         S.sample_ddim(D, s, noise, 5, eta=2)

@@ -33,7 +33,6 @@ DATASETS = ("toy2d", "digits", "mnist", "cifar10", "imagefolder")
 GRIDS = ("uniform", "logsnr", "edm")
 FEATURE_EXTRACTORS = ("classifier", "inception")
 DIVERGENCES = ("exact", "hutchinson")
-STOCHASTIC_SOLVERS = ("euler_maruyama", "ddpm", "pc")
 
 
 class ConfigError(ValueError):
@@ -215,11 +214,3 @@ def write_params(cfg: dict, path: str | os.PathLike = "params.yaml") -> Path:
 def wandb_group(cfg: dict) -> str:
     """The W&B group of every run of this experiment: ``wandb.group``, else the experiment name."""
     return (cfg.get("wandb") or {}).get("group") or cfg["experiment"]
-
-
-def is_stochastic(solver: str, options: dict | None = None) -> bool:
-    """Whether a solver draws noise after the start (no discretization error against the ODE then).
-    DDIM with ``eta > 0`` is stochastic."""
-    if solver == "ddim":
-        return float((options or {}).get("eta", 0.0)) > 0
-    return solver in STOCHASTIC_SOLVERS

@@ -37,7 +37,7 @@ __all__ = [
 @dataclass
 class SampleResult:
     """``x``: model-space samples ``[n, *shape]`` float32 on CPU; ``nfe``: denoiser evaluations per
-    sample (the solver's count, or measured for rk45); ``seconds_per_sample``: wall-clock time of
+    sample, counted (``CountingDenoiser``) for every solver; ``seconds_per_sample``: wall-clock time of
     the whole call divided by n (slowest rank)."""
 
     x: Tensor
@@ -77,11 +77,9 @@ def _dist_info() -> tuple[int, int]:
     return 0, 1
 
 
-def _check_generate_args(solver, steps, n, shape, batch_size, labels, guidance_scale, null_label):
+def _check_generate_args(solver, n, shape, batch_size, labels, guidance_scale, null_label):
     if not isinstance(solver, str):
         raise ValueError(f"solver must be a solver name (str), got {solver!r}")
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps={steps!r} must be an integer >= 1")
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"n={n!r} must be an integer >= 1")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -130,12 +128,10 @@ def generate(
     from difflab.parametrization import guided
 
     shape = tuple(shape)
-    _check_generate_args(solver, steps, n, shape, batch_size, labels, guidance_scale, null_label)
-    solve = S.get_solver(solver)  # ValueError listing the solvers for an unknown name
+    _check_generate_args(solver, n, shape, batch_size, labels, guidance_scale, null_label)
+    spec = S.get_spec(solver)  # ValueError listing the solvers for an unknown name
     options = dict(options or {})
     D = guided(denoiser, float(guidance_scale), int(null_label)) if guidance_scale is not None else denoiser
-    adaptive = solver == "rk45"
-    nfe_options = {k: v for k, v in options.items() if solver == "pc" and k == "n_corrector"}
 
     rank, world = _dist_info()
     indices = list(range(rank, n, world))
@@ -154,9 +150,9 @@ def generate(
         gens = sample_generators(seed, idx, device)
         noise = torch.stack([torch.randn(shape, generator=g, device=device) for g in gens])  # [B, *shape]
         cond = labels[idx].to(device) if labels is not None else None
-        model = S.CountingDenoiser(D) if adaptive else D
-        x = solve(model, schedule, noise, steps, grid=grid, generator=gens, cond=cond, **options)
-        nfe_sum += (model.nfe if adaptive else S.nfe(solver, steps, **nfe_options)) * len(idx)
+        model = S.CountingDenoiser(D)
+        x = spec.fn(model, schedule, noise, steps, grid=grid, generator=gens, cond=cond, **options)
+        nfe_sum += model.nfe * len(idx)
         chunks.append(x.float().cpu())
     if device.type == "cuda":
         torch.cuda.synchronize(device)

@@ -1,0 +1,93 @@
+"""Reverse-time solvers: stateless ``sample_*`` functions, each registered once with its spec.
+
+Time runs from noise (t_max) to data (t_min); ``x_t = alpha(t) x0 + sigma(t) eps``. Every solver
+sees only the denoiser ``D(x, t, cond) ~ E[x0 | x_t = x]`` and the schedule, and has the signature
+
+    sample_<name>(denoiser, schedule, noise, steps, *, grid="uniform", generator=None, cond=None,
+                  **options) -> x0                                    # noise, x0: [B, ...]
+
+It starts at ``x(t_0) = sigma(t_0) noise``, integrates over the time grid ``t_0 > ... > t_K``
+(``get_grid``, or an explicit 1-D tensor) in float64 (option ``dtype``) whatever the network's
+dtype, and returns the final denoising ``D(x(t_K), t_K)`` (one evaluation) in ``noise.dtype``.
+The equations (Song et al. 2021), with ``score = (alpha D - x) / sigma^2`` (Tweedie):
+
+    PF-ODE        dx/dt = f x - g2/2 score = (sigma'/sigma) (x - alpha D) + alpha' D
+    reverse SDE   dx = [f x - g2 score] dt + g dW_bar
+    kernel        q(x_t | x_s) = N((alpha_t/alpha_s) x_s, (sigma_t^2 - (alpha_t/alpha_s)^2 sigma_s^2) I)
+    EDM variables dy/du = y - D(alpha y, t(u)),  y = x/alpha,  u = log(sigma/alpha)
+
+Each solver's ``SolverSpec`` (``get_spec(name)``) says whether it is stochastic or adaptive, its
+order, its options with defaults and ranges, its NFE rule and whether it is schedule-invariant:
+steppers in log-SNR or in EDM's variables give the same samples under every schedule for the same
+exact denoiser and log-SNR grid; steppers in t (euler, heun, euler_maruyama, pc) do not.
+A new solver is one function with ``@register(name, stochastic=..., order=..., options=...)`` in a
+module imported below. Modules: ``classic`` (steppers in t, ddpm, ddim), ``dpm`` (DPM-Solver++),
+``adaptive`` (rk45); ``_core`` holds the registry, grids, noise and the shared set-up.
+"""
+
+# isort: off
+from difflab.solvers import classic, dpm, adaptive  # noqa: F401  (each registers its solvers)
+
+# isort: on
+from difflab.solvers._core import (
+    EDM_RHO,
+    GRIDS,
+    CountingDenoiser,
+    Option,
+    SolverSpec,
+    edm_ode_velocity,
+    get_grid,
+    get_solver,
+    get_spec,
+    nfe,
+    pf_ode_drift,
+    randn_like,
+    register,
+    reverse_sde_drift,
+    solver_names,
+    unregister,
+)
+from difflab.solvers.adaptive import sample_rk45
+from difflab.solvers.classic import (
+    sample_ddim,
+    sample_ddpm,
+    sample_euler,
+    sample_euler_maruyama,
+    sample_heun,
+    sample_pc,
+)
+from difflab.solvers.dpm import sample_dpm_solver_2m
+
+__all__ = [
+    "EDM_RHO",
+    "GRIDS",
+    "SOLVERS",
+    "CountingDenoiser",
+    "Option",
+    "SolverSpec",
+    "edm_ode_velocity",
+    "get_grid",
+    "get_solver",
+    "get_spec",
+    "nfe",
+    "pf_ode_drift",
+    "randn_like",
+    "register",
+    "reverse_sde_drift",
+    "sample_ddim",
+    "sample_ddpm",
+    "sample_dpm_solver_2m",
+    "sample_euler",
+    "sample_euler_maruyama",
+    "sample_heun",
+    "sample_pc",
+    "sample_rk45",
+    "solver_names",
+    "unregister",
+]
+
+
+def __getattr__(name: str):
+    if name == "SOLVERS":  # the registry's keys, read when asked (solvers registered at run time too)
+        return solver_names()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
