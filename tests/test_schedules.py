@@ -6,7 +6,15 @@ import math
 import pytest
 import torch
 
-from difflab.schedules import SCHEDULES, Schedule, get_schedule
+from difflab import schedules as schedules_module
+from difflab.schedules import (
+    SCHEDULES,
+    Schedule,
+    get_schedule,
+    register_schedule,
+    schedule_class,
+    unregister_schedule,
+)
 
 F64 = torch.float64
 
@@ -111,6 +119,15 @@ def test_defaults_are_specs():
     flow = get_schedule("flow")
     torch.testing.assert_close(flow.alpha(t), 1 - t)
     torch.testing.assert_close(flow.sigma(t), t)
+    # edm: sigma = sigma_max t on [sigma_min / sigma_max, 1], alpha = 1 (Karras et al. 2022)
+    edm = get_schedule("edm")
+    assert (edm.sigma_min, edm.sigma_max, edm.t_min, edm.t_max) == (0.002, 80.0, 0.002 / 80.0, 1.0)
+    torch.testing.assert_close(edm.sigma(t), 80.0 * t)
+    torch.testing.assert_close(edm.alpha(t), torch.ones_like(t))
+    ends = torch.tensor([edm.t_min, edm.t_max], dtype=F64)
+    torch.testing.assert_close(edm.sigma(ends), torch.tensor([0.002, 80.0], dtype=F64))
+    assert get_schedule("edm", sigma_min=0.01, sigma_max=50.0).t_min == pytest.approx(0.01 / 50)
+    assert get_schedule("edm", t_min=0.1).t_min == 0.1
     for name in SCHEDULES:
         s = get_schedule(name)
         rebuilt = get_schedule(**s.params())
@@ -179,7 +196,7 @@ def test_euler_maruyama_forward_sde_matches_transition_kernel(schedule):
     mean_se, var_se = math.sqrt(var / n_paths), var * math.sqrt(2 / n_paths)
     assert abs(x.mean() - mean) < 5 * mean_se + 2e-3 * abs(mean)
     assert abs(x.var() - var) < 5 * var_se + 3e-3 * var
-    if schedule.name != "ve":  # the test has power: the ratio unsquared is rejected
+    if abs(ratio - 1) > 0.1:  # the test has power: the ratio unsquared is rejected (alpha varies)
         wrong = schedule.sigma(t) ** 2 - ratio * schedule.sigma(s) ** 2
         assert abs(x.var() - wrong) > 5 * var_se + 3e-3 * var
 
@@ -209,8 +226,68 @@ def test_unknown_name_lists_valid_names():
         ("flow", {"t_max": 1.5}, "t_max"),
         ("ve", {"t_min": -0.1}, "t_min"),
         ("vp_cosine", {"t_min": float("nan")}, "t_min"),
+        ("edm", {"sigma_min": -1.0}, "sigma_min"),
+        ("edm", {"sigma_max": 0.001}, "sigma_min"),  # below sigma_min: inverted
+        ("edm", {"t_min": 0.0}, "t_min"),  # sigma(0) = 0
+        ("edm", {"beta_min": 0.1}, "beta_min"),
     ],
 )
 def test_bad_params_raise_value_error_naming_them(name, params, named):
     with pytest.raises(ValueError, match=named):
         get_schedule(name, **params)
+
+
+def test_customary_prediction_targets_and_recipes():
+    expected = {"vp_linear": "eps", "vp_cosine": "eps", "ve": "edm", "flow": "velocity", "edm": "edm"}
+    assert {name: schedule_class(name).prediction for name in SCHEDULES} == expected
+    assert {name: get_schedule(name).prediction for name in SCHEDULES} == expected
+    assert Schedule.prediction == "eps" and Schedule.loss_defaults == {}
+    assert get_schedule("edm").loss_defaults == {"time_sampling": "lognormal", "weighting": "edm"}
+    assert all(get_schedule(name).loss_defaults == {} for name in SCHEDULES if name != "edm")
+
+
+def test_register_a_schedule_at_run_time():
+    @register_schedule
+    class Sqrt(Schedule):
+        """alpha = 1, sigma = sqrt(t) + 0.01: a VE schedule defined by alpha and sigma only."""
+
+        name, prediction = "test_sqrt", "x0"
+        t_min, t_max = 1e-3, 1.0
+
+        def alpha(self, t):
+            return torch.ones_like(t)
+
+        def sigma(self, t):
+            return torch.sqrt(t) + 0.01
+
+    try:
+        assert schedules_module.SCHEDULES[-1] == "test_sqrt" and "test_sqrt" not in SCHEDULES
+        s = get_schedule("test_sqrt", t_max=0.5)
+        assert isinstance(s, Sqrt) and s.t_max == 0.5 and s.prediction == "x0"
+        assert register_schedule(Sqrt) is Sqrt  # the same class again: no-op
+        with pytest.raises(ValueError, match="'test_sqrt' is taken by Sqrt"):
+            register_schedule(type("Other", (Sqrt,), {}))
+        with pytest.raises(ValueError, match="unknown parameter 'sigma_max'"):
+            get_schedule("test_sqrt", sigma_max=2.0)
+        t = torch.linspace(0.01, 0.5, 5, dtype=F64)
+        torch.testing.assert_close(s.g2(t), 2 * (torch.sqrt(t) + 0.01) * 0.5 / torch.sqrt(t))
+    finally:
+        unregister_schedule("test_sqrt")
+    assert "test_sqrt" not in schedules_module.SCHEDULES
+    with pytest.raises(ValueError, match="unknown schedule 'test_sqrt'"):
+        get_schedule("test_sqrt")
+
+
+@pytest.mark.parametrize(
+    "cls, message",
+    [
+        (int, "not a Schedule subclass"),
+        (type("Nameless", (Schedule,), {}), "own class attribute `name`"),
+        (type("BadTarget", (Schedule,), {"name": "bad_target", "prediction": None}), "prediction"),
+        (type("Taken", (Schedule,), {"name": "ve"}), "'ve' is taken by VE"),
+    ],
+)
+def test_register_schedule_rejects_bad_classes(cls, message):
+    with pytest.raises(ValueError, match=message):
+        register_schedule(cls)
+    assert SCHEDULES == schedules_module.SCHEDULES

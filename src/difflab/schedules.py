@@ -12,6 +12,11 @@ Modeling through SDEs"):
 Closed forms override the autograd defaults where they exist; tests compare the two.
 ``t_min`` and ``t_max`` bound the interval solvers integrate over: every quantity above is
 finite on it.
+
+Each schedule class also says how it is customarily trained: ``prediction`` (the network's
+target, a ``parametrization.PREDICTIONS`` name) and ``loss_defaults`` (the ``losses.DiffusionLoss``
+settings of its recipe; empty: the loss's own defaults). ``SCHEDULES`` is the registry's keys, read
+when asked, so a schedule registered at run time with ``@register_schedule`` joins every list.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import math
 import torch
 from torch import Tensor
 
-SCHEDULES = ("vp_linear", "vp_cosine", "ve", "flow")
+_REGISTRY: dict[str, type[Schedule]] = {}
 
 
 def _time_derivative(fn, t: Tensor) -> Tensor:
@@ -35,14 +40,64 @@ def _time_derivative(fn, t: Tensor) -> Tensor:
     return torch.zeros_like(t) if dy is None else dy
 
 
+def register_schedule(cls: type[Schedule]) -> type[Schedule]:
+    """Class decorator: add a ``Schedule`` subclass to the registry under ``cls.name``.
+
+    ``get_schedule(cls.name, ...)`` then builds it and ``SCHEDULES`` lists it. A name already taken by
+    another class raises ``ValueError`` (``unregister_schedule`` frees it); registering the same class
+    twice is a no-op.
+    """
+    if not (isinstance(cls, type) and issubclass(cls, Schedule)):
+        raise ValueError(f"register_schedule: {cls!r} is not a Schedule subclass")
+    name = getattr(cls, "name", None)
+    if not isinstance(name, str) or not name or name == Schedule.name:
+        raise ValueError(f"register_schedule: {cls.__name__} needs its own class attribute `name`")
+    if not isinstance(cls.prediction, str) or not isinstance(cls.loss_defaults, dict):
+        raise ValueError(f"register_schedule: {name}: `prediction` must be a name, `loss_defaults` a dict")
+    if _REGISTRY.get(name, cls) is not cls:
+        raise ValueError(f"register_schedule: the name {name!r} is taken by {_REGISTRY[name].__name__}")
+    _REGISTRY[name] = cls
+    return cls
+
+
+def unregister_schedule(name: str) -> None:
+    """Remove ``name`` from the registry (a schedule registered at run time, e.g. in a test)."""
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown schedule {name!r}; valid schedules: {', '.join(_REGISTRY)}")
+    del _REGISTRY[name]
+
+
+def schedule_names() -> tuple[str, ...]:
+    """The registered names in registration order (``SCHEDULES``)."""
+    return tuple(_REGISTRY)
+
+
+def schedule_class(name: str) -> type[Schedule]:
+    """The class registered as ``name`` (for its ``prediction`` and ``loss_defaults``)."""
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown schedule {name!r}; valid schedules: {', '.join(_REGISTRY)}")
+    return _REGISTRY[name]
+
+
+def __getattr__(name: str):
+    if name == "SCHEDULES":  # the registry's keys, read when asked (schedules registered at run time too)
+        return schedule_names()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 class Schedule:
     """Base class. ``x_t = alpha(t) x0 + sigma(t) eps``; t = 0 is data, t = 1 is noise.
 
     Subclasses define ``alpha(t)`` and ``sigma(t)`` (elementwise on a float tensor of any shape);
     ``d_alpha``, ``d_sigma``, ``f``, ``g2``, ``log_snr`` and ``t_from_log_snr`` follow.
+    ``prediction`` is the customary network target: "eps" unless a subclass says otherwise (DDPM's
+    target, Ho et al. 2020, defined under every schedule); ``loss_defaults`` the loss settings of
+    the schedule's training recipe (empty: ``DiffusionLoss``'s own defaults).
     """
 
     name = "custom"
+    prediction: str = "eps"
+    loss_defaults: dict = {}
     t_min: float = 1e-3
     t_max: float = 1.0
 
@@ -108,6 +163,7 @@ class Schedule:
         return f"{type(self).__name__}({args})"
 
 
+@register_schedule
 class VPLinear(Schedule):
     """Variance-preserving SDE with linear beta (DDPM's 1e-4..0.02 over 1000 steps, continuous).
 
@@ -117,6 +173,7 @@ class VPLinear(Schedule):
     """
 
     name = "vp_linear"
+    prediction = "eps"
     t_min = 1e-3
     t_max = 1.0
 
@@ -163,6 +220,7 @@ class VPLinear(Schedule):
         return {**super().params(), "beta_min": self.beta_min, "beta_max": self.beta_max}
 
 
+@register_schedule
 class VPCosine(Schedule):
     """Variance-preserving cosine schedule (Nichol & Dhariwal 2021, iDDPM).
 
@@ -173,6 +231,7 @@ class VPCosine(Schedule):
     """
 
     name = "vp_cosine"
+    prediction = "eps"
     t_min = 1e-3
     t_max = 0.9946
 
@@ -217,6 +276,7 @@ class VPCosine(Schedule):
         return {**super().params(), "s": self.s}
 
 
+@register_schedule
 class VE(Schedule):
     """Variance-exploding schedule (Song & Ermon 2019; Song et al. 2021).
 
@@ -225,6 +285,7 @@ class VE(Schedule):
     """
 
     name = "ve"
+    prediction = "edm"  # EDM's preconditioned x0: eps-prediction is ill-conditioned at sigma = 50
     t_min = 0.0
     t_max = 1.0
 
@@ -264,6 +325,7 @@ class VE(Schedule):
         return {**super().params(), "sigma_min": self.sigma_min, "sigma_max": self.sigma_max}
 
 
+@register_schedule
 class Flow(Schedule):
     """Flow matching / rectified flow seen as a diffusion (Liu et al. 2022; Lipman et al. 2022).
 
@@ -273,6 +335,7 @@ class Flow(Schedule):
     """
 
     name = "flow"
+    prediction = "velocity"
     t_min = 1e-3
     t_max = 1.0 - 1e-3
 
@@ -301,14 +364,64 @@ class Flow(Schedule):
         return torch.sigmoid(-lam / 2)
 
 
-_REGISTRY: dict[str, type[Schedule]] = {"vp_linear": VPLinear, "vp_cosine": VPCosine, "ve": VE, "flow": Flow}
+@register_schedule
+class EDM(Schedule):
+    """EDM's schedule (Karras et al. 2022, Table 1): alpha = 1, sigma = EDM's t, rescaled to t in [0, 1].
+
+    sigma(t) = sigma_max t on [sigma_min / sigma_max, 1]; f = 0, g2 = d sigma^2/dt = 2 sigma_max^2 t,
+    log_snr = -2 log(sigma_max t), t = exp(-lambda/2) / sigma_max. t = 0 data, t = 1 noise.
+    sigma_min = 0.002, sigma_max = 80 as in EDM; t_min = sigma_min / sigma_max unless given (> 0:
+    sigma(0) = 0). Its training recipe: the "edm" target (preconditioning with sigma_data = 0.5), noise
+    levels ln(sigma) ~ N(P_mean, P_std^2) ("lognormal") and EDM's loss weight ("edm").
+    """
+
+    name = "edm"
+    prediction = "edm"
+    loss_defaults = {"time_sampling": "lognormal", "weighting": "edm"}
+    t_max = 1.0
+
+    def __init__(self, sigma_min: float = 0.002, sigma_max: float = 80.0, **interval):
+        _check_positive(sigma_min=sigma_min, sigma_max=sigma_max)
+        if not sigma_min < sigma_max:
+            raise ValueError(f"edm: sigma_min={sigma_min} must be below sigma_max={sigma_max}")
+        self.sigma_min, self.sigma_max = float(sigma_min), float(sigma_max)
+        if interval.get("t_min") is None:
+            interval["t_min"] = self.sigma_min / self.sigma_max
+        if not interval["t_min"] > 0:
+            raise ValueError(f"edm: t_min={interval['t_min']} must be > 0 (sigma(0) = 0: no finite log-SNR)")
+        super().__init__(**interval)
+
+    def alpha(self, t):
+        return torch.ones_like(t)
+
+    def sigma(self, t):
+        return self.sigma_max * t
+
+    def d_alpha(self, t):
+        return torch.zeros_like(t)
+
+    def d_sigma(self, t):
+        return torch.full_like(t, self.sigma_max)
+
+    def f(self, t):
+        return torch.zeros_like(t)
+
+    def g2(self, t):
+        return 2 * self.sigma_max**2 * t
+
+    def log_snr(self, t):
+        return -2 * torch.log(self.sigma_max * t)
+
+    def t_from_log_snr(self, lam):
+        return torch.exp(-lam / 2) / self.sigma_max
+
+    def params(self):
+        return {**super().params(), "sigma_min": self.sigma_min, "sigma_max": self.sigma_max}
 
 
 def get_schedule(name: str, **params) -> Schedule:
     """Build a schedule by name: one of ``SCHEDULES``. Unknown names/parameters raise ``ValueError``."""
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown schedule {name!r}; valid schedules: {', '.join(SCHEDULES)}")
-    cls = _REGISTRY[name]
+    cls = schedule_class(name)
     allowed = _allowed_params(cls)
     for key, value in params.items():
         if key not in allowed:
