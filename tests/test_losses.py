@@ -3,12 +3,27 @@ exact denoiser of Gaussian data against its closed form (irreducible error x tar
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
-from difflab.losses import DEFAULT_PREDICTION, DiffusionLoss, default_prediction, sample_times
-from difflab.parametrization import SIGMA_DATA, from_x0
+from difflab import losses
+from difflab.losses import (
+    DEFAULT_PREDICTION,
+    P_MEAN,
+    P_STD,
+    TIME_SAMPLINGS,
+    WEIGHTINGS,
+    DiffusionLoss,
+    default_prediction,
+    sample_times,
+    target_slope2,
+)
+from difflab.parametrization import PREDICTIONS, SIGMA_DATA, edm_coefficients, from_x0
 from difflab.schedules import SCHEDULES, get_schedule
+
+F64 = torch.float64
 
 
 def test_stratified_times_have_one_point_per_stratum():
@@ -36,15 +51,93 @@ def test_iid_uniform_times_mean():
     assert t.mean().item() == pytest.approx(0.5, abs=0.01)
 
 
-def test_customary_targets():
-    assert DEFAULT_PREDICTION == {"vp_linear": "eps", "vp_cosine": "eps", "ve": "edm", "flow": "velocity"}
-    assert default_prediction("flow") == "velocity"
+def test_customary_targets_and_registries():
+    assert DEFAULT_PREDICTION == {
+        "vp_linear": "eps",
+        "vp_cosine": "eps",
+        "ve": "edm",
+        "flow": "velocity",
+        "edm": "edm",
+    }
+    assert default_prediction("flow") == "velocity" and default_prediction("edm") == "edm"
     with pytest.raises(ValueError, match="unknown schedule 'vee'"):
         default_prediction("vee")
-    with pytest.raises(ValueError, match="unknown time sampling 'sobol'; valid: stratified, uniform, logsnr"):
+    assert TIME_SAMPLINGS == tuple(losses._TIME_DENSITIES) == ("stratified", "uniform", "logsnr", "lognormal")
+    assert WEIGHTINGS == tuple(losses._WEIGHTINGS) == ("unit", "min_snr", "edm")
+    assert losses.TIME_SAMPLING == TIME_SAMPLINGS and losses.WEIGHTING == WEIGHTINGS
+    with pytest.raises(
+        ValueError, match="unknown time sampling 'sobol'; valid: stratified, uniform, logsnr, lognormal"
+    ):
         DiffusionLoss(time_sampling="sobol")
-    with pytest.raises(ValueError, match="unknown loss weighting 'p2'"):
+    with pytest.raises(ValueError, match="unknown loss weighting 'p2'; valid: unit, min_snr, edm"):
         DiffusionLoss(weighting="p2")
+
+
+@pytest.mark.parametrize(
+    "kwargs, named",
+    [
+        ({"min_snr_gamma": 0.0}, "min_snr_gamma=0.0"),
+        ({"min_snr_gamma": float("nan")}, "min_snr_gamma"),
+        ({"P_std": -1.0}, "P_std=-1.0"),
+        ({"P_std": True}, "P_std"),
+        ({"P_mean": float("inf")}, "P_mean"),
+        ({"P_mean": "low"}, "P_mean"),
+    ],
+)
+def test_bad_loss_settings_raise_naming_them(kwargs, named):
+    with pytest.raises(ValueError, match=named):
+        DiffusionLoss(**kwargs)
+
+
+def test_sample_times_rejects_parameters_of_other_densities():
+    s = get_schedule("edm")
+    with pytest.raises(ValueError, match="'stratified' takes no parameter 'P_mean'; it takes: none"):
+        sample_times(s, 4, P_mean=0.0)
+    with pytest.raises(ValueError, match="'lognormal' takes no parameter 'gamma'; it takes: P_mean, P_std"):
+        sample_times(s, 4, kind="lognormal", gamma=1.0)
+
+
+def test_lognormal_noise_levels_have_edms_mean_and_std():
+    """ln(sigma/alpha) of the sampled times is N(P_mean, P_std^2) (Karras et al. 2022): under edm
+    (sigma in [0.002, 80]) all but ~1e-5 of the mass is inside the interval, so no clamping shows."""
+    n = 200_000
+    for P_mean, P_std in ((P_MEAN, P_STD), (0.5, 0.3)):
+        loss = DiffusionLoss("lognormal", P_mean=P_mean, P_std=P_std)
+        s = get_schedule("edm")
+        t = loss.sample_times(s, n, generator=torch.Generator().manual_seed(0))
+        assert t.dtype == torch.float32 and t.shape == (n,)
+        log_s = torch.log(s.sigma_over_alpha(t.double()))
+        # 5 standard errors: the mean's is P_std / sqrt(n), the std's P_std / sqrt(2 n)
+        assert abs(log_s.mean().item() - P_mean) < 5 * P_std / math.sqrt(n)
+        assert abs(log_s.std().item() - P_std) < 5 * P_std / math.sqrt(2 * n)
+        z = (log_s - P_mean) / P_std  # and the shape: the normal's quartiles
+        for q, expected in ((0.25, -0.6745), (0.5, 0.0), (0.75, 0.6745)):
+            assert abs(z.quantile(q).item() - expected) < 0.02
+
+
+@pytest.mark.parametrize("name", SCHEDULES)
+def test_lognormal_works_for_every_schedule_and_clamps_the_tails_to_its_ends(name):
+    """Mapped through t_from_log_snr: inside the interval ln(sigma/alpha) = P_mean + P_std z exactly; the
+    normal's tails beyond the schedule's noise levels land on t_min and t_max in the right proportions."""
+    s, n = get_schedule(name), 100_000
+    t32 = sample_times(s, n, kind="lognormal", generator=torch.Generator().manual_seed(1))
+    ends32 = torch.tensor([s.t_min, s.t_max], dtype=torch.float32)  # the float32 ends
+    assert ends32[0] <= t32.min() and t32.max() <= ends32[1]
+    t = t32.double()
+    ends = s.sigma_over_alpha(torch.tensor([s.t_min, s.t_max], dtype=F64)).log()
+    normal = torch.distributions.Normal(P_MEAN, P_STD)
+    p_low, p_high = normal.cdf(ends[0]).item(), 1 - normal.cdf(ends[1]).item()
+    at_low = (t <= s.t_min * (1 + 1e-6)).double().mean().item()
+    at_high = (t >= s.t_max * (1 - 1e-6)).double().mean().item()
+    for observed, p in ((at_low, p_low), (at_high, p_high)):
+        assert abs(observed - p) < 5 * math.sqrt(p * (1 - p) / n) + 1e-4, (observed, p)
+    inside = torch.log(s.sigma_over_alpha(t[(t > s.t_min * 1.001) & (t < s.t_max * 0.999)]))
+    # the truncated normal's mean (inside the ends) matches the sample's
+    a, b = ((ends - P_MEAN) / P_STD).tolist()
+    phi = lambda u: math.exp(-u * u / 2) / math.sqrt(2 * math.pi)  # noqa: E731
+    Phi = lambda u: 0.5 * (1 + math.erf(u / math.sqrt(2)))  # noqa: E731
+    truncated_mean = P_MEAN + P_STD * (phi(a) - phi(b)) / (Phi(b) - Phi(a))
+    assert abs(inside.mean().item() - truncated_mean) < 5 * P_STD / math.sqrt(inside.numel()) + 2e-3
 
 
 class GaussianOracle:
@@ -95,5 +188,68 @@ def test_min_snr_weighting():
     t = torch.tensor([s.t_from_log_snr(torch.tensor(4.0)).item(), s.t_from_log_snr(torch.tensor(0.0)).item()])
     w = loss.weight(GaussianOracle(s, "eps", 1.0), t)  # snr = e^4 > 5 -> 5 / e^4; snr = 1 < 5 -> 1
     assert w.tolist() == pytest.approx([5.0 / torch.e**4, 1.0], rel=1e-4)
-    with pytest.raises(ValueError, match="min_snr"):
-        loss.weight(GaussianOracle(s, "velocity", 1.0), t)
+    w_v = loss.weight(GaussianOracle(s, "v", 1.0), t)  # VP, v-target: min(snr, gamma) / (snr + 1)
+    assert w_v.tolist() == pytest.approx([5.0 / (torch.e**4 + 1), 1.0 / 2], rel=1e-4)
+    w_x0 = loss.weight(GaussianOracle(s, "x0", 1.0), t)  # x0-target: min(snr, gamma)
+    assert w_x0.tolist() == pytest.approx([5.0, 1.0], rel=1e-4)
+
+
+@pytest.mark.parametrize("name", SCHEDULES)
+def test_target_slopes_are_the_known_ones(name):
+    s = get_schedule(name)
+    t = torch.linspace(s.t_min, s.t_max, 9, dtype=F64)
+    a, sig = s.alpha(t), s.sigma(t)
+    da, ds = s.d_alpha(t), s.d_sigma(t)
+    c_out = edm_coefficients(s, t)[1]
+    expected = {
+        "x0": torch.ones_like(t),
+        "eps": a**2 / sig**2,
+        "v": (a**2 + sig**2) ** 2 / sig**2,
+        "velocity": (da - ds * a / sig) ** 2,
+        "score": a**2 / sig**4,
+        "edm": 1 / c_out**2,
+    }
+    assert set(expected) == set(PREDICTIONS)
+    for kind, k2 in expected.items():
+        torch.testing.assert_close(target_slope2(kind, s, t), k2, rtol=1e-12, atol=0, msg=kind)
+
+
+@pytest.mark.parametrize("name", SCHEDULES)
+def test_edm_weighting_times_edm_target_scaling_is_one(name):
+    """Karras et al. 2022 eq. 8: lambda(sigma) c_out(sigma)^2 = 1, so with the "edm" target EDM's loss is the
+    unweighted MSE of F; on the x0-MSE the weight is lambda itself."""
+    s = get_schedule(name)
+    t = torch.linspace(s.t_min, s.t_max, 33, dtype=F64)
+    level = s.sigma(t) / s.alpha(t)
+    lam_edm = (level**2 + SIGMA_DATA**2) / (level * SIGMA_DATA) ** 2  # EDM's lambda(sigma), Table 1
+    c_out = level * SIGMA_DATA / torch.sqrt(level**2 + SIGMA_DATA**2)
+    torch.testing.assert_close(lam_edm * c_out**2, torch.ones_like(t), rtol=1e-12, atol=0)
+    loss = DiffusionLoss(weighting="edm")
+    torch.testing.assert_close(loss.weight(GaussianOracle(s, "edm", 1.0), t), torch.ones_like(t))
+    torch.testing.assert_close(loss.weight(GaussianOracle(s, "x0", 1.0), t), lam_edm)
+    eps_weight = loss.weight(GaussianOracle(s, "eps", 1.0), t)  # lambda / snr = lambda level^2
+    torch.testing.assert_close(eps_weight, lam_edm * level**2)
+
+
+@pytest.mark.parametrize("name", SCHEDULES)
+@pytest.mark.parametrize("prediction", PREDICTIONS)
+def test_edm_recipe_loss_of_the_exact_denoiser_is_one(name, prediction):
+    """With data std = sigma_data the optimal x0-MSE is s^2 sd^2 / (s^2 + sd^2) at noise level s, and
+    EDM's weight is its inverse: the expected loss is exactly 1 for every target, schedule and time."""
+    s = get_schedule(name)
+    g = torch.Generator().manual_seed(0)
+    x0 = SIGMA_DATA * torch.randn(20000, 4, generator=g, dtype=F64)
+    loss = DiffusionLoss("lognormal", "edm")
+    per_sample = loss(GaussianOracle(s, prediction, SIGMA_DATA), x0, generator=g)
+    # per sample: chi^2_4 / 4 (mean 1, variance 1/2)
+    assert abs(per_sample.mean().item() - 1) < 5 * math.sqrt(0.5 / 20000)
+
+
+def test_schedule_recipes():
+    edm = DiffusionLoss.for_schedule(get_schedule("edm"))
+    assert (edm.time_sampling, edm.weighting, edm.P_mean, edm.P_std) == ("lognormal", "edm", -1.2, 1.2)
+    assert DiffusionLoss.for_schedule(get_schedule("edm"), weighting="unit").weighting == "unit"
+    for name in ("vp_linear", "vp_cosine", "ve", "flow"):
+        assert DiffusionLoss.for_schedule(get_schedule(name)).settings() == DiffusionLoss().settings()
+    assert DiffusionLoss(**edm.settings()).settings() == edm.settings()
+    assert "lognormal" in repr(edm)

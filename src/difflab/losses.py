@@ -5,52 +5,154 @@ For ``x_t = alpha(t) x0 + sigma(t) eps`` (t = 0 data, t = 1 noise) and a network
 
     L = E_{t ~ p(t), x0, eps} [ w(t) * mean((F(x_t, t) - target(x0, x_t, t))^2) ]
 
-with ``target = parametrization.from_x0(prediction, x0, x_t, t)``. ``p(t)`` is uniform on
-``[t_min, t_max]`` drawn low-discrepancy (stratified: ``u_i = (u_0 + i / B) mod 1``, Kingma et al. 2021)
-or uniform in log-SNR; ``w`` is 1 ("unit": the customary loss of each target: eps-MSE for VP,
-velocity-MSE for flow, EDM's preconditioned-x0 MSE for VE) or min-SNR-gamma (Hang et al. 2023).
+with ``target = parametrization.from_x0(prediction, x0, x_t, t)``. The target is affine in x0 with
+slope ``k(t)``, so the target-MSE is ``k^2`` times the x0-MSE; a weighting stated on the x0-MSE,
+``lambda(t) |D - x0|^2``, is ``w = lambda / k^2`` on the target's.
+
+Time densities ``p(t)`` (``TIME_SAMPLINGS``, the keys of ``_TIME_DENSITIES``), on ``[t_min, t_max]``:
+    "stratified"  uniform, low discrepancy: ``u_i = (u_0 + i / B) mod 1``      (Kingma et al. 2021)
+    "uniform"     uniform, i.i.d.
+    "logsnr"      uniform in log-SNR (stratified), mapped back to t
+    "lognormal"   ``ln(sigma/alpha) ~ N(P_mean, P_std^2)``, mapped to t         (Karras et al. 2022)
+Weightings ``w`` (``WEIGHTINGS``, the keys of ``_WEIGHTINGS``):
+    "unit"        w = 1: each target's customary MSE (eps for VP, velocity for flow, EDM's F for VE)
+    "min_snr"     lambda = min(snr, gamma) on the x0-MSE                        (Hang et al. 2023)
+    "edm"         lambda = (s^2 + sd^2) / (s sd)^2, s = sigma/alpha, sd = sigma_data (Karras et al. 2022)
+With the "edm" target, ``k = 1 / c_out`` and EDM's weighting gives ``w = lambda c_out^2 = 1`` (EDM eq. 8).
+A schedule's own recipe is ``DiffusionLoss.for_schedule(schedule)`` (``Schedule.loss_defaults``).
 """
 
 from __future__ import annotations
 
+import inspect
+import math
+
 import torch
 from torch import Tensor
 
-from difflab.parametrization import from_x0
+from difflab.parametrization import SIGMA_DATA, from_x0
+from difflab.schedules import Schedule, schedule_class, schedule_names
 
-DEFAULT_PREDICTION = {"vp_linear": "eps", "vp_cosine": "eps", "ve": "edm", "flow": "velocity"}
-TIME_SAMPLING = ("stratified", "uniform", "logsnr")
-WEIGHTING = ("unit", "min_snr")
+P_MEAN, P_STD = -1.2, 1.2  # EDM's log-normal noise levels, ln sigma ~ N(P_mean, P_std^2) (Karras et al. 2022)
+MIN_SNR_GAMMA = 5.0  # Hang et al. (2023)
 
 
 def default_prediction(schedule_name: str) -> str:
-    """Each schedule's customary target: VP -> eps, VE -> edm (preconditioned x0), flow -> velocity."""
-    if schedule_name not in DEFAULT_PREDICTION:
-        raise ValueError(f"unknown schedule {schedule_name!r}; valid: {', '.join(DEFAULT_PREDICTION)}")
-    return DEFAULT_PREDICTION[schedule_name]
+    """Each schedule's customary target, ``Schedule.prediction``: VP -> eps, VE and EDM -> edm
+    (preconditioned x0), flow -> velocity. Unknown name -> ``ValueError`` listing the valid ones."""
+    return schedule_class(schedule_name).prediction
+
+
+def __getattr__(name: str):
+    if name == "DEFAULT_PREDICTION":  # read from the schedule registry when asked
+        return {n: schedule_class(n).prediction for n in schedule_names()}
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+# -- time densities: fn(schedule, n, *, generator, device, **params) -> t [n] float32 ---------------
+def _uniform_offsets(n: int, generator, device) -> Tensor:
+    u0 = torch.rand(1, generator=generator, device=device)
+    return (u0 + torch.arange(n, device=device) / n) % 1.0
+
+
+def _stratified(schedule: Schedule, n: int, *, generator=None, device=None) -> Tensor:
+    """Uniform on [t_min, t_max], one point per 1/n stratum."""
+    return schedule.t_min + (schedule.t_max - schedule.t_min) * _uniform_offsets(n, generator, device)
+
+
+def _uniform(schedule: Schedule, n: int, *, generator=None, device=None) -> Tensor:
+    """Uniform on [t_min, t_max], i.i.d."""
+    u = torch.rand(n, generator=generator, device=device)
+    return schedule.t_min + (schedule.t_max - schedule.t_min) * u
+
+
+def _logsnr(schedule: Schedule, n: int, *, generator=None, device=None) -> Tensor:
+    """Uniform in log-SNR between the interval's ends (stratified), mapped back to t."""
+    u = _uniform_offsets(n, generator, device)
+    ends = schedule.log_snr(
+        torch.tensor([schedule.t_min, schedule.t_max], dtype=torch.float64, device=device)
+    )
+    lam = ends[0] + u.double() * (ends[1] - ends[0])
+    return schedule.t_from_log_snr(lam).clamp(schedule.t_min, schedule.t_max).float()
+
+
+def _lognormal(
+    schedule: Schedule, n: int, *, generator=None, device=None, P_mean: float = P_MEAN, P_std: float = P_STD
+) -> Tensor:
+    """EDM's noise levels: ``ln(sigma/alpha) = P_mean + P_std z``, z ~ N(0, 1) i.i.d., so
+    ``log_snr = -2 ln(sigma/alpha)``, mapped to t by ``t_from_log_snr`` (any schedule) and clamped to
+    [t_min, t_max]: the tails beyond the schedule's noise levels land on its ends."""
+    z = torch.randn(n, generator=generator, device=device, dtype=torch.float64)
+    lam = -2 * (P_mean + P_std * z)
+    return schedule.t_from_log_snr(lam).clamp(schedule.t_min, schedule.t_max).float()
+
+
+_TIME_DENSITIES = {"stratified": _stratified, "uniform": _uniform, "logsnr": _logsnr, "lognormal": _lognormal}
+TIME_SAMPLINGS = tuple(_TIME_DENSITIES)
+TIME_SAMPLING = TIME_SAMPLINGS  # the name used before the registry
+
+
+# -- weightings: fn(lam, k2, **params) -> w on the target-MSE (lam = log-SNR, k2 = target slope^2) ----
+def _unit(lam: Tensor, k2: Tensor) -> Tensor:
+    return torch.ones_like(lam)
+
+
+def _min_snr(lam: Tensor, k2: Tensor, *, min_snr_gamma: float = MIN_SNR_GAMMA) -> Tensor:
+    """Min-SNR-gamma: ``lambda = min(snr, gamma)`` on the x0-MSE (for eps: ``min(snr, gamma) / snr``)."""
+    return lam.exp().clamp(max=min_snr_gamma) / k2
+
+
+def _edm(lam: Tensor, k2: Tensor, *, sigma_data: float = SIGMA_DATA) -> Tensor:
+    """EDM's ``lambda(s) = (s^2 + sd^2) / (s sd)^2`` on the x0-MSE, noise level ``s^2 = exp(-lam)``."""
+    s2, sd2 = torch.exp(-lam), sigma_data**2
+    return (s2 + sd2) / (s2 * sd2) / k2
+
+
+_WEIGHTINGS = {"unit": _unit, "min_snr": _min_snr, "edm": _edm}
+WEIGHTINGS = tuple(_WEIGHTINGS)
+WEIGHTING = WEIGHTINGS  # the name used before the registry
+
+
+def _keywords(fn) -> set[str]:
+    return {p.name for p in inspect.signature(fn).parameters.values() if p.kind is p.KEYWORD_ONLY}
+
+
+def _choose(registry: dict, kind: str, what: str):
+    if kind not in registry:
+        raise ValueError(f"unknown {what} {kind!r}; valid: {', '.join(registry)}")
+    return registry[kind]
 
 
 def sample_times(
-    schedule, n: int, *, kind: str = "stratified", generator: torch.Generator | None = None, device=None
+    schedule: Schedule,
+    n: int,
+    *,
+    kind: str = "stratified",
+    generator: torch.Generator | None = None,
+    device=None,
+    **params,
 ) -> Tensor:
-    """``n`` training times in ``[t_min, t_max]``, ``[n]`` float32.
+    """``n`` training times in ``[t_min, t_max]`` from the density ``kind`` (one of ``TIME_SAMPLINGS``),
+    ``[n]`` float32. ``params`` are the density's own (``lognormal``: ``P_mean``, ``P_std``)."""
+    density = _choose(_TIME_DENSITIES, kind, "time sampling")
+    allowed = _keywords(density) - {"generator", "device"}
+    unknown = sorted(set(params) - allowed)
+    if unknown:
+        takes = ", ".join(sorted(allowed)) or "none"
+        raise ValueError(f"time sampling {kind!r} takes no parameter {unknown[0]!r}; it takes: {takes}")
+    return density(schedule, n, generator=generator, device=device, **params)
 
-    ``stratified``: one uniform offset shifted by i/n (low discrepancy, unbiased for the uniform density);
-    ``uniform``: i.i.d. uniform; ``logsnr``: stratified uniform in log-SNR, mapped back to t.
-    """
-    if kind not in TIME_SAMPLING:
-        raise ValueError(f"unknown time sampling {kind!r}; valid: {', '.join(TIME_SAMPLING)}")
-    if kind == "uniform":
-        u = torch.rand(n, generator=generator, device=device)
-    else:
-        u0 = torch.rand(1, generator=generator, device=device)
-        u = (u0 + torch.arange(n, device=device) / n) % 1.0
-    t_min, t_max = schedule.t_min, schedule.t_max
-    if kind == "logsnr":
-        ends = schedule.log_snr(torch.tensor([t_min, t_max], dtype=torch.float64))
-        lam = ends[0] + u.double() * (ends[1] - ends[0])
-        return schedule.t_from_log_snr(lam).clamp(t_min, t_max).float()
-    return t_min + (t_max - t_min) * u
+
+def target_slope2(prediction: str, schedule: Schedule, t: Tensor, sigma_data: float = SIGMA_DATA) -> Tensor:
+    """``k(t)^2``: the target of ``prediction`` is ``k x0 + (a term in x_t)``, so its MSE is ``k^2``
+    times the x0-MSE (eps: snr; x0: 1; edm: 1 / c_out^2). ``[B]`` float64."""
+    t64 = t.detach().to(torch.float64).reshape(-1)
+    one = torch.ones(t64.shape[0], 1, dtype=torch.float64, device=t.device)  # x0 = 1, x_t = 0: [B, 1]
+    zero = torch.zeros_like(one)
+    k = from_x0(prediction, one, zero, t64, schedule, sigma_data) - from_x0(
+        prediction, zero, zero, t64, schedule, sigma_data
+    )
+    return k[:, 0].square().reshape(t.shape)
 
 
 class DiffusionLoss:
@@ -58,40 +160,70 @@ class DiffusionLoss:
 
     ``denoiser`` is a ``parametrization.Denoiser``: its schedule, prediction type and sigma_data define
     the target, and ``denoiser.raw`` gives the network output (the network sees c_in * x_t and log-SNR).
+    ``time_sampling`` is one of ``TIME_SAMPLINGS``, ``weighting`` one of ``WEIGHTINGS``;
+    ``min_snr_gamma`` is min-SNR's gamma, ``P_mean`` and ``P_std`` the log-normal density's.
     """
 
     def __init__(
-        self, time_sampling: str = "stratified", weighting: str = "unit", min_snr_gamma: float = 5.0
+        self,
+        time_sampling: str = "stratified",
+        weighting: str = "unit",
+        min_snr_gamma: float = MIN_SNR_GAMMA,
+        *,
+        P_mean: float = P_MEAN,
+        P_std: float = P_STD,
     ):
-        if time_sampling not in TIME_SAMPLING:
-            raise ValueError(f"unknown time sampling {time_sampling!r}; valid: {', '.join(TIME_SAMPLING)}")
-        if weighting not in WEIGHTING:
-            raise ValueError(f"unknown loss weighting {weighting!r}; valid: {', '.join(WEIGHTING)}")
-        self.time_sampling, self.weighting, self.min_snr_gamma = (
-            time_sampling,
-            weighting,
-            float(min_snr_gamma),
+        _choose(_TIME_DENSITIES, time_sampling, "time sampling")
+        _choose(_WEIGHTINGS, weighting, "loss weighting")
+        for key, value, low in (("min_snr_gamma", min_snr_gamma, 0.0), ("P_std", P_std, 0.0)):
+            if not (_is_number(value) and value > low):
+                raise ValueError(f"loss: {key}={value!r} must be a finite number > 0")
+        if not _is_number(P_mean):
+            raise ValueError(f"loss: P_mean={P_mean!r} must be a finite number")
+        self.time_sampling, self.weighting = time_sampling, weighting
+        self.min_snr_gamma, self.P_mean, self.P_std = float(min_snr_gamma), float(P_mean), float(P_std)
+
+    @classmethod
+    def for_schedule(cls, schedule: Schedule, **settings) -> DiffusionLoss:
+        """The schedule's training recipe (``schedule.loss_defaults``), with ``settings`` overriding it."""
+        return cls(**{**schedule.loss_defaults, **settings})
+
+    def settings(self) -> dict:
+        """Plain-dict description: ``DiffusionLoss(**loss.settings())`` rebuilds the loss."""
+        return {
+            "time_sampling": self.time_sampling,
+            "weighting": self.weighting,
+            "min_snr_gamma": self.min_snr_gamma,
+            "P_mean": self.P_mean,
+            "P_std": self.P_std,
+        }
+
+    def __repr__(self) -> str:
+        return f"DiffusionLoss({', '.join(f'{k}={v!r}' for k, v in self.settings().items())})"
+
+    def sample_times(self, schedule: Schedule, n: int, generator=None, device=None) -> Tensor:
+        """``n`` times from this loss's density, ``[n]`` float32."""
+        density = _TIME_DENSITIES[self.time_sampling]
+        params = {k: v for k, v in self.settings().items() if k in _keywords(density)}
+        return sample_times(
+            schedule, n, kind=self.time_sampling, generator=generator, device=device, **params
         )
 
     def weight(self, denoiser, t: Tensor) -> Tensor:
-        """``w(t)``, ``[B]``. min-SNR-gamma is stated for eps (min(snr, g)/snr); other targets are
-        rescaled by their MSE's ratio to the x0-MSE (x0: 1, v: snr + 1, eps: snr)."""
-        if self.weighting == "unit":
-            return torch.ones_like(t)
-        snr = denoiser.schedule.log_snr(t).exp()
-        clipped = snr.clamp(max=self.min_snr_gamma)
-        per_target = {"x0": torch.ones_like(snr), "eps": snr, "v": snr + 1}
-        if denoiser.prediction not in per_target:
-            raise ValueError(f"weighting 'min_snr' is defined for x0, eps, v; not {denoiser.prediction!r}")
-        return clipped / per_target[denoiser.prediction]
+        """``w(t)`` on the target-MSE of ``denoiser.prediction``, ``[B]`` in t's dtype."""
+        fn = _WEIGHTINGS[self.weighting]
+        schedule, sigma_data = denoiser.schedule, denoiser.sigma_data
+        lam = schedule.log_snr(t.detach().to(torch.float64))
+        k2 = target_slope2(denoiser.prediction, schedule, t, sigma_data)
+        available = {"min_snr_gamma": self.min_snr_gamma, "sigma_data": sigma_data}
+        w = fn(lam, k2, **{k: v for k, v in available.items() if k in _keywords(fn)})
+        return w.to(t.dtype if t.is_floating_point() else torch.get_default_dtype())
 
     def __call__(
         self, denoiser, x0: Tensor, cond: Tensor | None = None, generator: torch.Generator | None = None
     ) -> Tensor:
         schedule = denoiser.schedule
-        t = sample_times(
-            schedule, x0.shape[0], kind=self.time_sampling, generator=generator, device=x0.device
-        )
+        t = self.sample_times(schedule, x0.shape[0], generator=generator, device=x0.device)  # [B]
         eps = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
         shape = (-1,) + (1,) * (x0.ndim - 1)
         x_t = schedule.alpha(t).reshape(shape) * x0 + schedule.sigma(t).reshape(shape) * eps
@@ -99,3 +231,7 @@ class DiffusionLoss:
         out = denoiser.raw(x_t, t, cond)
         mse = (out.float() - target.float()).square().flatten(1).mean(1)  # [B]
         return self.weight(denoiser, t) * mse
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
