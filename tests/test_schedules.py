@@ -79,6 +79,19 @@ def test_t_from_log_snr_inverts_log_snr_and_matches_bisection(schedule):
     torch.testing.assert_close(schedule.log_snr(schedule.t_from_log_snr(lams)), lams, rtol=1e-9, atol=1e-8)
 
 
+def test_log_snr_round_trips_to_machine_precision(schedule):
+    """Both directions to ~1e-15 relative over the whole interval: reparametrize matches log-SNRs
+    across schedules, and vp_cosine near t = 0 needs sigma^2 without 1 - alpha^2 cancellation."""
+    lam_lo, lam_hi = schedule.log_snr_range()
+    lam = torch.linspace(lam_lo, lam_hi, 1001, dtype=F64)
+    lam_err = (schedule.log_snr(schedule.t_from_log_snr(lam)) - lam).abs() / (1 + lam.abs())
+    assert lam_err.max() < 1e-13
+    t = grid(schedule, 1001)[1:]
+    t_err = (schedule.t_from_log_snr(schedule.log_snr(t)) - t).abs() / t
+    assert t_err.max() < 1e-13
+    assert [lam_lo, lam_hi] == schedule.log_snr(grid(schedule)[[-1, 0]]).tolist()
+
+
 def test_log_snr_strictly_decreasing_and_f_g2_finite(schedule):
     t = grid(schedule, 2001)
     assert (schedule.log_snr(t).diff() < 0).all()

@@ -11,10 +11,13 @@ With ``x = alpha x0 + sigma eps`` (t = 0 data, t = 1 noise) the prediction types
 
 ``to_x0`` and ``from_x0`` convert between any of them and x0; ``Denoiser`` wraps a network
 (which sees a unit-variance input and the log-SNR, never raw t) into D; ``guided`` applies
-classifier-free guidance. Solvers only ever see D.
+classifier-free guidance; ``reparametrize`` serves a denoiser of one schedule under another by
+log-SNR matching (Kingma et al. 2021, sec. 4; Karras et al. 2022, eq. 4). Solvers only ever see D.
 """
 
 from __future__ import annotations
+
+import warnings
 
 import torch
 from torch import Tensor, nn
@@ -140,3 +143,95 @@ def guided(denoiser, scale: float, null_label: int):
         return d_uncond + scale * (d_cond - d_uncond)
 
     return D
+
+
+def reparametrize(denoiser, trained_on: Schedule, target: Schedule, *, clamp: bool = False) -> Reparametrized:
+    """A denoiser of schedule ``trained_on`` serving schedule ``target`` exactly, by log-SNR matching:
+
+        D_target(x, t) = D(x * alpha_trained(t') / alpha_target(t), t')
+        with log_snr_trained(t') = log_snr_target(t)
+
+    (under ``target``, ``x = alpha_T x0 + sigma_T eps``; rescaled it is ``alpha_tr(t') x0 + sigma_tr(t') eps``
+    because ``sigma/alpha`` agree at equal log-SNR: the trained schedule's x at t'; Kingma et al. 2021,
+    sec. 4). A target log-SNR outside the trained ``[log_snr(t_max), log_snr(t_min)]`` raises
+    ``ValueError`` naming the range, or with ``clamp=True`` uses the nearest end, warns once and sets
+    ``.clamped``. ``servable_interval(trained_on, target)`` gives the target times that stay exact.
+    """
+    return Reparametrized(denoiser, trained_on, target, clamp=clamp)
+
+
+def servable_interval(trained_on: Schedule, target: Schedule) -> tuple[float, float]:
+    """``(t_lo, t_hi)``: the part of ``target``'s ``[t_min, t_max]`` whose log-SNR ``trained_on`` covers
+    (``ValueError`` when none); ``target.with_log_snr_range(*trained_on.log_snr_range())`` is the
+    target restricted to it."""
+    restricted = target.with_log_snr_range(*trained_on.log_snr_range())
+    return restricted.t_min, restricted.t_max
+
+
+def _same_path(a: Schedule, b: Schedule) -> bool:
+    """Same class and parameters (intervals aside): alpha and sigma are the same functions of t."""
+    interval = ("t_min", "t_max")
+    strip = lambda s: {k: v for k, v in s.params().items() if k not in interval}  # noqa: E731
+    return type(a) is type(b) and strip(a) == strip(b)
+
+
+class Reparametrized(nn.Module):
+    """``D_target(x, t, cond)`` from a denoiser of ``trained_on`` (see ``reparametrize``).
+
+    Attributes: ``denoiser`` (the wrapped one), ``trained_on``, ``schedule`` (the target, as on
+    ``Denoiser``), ``clamp`` and ``clamped`` (whether a call has been clamped). Where the two schedules
+    trace the same path (same class and parameters) the wrapped denoiser is called unchanged.
+    """
+
+    def __init__(self, denoiser, trained_on: Schedule, target: Schedule, *, clamp: bool = False):
+        super().__init__()
+        own = getattr(denoiser, "schedule", None)
+        if isinstance(own, Schedule) and own.params() != trained_on.params():
+            raise ValueError(f"reparametrize: the denoiser was trained on {own!r}, not {trained_on!r}")
+        self.denoiser, self.trained_on, self.schedule = denoiser, trained_on, target
+        self.clamp, self.clamped = bool(clamp), False
+        self.lam_lo, self.lam_hi = trained_on.log_snr_range()
+        self._identity = _same_path(trained_on, target)
+
+    def extra_repr(self) -> str:
+        return f"trained_on={self.trained_on!r}, schedule={self.schedule!r}, clamp={self.clamp}"
+
+    def trained_time(self, t: Tensor) -> tuple[Tensor, Tensor]:
+        """``(t', alpha_trained(t') / alpha_target(t))`` for target times ``t`` (any shape, t's dtype)."""
+        lam = self.schedule.log_snr(t)
+        self._check_range(t, lam)
+        if self._identity:
+            return t, torch.ones_like(t)
+        lam = lam.clamp(self.lam_lo, self.lam_hi)
+        t_trained = self.trained_on.t_from_log_snr(lam).clamp(self.trained_on.t_min, self.trained_on.t_max)
+        return t_trained, self.trained_on.alpha(t_trained) / self.schedule.alpha(t)
+
+    def _check_range(self, t: Tensor, lam: Tensor) -> None:
+        # roundoff of log_snr and its inverse (a log-SNR 1e-9 beyond the range is no extrapolation)
+        tol = max(1e-9, 100 * torch.finfo(lam.dtype).eps) * (1 + lam.abs())
+        outside = (lam < self.lam_lo - tol) | (lam > self.lam_hi + tol)
+        if lam.isnan().any():
+            raise ValueError(f"reparametrize: log-SNR is NaN under {self.schedule!r} at t={t.tolist()}")
+        if not outside.any():
+            return
+        bad = t[outside]
+        where = (
+            f"reparametrize: {self.schedule!r} at t in [{bad.min().item():.6g}, {bad.max().item():.6g}] "
+            f"needs log-SNR outside [{self.lam_lo:.6g}, {self.lam_hi:.6g}], the range of {self.trained_on!r}"
+        )
+        if not self.clamp:
+            try:
+                t_lo, t_hi = servable_interval(self.trained_on, self.schedule)
+                hint = f"exact for t in [{t_lo:.6g}, {t_hi:.6g}]"
+            except ValueError:
+                hint = "no time of the target is inside it"
+            raise ValueError(f"{where} ({hint}); pass clamp=True to use the nearest end instead")
+        if not self.clamped:
+            warnings.warn(f"{where}: clamped to the nearest end (not exact there)", stacklevel=4)
+        self.clamped = True
+
+    def forward(self, x: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
+        t_trained, scale = self.trained_time(t)
+        if self._identity:
+            return self.denoiser(x, t, cond)
+        return self.denoiser(x * _bcast(scale, x), t_trained, cond)

@@ -21,6 +21,7 @@ when asked, so a schedule registered at run time with ``@register_schedule`` joi
 
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
@@ -150,6 +151,28 @@ class Schedule:
         return ((lo + hi) / 2).to(lam.dtype if lam.is_floating_point() else torch.get_default_dtype())
 
     # -- conveniences ---------------------------------------------------------------------------
+    def log_snr_range(self) -> tuple[float, float]:
+        """``(lam_lo, lam_hi) = (log_snr(t_max), log_snr(t_min))``: the log-SNRs the interval covers."""
+        ends = self.log_snr(torch.tensor([self.t_max, self.t_min], dtype=torch.float64))
+        return float(ends[0]), float(ends[1])
+
+    def with_log_snr_range(self, lam_lo: float, lam_hi: float) -> Schedule:
+        """A copy whose ``[t_min, t_max]`` is the part of this interval with log-SNR in ``[lam_lo, lam_hi]``
+        (``ValueError`` when they do not overlap). Cross-schedule comparisons share one such range."""
+        own_lo, own_hi = self.log_snr_range()
+        lo, hi = max(lam_lo, own_lo), min(lam_hi, own_hi)
+        if not lo < hi:
+            raise ValueError(
+                f"{self!r} covers log-SNR [{own_lo:.6g}, {own_hi:.6g}], which does not overlap "
+                f"[{lam_lo:.6g}, {lam_hi:.6g}]"
+            )
+        ts = self.t_from_log_snr(torch.tensor([hi, lo], dtype=torch.float64))
+        out = copy.copy(self)
+        out.t_min = self.t_min if hi == own_hi else max(self.t_min, float(ts[0]))
+        out.t_max = self.t_max if lo == own_lo else min(self.t_max, float(ts[1]))
+        _check_interval(out.t_min, out.t_max)
+        return out
+
     def sigma_over_alpha(self, t: Tensor) -> Tensor:
         """The EDM/VE noise level ``sigma / alpha = exp(-log_snr / 2)``."""
         return torch.exp(-self.log_snr(t) / 2)
@@ -248,8 +271,14 @@ class VPCosine(Schedule):
     def alpha(self, t):
         return torch.cos(self._theta(t)) / math.cos(self._theta0)
 
+    def _sigma2_cos2theta0(self, t):
+        """``sigma^2 cos^2 theta0 = cos^2 theta0 - cos^2 theta = sin(theta - theta0) sin(theta + theta0)``,
+        accurate where alpha is near 1 (small t), unlike 1 - alpha^2."""
+        theta = self._theta(t)
+        return torch.sin(theta - self._theta0) * torch.sin(theta + self._theta0)
+
     def sigma(self, t):
-        return torch.sqrt(-torch.expm1(2 * torch.log(self.alpha(t))))
+        return torch.sqrt(self._sigma2_cos2theta0(t)) / math.cos(self._theta0)
 
     def d_alpha(self, t):
         return -math.pi / (2 * (1 + self.s)) * torch.sin(self._theta(t)) / math.cos(self._theta0)
@@ -264,12 +293,13 @@ class VPCosine(Schedule):
         return -2 * self.f(t)
 
     def log_snr(self, t):
-        log_alpha2 = 2 * torch.log(self.alpha(t))
-        return log_alpha2 - torch.log(-torch.expm1(log_alpha2))
+        return 2 * torch.log(torch.cos(self._theta(t))) - torch.log(self._sigma2_cos2theta0(t))
 
     def t_from_log_snr(self, lam):
-        alpha = torch.sqrt(torch.sigmoid(lam))  # alpha^2 = sigmoid(lambda) for VP
-        theta = torch.arccos(alpha * math.cos(self._theta0))
+        # VP: alpha^2 = sigmoid(lambda), so cos^2 theta = sigmoid(lambda) cos^2 theta0 and
+        # sin^2 theta = sigmoid(-lambda) cos^2 theta0 + sin^2 theta0; atan2 keeps small theta accurate
+        c2, s2 = math.cos(self._theta0) ** 2, math.sin(self._theta0) ** 2
+        theta = torch.atan2(torch.sqrt(torch.sigmoid(-lam) * c2 + s2), torch.sqrt(torch.sigmoid(lam) * c2))
         return theta * 2 * (1 + self.s) / math.pi - self.s
 
     def params(self):
@@ -417,6 +447,15 @@ class EDM(Schedule):
 
     def params(self):
         return {**super().params(), "sigma_min": self.sigma_min, "sigma_max": self.sigma_max}
+
+
+def common_log_snr_range(*schedules: Schedule) -> tuple[float, float]:
+    """``(lam_lo, lam_hi)``: the log-SNRs every one of ``schedules`` covers (``ValueError`` if none)."""
+    ranges = [s.log_snr_range() for s in schedules]
+    lo, hi = max(r[0] for r in ranges), min(r[1] for r in ranges)
+    if not lo < hi:
+        raise ValueError(f"no log-SNR is covered by all of {', '.join(map(repr, schedules))}")
+    return lo, hi
 
 
 def get_schedule(name: str, **params) -> Schedule:
