@@ -269,3 +269,20 @@ def test_batched_bootstrap_equals_naive_resampled_fid():
         covmean = scipy.linalg.sqrtm(s1 @ s2.numpy()).real
         naive = ((mu1 - mu2.numpy()) ** 2).sum() + np.trace(s1 + s2.numpy() - 2 * covmean)
         assert float(fast[b]) == pytest.approx(naive, rel=1e-5)
+
+
+def test_keep_features_returns_what_a_paired_comparison_needs(ckpt, halves, tmp_path):
+    from difflab.metrics.paired import paired_difference
+
+    ref, other = halves
+    kw = dict(extractor_path=ckpt[0], cache_dir=tmp_path, bootstrap=50, seed=3, kid_subsets=5)
+    plain = F.fid_kid(_noisy(other[:300], 30.0), ref, **kw)
+    a = F.fid_kid(_noisy(other[:300], 30.0), ref, keep_features=True, **kw)
+    b = F.fid_kid(_noisy(other[:300], 60.0), ref, keep_features=True, **kw)
+    assert "features" not in plain and plain["fid"] == a["fid"] and plain["fid_lo"] == a["fid_lo"]
+    assert a["features"].dtype == torch.float32 and a["features"].shape == (300, a["feature_dim"])
+    assert len(a["fid_bootstrap"]) == 50
+    assert F.bias_shifted_interval(a["fid_bootstrap"], a["fid"]) == pytest.approx((a["fid_lo"], a["fid_hi"]))
+    diff = paired_difference(a["fid"], b["fid"], a["fid_bootstrap"], b["fid_bootstrap"])
+    assert diff["diff_hi"] < 0  # more noise, higher FID, resolved by the pairing
+    assert diff["diff_hi"] - diff["diff_lo"] < (a["fid_hi"] - a["fid_lo"]) + (b["fid_hi"] - b["fid_lo"])

@@ -12,6 +12,11 @@ FID's 95% interval: resample the generated features with replacement, recompute 
 fixed reference statistics (``tr sqrt(S1 S2)`` from the ``min(n, d)``-sized symmetric eigenproblem),
 and take the 2.5/97.5 percentiles shifted by the bootstrap bias (``mean_b - fid``): resampling
 duplicates rows, which alone raises FID, so plain percentiles would sit above the estimate.
+
+``fid_kid`` is its parts in order: ``check_inputs``, ``extractor_weights``, ``reference_statistics``,
+``extract_features``, ``fid_kid_from_features``; ``keep_features=True`` also returns the features
+and the bootstrap replicates, which rows of one seed draw at the same indices
+(``bootstrap_draws``), so ``difflab.metrics.paired`` can compare two rows from them.
 """
 
 from __future__ import annotations
@@ -183,12 +188,28 @@ def _sym_sqrt(m: Tensor) -> Tensor:
     return (v * w.clamp_min(0).sqrt()) @ v.T
 
 
+def bootstrap_draws(n: int, n_boot: int, seed: int = 0) -> list[Tensor]:
+    """The ``n_boot`` resamples of ``n`` sample indices (with replacement) that ``bootstrap_fid``
+    uses for ``seed``: rows with the same ``n`` and seed are resampled at the same indices, which
+    is what a paired comparison needs (``difflab.metrics.paired``)."""
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    return [torch.randint(0, n, (n,), generator=g) for _ in range(n_boot)]
+
+
 def bootstrap_fid(
-    features: Tensor, mu_ref: Tensor, sigma_ref: Tensor, n_boot: int, seed: int = 0, device="cpu"
+    features: Tensor,
+    mu_ref: Tensor,
+    sigma_ref: Tensor,
+    n_boot: int,
+    seed: int = 0,
+    device="cpu",
+    *,
+    draws: list[Tensor] | None = None,
 ) -> Tensor:
     """FID of ``n_boot`` resamples (with replacement) of ``features`` ``[n, d]`` against fixed
-    reference statistics. ``tr sqrt(S1 S2) = tr sqrt(S2^1/2 S1 S2^1/2)``: for ``n > d`` every
-    resample is a vector of counts ``c`` over the rows, so with ``r = f S2^1/2`` computed once,
+    reference statistics (``draws``: explicit resamples, default ``bootstrap_draws(n, n_boot, seed)``).
+    ``tr sqrt(S1 S2) = tr sqrt(S2^1/2 S1 S2^1/2)``: for ``n > d`` every resample is a vector of
+    counts ``c`` over the rows, so with ``r = f S2^1/2`` computed once,
     ``S2^1/2 S1 S2^1/2 = (r^T diag(c) r - n mu_r mu_r^T) / (n - 1)``, batched over resamples; for
     ``n <= d`` the ``n x n`` Gram matrix of the resample is used (the covariance has rank < n)."""
     dev = torch.device(device)
@@ -196,8 +217,11 @@ def bootstrap_fid(
     mu2, s2 = mu_ref.to(dev, torch.float64), sigma_ref.to(dev, torch.float64)
     root2 = _sym_sqrt(s2)
     n, d = f.shape
-    g = torch.Generator(device="cpu").manual_seed(seed)
-    idx = [torch.randint(0, n, (n,), generator=g) for _ in range(n_boot)]
+    if draws is None:
+        draws = bootstrap_draws(n, n_boot, seed)
+    elif len(draws) != n_boot or any(len(i) != n for i in draws):
+        raise ValueError(f"bootstrap_fid: draws must be {n_boot} index vectors of length {n}")
+    idx = draws
     out = torch.empty(n_boot, dtype=torch.float64)
     tr2 = torch.trace(s2)
     if n <= d:
@@ -225,30 +249,27 @@ def bootstrap_fid(
     return out
 
 
-def fid_kid(
-    samples: Tensor,
-    reference: Tensor,
-    *,
-    feature_extractor: str = "classifier",
-    extractor_path=None,
-    cache_dir,
-    bootstrap: int = 200,
-    seed: int = 0,
-    device="cpu",
-    kid_subset_size: int | None = None,
-    kid_subsets: int = 100,
-    batch_size: int = 64,
-) -> dict:
-    """FID (with a 95% bootstrap interval) and KID between uint8 ``samples`` and ``reference``
-    ``[N, C, H, W]`` (0..255; C = 1 or 3; same C, H, W).
+def fid_of_features(features: Tensor, mu_ref: Tensor, sigma_ref: Tensor, device="cpu") -> float:
+    """FID of the features ``[n, d]`` themselves against fixed reference statistics, by the same
+    arithmetic as ``bootstrap_fid`` (one "resample" holding every row once)."""
+    n = features.shape[0]
+    return float(bootstrap_fid(features, mu_ref, sigma_ref, 1, device=device, draws=[torch.arange(n)])[0])
 
-    Returns ``dict(fid, fid_lo, fid_hi, kid_mean, kid_std, n_samples, n_reference, kid_subset_size,
-    feature_dim, feature_extractor, weights_sha256, reference_cache_hit)``. ``kid_subset_size``
-    defaults to ``min(1000, n_samples, n_reference)`` (``kid_subsets`` subsets, torch-fidelity's
-    default 100); fewer than 10 images on either side is an error for KID. FID with fewer samples
-    than feature dimensions is strongly biased: a warning, and ``n_samples`` is reported beside
-    every number. ``bootstrap=0`` skips the interval (NaN).
-    """
+
+def bias_shifted_interval(replicates, estimate: float, level: float = 0.95) -> tuple[float, float]:
+    """The percentile interval of bootstrap ``replicates`` shifted by the bootstrap bias
+    ``mean(replicates) - estimate``: resampling duplicates rows, which alone raises FID, so plain
+    percentiles would sit above the estimate."""
+    boots = np.asarray(replicates, np.float64)
+    tail = 100 * (1 - level) / 2
+    shift = boots.mean() - estimate
+    lo, hi = np.percentile(boots, [tail, 100 - tail]) - shift
+    return float(lo), float(hi)
+
+
+def check_inputs(samples, reference, *, bootstrap: int, kid_subset_size: int | None) -> tuple:
+    """``(samples, reference, kid_subset_size)`` after the checks of ``fid_kid`` (one-line
+    ValueErrors); ``kid_subset_size`` None becomes ``min(1000, n_samples, n_reference)``."""
     samples = _check_images("samples", samples)
     reference = _check_images("reference", reference)
     if samples.shape[1:] != reference.shape[1:]:
@@ -267,20 +288,127 @@ def fid_kid(
         kid_subset_size = min(KID_MAX_SUBSET, n, n_ref)
     elif not (isinstance(kid_subset_size, int) and 2 <= kid_subset_size <= min(n, n_ref)):
         raise ValueError(f"kid_subset_size={kid_subset_size!r} must be an integer in 2..{min(n, n_ref)}")
+    return samples, reference, kid_subset_size
+
+
+def extractor_weights(feature_extractor: str, extractor_path, image_size) -> Path:
+    """The weights file of ``feature_extractor`` (``resolve_weights``); the classifier must have been
+    trained on images of ``image_size`` ``(H, W)``."""
     weights = resolve_weights(feature_extractor, extractor_path)
     if feature_extractor == "classifier":
         from difflab.metrics.classifier import load_classifier
 
         _, hp = load_classifier(weights)
-        if list(samples.shape[2:]) != list(hp["image_size"]):
+        if list(image_size) != list(hp["image_size"]):
             raise ValueError(
                 f"the classifier was trained on {hp['image_size'][0]}x{hp['image_size'][1]} images; "
-                f"got {samples.shape[2]}x{samples.shape[3]}"
+                f"got {image_size[0]}x{image_size[1]}"
             )
+    return weights
 
+
+def extract_features(
+    images: Tensor, *, feature_extractor: str, weights, device="cpu", batch_size: int = 64
+) -> Tensor:
+    """Features ``[N, F]`` (float64, CPU) of uint8 ``images`` ``[N, C, H, W]`` from torch-fidelity's
+    extractor with ``weights`` (``extractor_weights``)."""
+    return _extract(_check_images("images", images), feature_extractor, Path(weights), device, batch_size)
+
+
+def fid_kid_from_features(
+    features: Tensor,
+    reference_stats: dict,
+    *,
+    bootstrap: int = 200,
+    seed: int = 0,
+    device="cpu",
+    kid_subset_size: int,
+    kid_subsets: int = 100,
+) -> dict:
+    """FID with its 95% bootstrap interval and KID of generated ``features`` ``[n, d]`` against
+    ``reference_stats`` (``reference_statistics``: ``features``, ``mu``, ``sigma``), through
+    torch-fidelity's own functions. Returns ``dict(fid, fid_lo, fid_hi, kid_mean, kid_std,
+    fid_bootstrap)``; ``fid_bootstrap`` holds the ``bootstrap`` replicates (``bootstrap_draws(n,
+    bootstrap, seed)``, before the bias shift; empty for ``bootstrap=0``, which gives NaN bounds)."""
     from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_statistics_to_metric
     from torch_fidelity.metric_kid import KEY_METRIC_KID_MEAN, KEY_METRIC_KID_STD, kid_features_to_metric
 
+    n, d = features.shape
+    if n < d:
+        warnings.warn(
+            f"FID from {n} samples with {d}-d features is strongly biased (rank-deficient covariance); "
+            "compare only numbers with the same n_samples",
+            stacklevel=3,
+        )
+    ref = reference_stats
+    with _small_linalg(d):
+        stats = _stats(features)
+        fid = fid_statistics_to_metric(stats, {"mu": ref["mu"], "sigma": ref["sigma"]}, verbose=False)
+        kid = kid_features_to_metric(
+            features.to(torch.float32),
+            ref["features"].to(torch.float32),
+            kid_subset_size=kid_subset_size,
+            kid_subsets=kid_subsets,
+            rng_seed=seed,
+            verbose=False,
+        )
+    fid = float(fid[KEY_METRIC_FID])
+    fid_lo = fid_hi = float("nan")
+    boots = np.zeros(0)
+    if bootstrap > 0:
+        with _small_linalg(d, device):
+            boots = bootstrap_fid(
+                features,
+                torch.as_tensor(np.asarray(ref["mu"])),
+                torch.as_tensor(np.asarray(ref["sigma"])),
+                bootstrap,
+                seed=seed,
+                device=device,
+            ).numpy()
+        lo, hi = bias_shifted_interval(boots, fid)
+        fid_lo, fid_hi = max(0.0, lo), hi
+    return {
+        "fid": fid,
+        "fid_lo": fid_lo,
+        "fid_hi": fid_hi,
+        "kid_mean": float(kid[KEY_METRIC_KID_MEAN]),
+        "kid_std": float(kid[KEY_METRIC_KID_STD]),
+        "fid_bootstrap": boots,
+    }
+
+
+def fid_kid(
+    samples: Tensor,
+    reference: Tensor,
+    *,
+    feature_extractor: str = "classifier",
+    extractor_path=None,
+    cache_dir,
+    bootstrap: int = 200,
+    seed: int = 0,
+    device="cpu",
+    kid_subset_size: int | None = None,
+    kid_subsets: int = 100,
+    batch_size: int = 64,
+    keep_features: bool = False,
+) -> dict:
+    """FID (with a 95% bootstrap interval) and KID between uint8 ``samples`` and ``reference``
+    ``[N, C, H, W]`` (0..255; C = 1 or 3; same C, H, W): ``check_inputs``, ``extractor_weights``,
+    ``reference_statistics``, ``extract_features``, ``fid_kid_from_features``.
+
+    Returns ``dict(fid, fid_lo, fid_hi, kid_mean, kid_std, n_samples, n_reference, kid_subset_size,
+    feature_dim, feature_extractor, weights_sha256, reference_cache_hit)``, and with
+    ``keep_features`` also ``features`` (float32 ``[n, d]``) and ``fid_bootstrap`` (the bootstrap
+    replicates, drawn by ``bootstrap_draws(n, bootstrap, seed)``) for paired comparisons.
+    ``kid_subset_size`` defaults to ``min(1000, n_samples, n_reference)`` (``kid_subsets`` subsets,
+    torch-fidelity's default 100); fewer than 10 images on either side is an error for KID. FID with
+    fewer samples than feature dimensions is strongly biased: a warning, and ``n_samples`` is
+    reported beside every number. ``bootstrap=0`` skips the interval (NaN).
+    """
+    samples, reference, kid_subset_size = check_inputs(
+        samples, reference, bootstrap=bootstrap, kid_subset_size=kid_subset_size
+    )
+    weights = extractor_weights(feature_extractor, extractor_path, samples.shape[2:])
     ref, _, hit = reference_statistics(
         reference,
         feature_extractor=feature_extractor,
@@ -290,50 +418,26 @@ def fid_kid(
         batch_size=batch_size,
     )
     feats = _extract(samples, feature_extractor, weights, device, batch_size)
-    d = feats.shape[1]
-    if n < d:
-        warnings.warn(
-            f"FID from {n} samples with {d}-d features is strongly biased (rank-deficient covariance); "
-            "compare only numbers with the same n_samples",
-            stacklevel=2,
-        )
-    with _small_linalg(d):
-        stats = _stats(feats)
-        fid = fid_statistics_to_metric(stats, {"mu": ref["mu"], "sigma": ref["sigma"]}, verbose=False)
-        kid = kid_features_to_metric(
-            feats.to(torch.float32),
-            ref["features"].to(torch.float32),
-            kid_subset_size=kid_subset_size,
-            kid_subsets=kid_subsets,
-            rng_seed=seed,
-            verbose=False,
-        )
-    fid = fid[KEY_METRIC_FID]
-    fid_lo = fid_hi = float("nan")
-    if bootstrap > 0:
-        with _small_linalg(d, device):
-            boots = bootstrap_fid(
-                feats,
-                torch.from_numpy(np.asarray(ref["mu"])),
-                torch.from_numpy(np.asarray(ref["sigma"])),
-                bootstrap,
-                seed=seed,
-                device=device,
-            ).numpy()
-        shift = boots.mean() - fid
-        lo, hi = np.percentile(boots, [2.5, 97.5]) - shift
-        fid_lo, fid_hi = max(0.0, float(lo)), float(hi)
-    return {
-        "fid": float(fid),
-        "fid_lo": fid_lo,
-        "fid_hi": fid_hi,
-        "kid_mean": float(kid[KEY_METRIC_KID_MEAN]),
-        "kid_std": float(kid[KEY_METRIC_KID_STD]),
-        "n_samples": n,
-        "n_reference": n_ref,
+    scores = fid_kid_from_features(
+        feats,
+        ref,
+        bootstrap=bootstrap,
+        seed=seed,
+        device=device,
+        kid_subset_size=kid_subset_size,
+        kid_subsets=kid_subsets,
+    )
+    boots = scores.pop("fid_bootstrap")
+    out = {
+        **scores,
+        "n_samples": samples.shape[0],
+        "n_reference": reference.shape[0],
         "kid_subset_size": kid_subset_size,
-        "feature_dim": d,
+        "feature_dim": feats.shape[1],
         "feature_extractor": feature_extractor,
         "weights_sha256": weights_hash(weights),
         "reference_cache_hit": hit,
     }
+    if keep_features:
+        out.update(features=feats.to(torch.float32), fid_bootstrap=boots)
+    return out
