@@ -9,9 +9,9 @@ from difflab import solvers as S
 from difflab.data.toy import GaussianMixture
 from difflab.schedules import SCHEDULES, get_schedule
 
-FIXED = tuple(name for name in S.SOLVERS if name != "rk45")
-STOCHASTIC = ("euler_maruyama", "ddpm", "pc")
-ODE_FIXED = ("euler", "heun", "ddim", "dpm_solver_2m")
+FIXED = tuple(name for name in S.SOLVERS if not S.get_spec(name).adaptive)
+STOCHASTIC = tuple(name for name in S.SOLVERS if S.get_spec(name).stochastic)
+ODE_FIXED = tuple(name for name in FIXED if not S.get_spec(name).stochastic)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -104,8 +104,19 @@ def test_ddim_is_euler_for_flow_and_eta_one_is_ddpm():
 
 # -- samples match the mixture ----------------------------------------------------------------------
 # Steps chosen for a fair pass on the log-SNR grid (Euler in t on VE needs many: its curvature shows).
+# Steps that put each solver's discretization error well below the test's null threshold: the
+# first-order steppers in t need many, higher orders few (by the spec's order where not listed).
 STEPS = {"euler_maruyama": 200, "ddpm": 200, "pc": 100, "euler": 400, "ddim": 100, "heun": 40,
          "dpm_solver_2m": 30, "rk45": None}  # fmt: skip
+
+
+def steps_for(solver: str) -> int | None:
+    spec = S.get_spec(solver)
+    if solver in STEPS or spec.adaptive:
+        return STEPS.get(solver)
+    return 200 if spec.stochastic else {1: 100, 2: 40}.get(spec.order, 20)
+
+
 N_SAMPLES = 2000
 
 
@@ -125,7 +136,7 @@ def null_threshold():
 def test_samples_match_mixture(schedule_name, solver, null_threshold):
     s, gm = get_schedule(schedule_name), mixture()
     out = S.get_solver(solver)(
-        gm.denoiser(s), s, randn(N_SAMPLES, 2), STEPS[solver], grid="logsnr", generator=gen(3)
+        gm.denoiser(s), s, randn(N_SAMPLES, 2), steps_for(solver), grid="logsnr", generator=gen(3)
     )
     assert out.shape == (N_SAMPLES, 2) and out.dtype == torch.float64
     truth = gm.sample(N_SAMPLES, gen(1))
@@ -151,6 +162,10 @@ def test_convergence_order(schedule_name, grid):
     solvers, /4 for second-order ones, on the asymptotic range 32 -> 64 -> 128 steps."""
     s, gm = get_schedule(schedule_name), mixture(0.3)
     D, noise = gm.denoiser(s), randn(64, 4)
+    if (schedule_name, grid) == ("edm", "uniform"):
+        # edm's sigma = 80 t: uniform in t, the last step alone spans sigma 80/K -> 0.002, so no step
+        # count here reaches the asymptotic range (EDM samples on its rho = 7 grid)
+        pytest.skip("uniform-in-t grid under edm's sigma = 80 t is not asymptotic at <= 512 steps")
     ref = S.sample_rk45(D, s, noise, None, rtol=1e-10, atol=1e-10)
     for solver, (lo, hi) in ORDER.items():
         errs = [
@@ -227,10 +242,10 @@ def test_randn_like_one_generator_per_row():
 def test_nfe_equals_counted_evaluations(solver):
     s = get_schedule("flow")
     noise = randn(4, 10)
-    for steps in (1, 5):
+    for steps in (1, 2, 3, 5, 13):
         D = S.CountingDenoiser(mixture().denoiser(s))
         S.get_solver(solver)(D, s, noise, steps, generator=gen(0))
-        assert D.nfe == S.nfe(solver, steps)
+        assert D.nfe == S.nfe(solver, steps), (steps, D.nfe)
     D = S.CountingDenoiser(mixture().denoiser(s))
     if solver == "pc":
         S.sample_pc(D, s, noise, 5, generator=gen(0), n_corrector=3)
