@@ -78,11 +78,12 @@ def cpu_threads() -> int:
 
 
 def run(main, args) -> None:
-    """Call ``main(args)``; a bad value (``ValueError``, missing file) becomes one line on stderr and
-    exit status 2, with no traceback and no output written."""
+    """Call ``main(args)``; a user error (a bad value: ``ValueError``, ``ConfigError``; a missing file:
+    ``FileNotFoundError``) becomes one line on stderr and exit status 2, with no traceback and no output
+    written. Any other exception is a programming error and keeps its traceback."""
     try:
         main(args)
-    except (ValueError, FileNotFoundError, KeyError) as e:
+    except (ValueError, FileNotFoundError) as e:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         print(f"error: {msg}", file=sys.stderr)
         sys.exit(2)
@@ -95,9 +96,17 @@ def run(main, args) -> None:
 
 
 def load_cfg(args) -> dict:
-    from difflab.config import load_params
+    """``--params`` read and validated. Validation imports every owner (Lightning among them: seconds
+    on a small machine), so a params file validated once with this library's code is not validated
+    again: the stamp ``outputs/tmp/validated-<content key>`` records it."""
+    from difflab.config import load_params, validate
 
-    return load_params(args.params)
+    cfg = load_params(args.params, check=False)
+    stamp = _tmp_root() / f"validated-{content_key(cfg)}"
+    if not stamp.exists():
+        validate(cfg)
+        stamp.touch()
+    return cfg
 
 
 def _tmp_root() -> Path:
@@ -189,52 +198,20 @@ def self_contained(folder: Path) -> None:
 
 
 def atomic_file(final: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` to ``final`` through a temporary file under ``outputs/tmp``, then rename."""
-    final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=_tmp_root(), prefix=_stale_prefix(final), suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, final)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return final
+    """Write ``text`` to ``final`` atomically (``difflab.io.atomic_write``)."""
+    from difflab.io import atomic_write
+
+    atomic_write(final, lambda tmp: tmp.write_text(text))
+    return Path(final)
 
 
 def write_json(path: str | os.PathLike, obj) -> None:
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    """Write ``obj`` as indented JSON to ``path`` atomically."""
+    atomic_file(path, json.dumps(obj, indent=2) + "\n")
 
 
 def read_json(path: str | os.PathLike):
     return json.loads(Path(path).read_text())
-
-
-def load_model(model_dir: str | os.PathLike, device: str):
-    """The trained denoiser D of ``model_dir/model.pt`` (EMA weights), in eval mode on ``device``."""
-    from difflab.training import load_denoiser
-
-    path = Path(model_dir) / "model.pt"
-    if not path.exists():
-        raise FileNotFoundError(f"{path} not found; run the train stage first")
-    denoiser, hparams = load_denoiser(path, device)
-    return denoiser.eval(), hparams
-
-
-def class_labels(cfg: dict, meta: dict, n: int):
-    """Balanced class labels ``[n]`` when sampling with classifier-free guidance, else ``None``."""
-    if cfg["sample"]["guidance_scale"] is None or not meta.get("num_classes"):
-        return None
-    import torch
-
-    return torch.arange(n) % int(meta["num_classes"])
-
-
-def null_label(meta: dict):
-    """The learned "no class" label of a class-conditional model (= num_classes), else ``None``."""
-    return int(meta["num_classes"]) if meta.get("num_classes") else None
 
 
 @contextlib.contextmanager

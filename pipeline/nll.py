@@ -11,7 +11,6 @@ from _common import (
     atomic_file,
     check_schedule,
     load_cfg,
-    load_model,
     parser,
     read_json,
     resolve_device,
@@ -31,11 +30,12 @@ def main(args):
     import torch
 
     from difflab.metrics.nll import evaluate_bpd
+    from difflab.training import load_denoiser
 
     meta = read_json(f"{args.data}/meta.json")
     images = torch.from_numpy(np.load(f"{args.data}/heldout_images.npy")[: ev["nll_images"]])
     device = resolve_device(args.device)
-    D, _ = load_model(args.model or f"models/{args.schedule}", device)
+    D = load_denoiser(args.model or f"models/{args.schedule}", device)
     schedule = D.schedule  # the same alpha, sigma; only where the likelihood ODE starts may differ
     if ev.get("nll_t_min") is not None:
         from difflab.schedules import get_schedule

@@ -10,10 +10,7 @@ from _common import (
     add_schedule_args,
     atomic_dir,
     check_schedule,
-    class_labels,
     load_cfg,
-    load_model,
-    null_label,
     parser,
     read_json,
     resolve_device,
@@ -30,9 +27,10 @@ def main(args):
     device = resolve_device(args.device)
     with atomic_dir(args.out or f"samples/{args.schedule}/reference") as out:
         if n > 0:
-            from difflab.sampling import generate, save_samples
+            from difflab.sampling import conditioning, generate, save_samples
+            from difflab.training import load_denoiser
 
-            D, _ = load_model(args.model or f"models/{args.schedule}", device)
+            D = load_denoiser(args.model or f"models/{args.schedule}", device)
             result = generate(
                 D,
                 D.schedule,
@@ -44,9 +42,7 @@ def main(args):
                 seed=s["seed"],
                 batch_size=s["batch_size"],
                 device=device,
-                labels=class_labels(cfg, meta, n),
-                guidance_scale=s["guidance_scale"],
-                null_label=null_label(meta),
+                **conditioning(D, n, s["guidance_scale"]),
                 options=dict(s["reference"]),
             )
             save_samples(out / "reference.npz", result, levels=meta["levels"], save_x=True)

@@ -12,10 +12,7 @@ from _common import (
     add_schedule_args,
     atomic_dir,
     check_schedule,
-    class_labels,
     load_cfg,
-    load_model,
-    null_label,
     parser,
     read_json,
     resolve_device,
@@ -31,23 +28,23 @@ def main(args):
         raise ValueError(f"--solver {args.solver!r} is not in params solvers {cfg['solvers']}")
     import numpy as np
 
-    from difflab.report.analysis import solver_error
-    from difflab.report.grids import save_grid_png
-    from difflab.sampling import generate, load_samples, save_samples
+    from difflab.metrics.solver_error import solver_error
+    from difflab.sampling import conditioning, generate, load_samples, save_grid, save_samples
     from difflab.solvers import get_spec
+    from difflab.training import load_denoiser
 
     s = cfg["sample"]
     spec = get_spec(args.solver)
     options = spec.check_options(s["options"][args.solver])
     meta = read_json(f"{args.data}/meta.json")
     device = resolve_device(args.device)
-    D, _ = load_model(args.model or f"models/{args.schedule}", device)
+    D = load_denoiser(args.model or f"models/{args.schedule}", device)
     reference = None
     ref_path = f"{args.reference or f'samples/{args.schedule}/reference'}/reference.npz"
     if not spec.is_stochastic(options) and s["solver_error_samples"] > 0:
         reference = load_samples(ref_path)["x"]
     n = s["n_samples"]
-    labels = class_labels(cfg, meta, n)
+    cond = conditioning(D, n, s["guidance_scale"])
     rows = []
     with atomic_dir(args.out or f"samples/{args.schedule}/{args.solver}") as out:
         for steps in [0] if spec.adaptive else s["steps"]:
@@ -62,14 +59,12 @@ def main(args):
                 seed=s["seed"],
                 batch_size=s["batch_size"],
                 device=device,
-                labels=labels,
-                guidance_scale=s["guidance_scale"],
-                null_label=null_label(meta),
+                **cond,
                 options=options,
             )
             name = f"steps_{steps:03d}"
             images = save_samples(out / f"{name}.npz", result, levels=meta["levels"])
-            save_grid_png(out / f"grid_{steps:03d}.png", images[:64].numpy(), meta["levels"], nrow=8)
+            save_grid(out / f"grid_{steps:03d}.png", images[:64], 8, levels=meta["levels"], min_side=256)
             err = None
             if reference is not None:
                 m = len(reference)

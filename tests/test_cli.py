@@ -1,6 +1,7 @@
 """The stage scripts are thin command lines: --help answers, bad params fail before any work with
 one clear line and exit status 2, and nothing is written."""
 
+import runpy
 import subprocess
 import sys
 
@@ -36,9 +37,10 @@ def _error_line(r):
 
 def test_compose_rejects_bad_values_before_writing(tmp_path):
     out = tmp_path / "params.yaml"
-    line = _error_line(_run(ROOT / "pipeline/compose.py", "--params", out, "sample.steps=[10,0]"))
-    assert "sample.steps" in line and "0" in line
-    assert not out.exists()
+    out.write_text("untouched\n")
+    line = _error_line(_run(ROOT / "pipeline/compose.py", "--params", out, "sample.options.ddim.eta=2.0"))
+    assert "sample.options.ddim.eta=2.0" in line and "[0.0, 1.0]" in line
+    assert out.read_text() == "untouched\n"
 
 
 def test_stage_rejects_unknown_solver_before_any_work(tmp_path):
@@ -62,3 +64,50 @@ def test_stage_rejects_unknown_solver_before_any_work(tmp_path):
     )
     assert "rk4" in line and "dpm_solver_2m" in line  # names the bad value and the allowed ones
     assert not (tmp_path / "samples").exists()
+
+
+# Every value a stage would read, checked by `make params` (= pipeline/compose.py): the issue's list,
+# then network sizes, trainer, optimiser and unknown keys. (override, words the line must hold)
+BAD_OVERRIDES = [
+    ("denoiser.name=unett", ["denoiser", "unett", "mlp, unet, dit"]),
+    ("sample.options.ddim.eta=2.0", ["sample.options.ddim.eta=2.0", "[0.0, 1.0]"]),
+    ("+sample.options.ddim.etaa=0.5", ["sample.options.ddim", "etaa", "allowed: eta"]),
+    ("sample.options.pc.snr=-1", ["sample.options.pc.snr=-1", ">= 0"]),
+    ("sample.options.rk45.rtol=0", ["sample.options.rk45.rtol=0", "> 0"]),
+    ("trainer.max_steps=-1", ["trainer.max_steps=-1", ">= 1"]),
+    ("optim.lr=-0.1", ["optim.lr=-0.1", "> 0"]),
+    ("ema.decay=1.5", ["ema.decay=1.5", "(0, 1)"]),
+    ("class_cond.label_dropout=1.5", ["class_cond.label_dropout=1.5", "[0, 1]"]),
+    ("denoiser.width=0", ["denoiser.width=0", ">= 1"]),
+    ("trainer.precision=17-mixed", ["trainer.precision='17-mixed'", "bf16-mixed"]),
+    ("+optim.lrr=1", ["optim.lrr", "warmup_steps"]),
+]
+
+
+@pytest.fixture
+def compose_cli(tmp_path, monkeypatch, capsys):
+    """Run pipeline/compose.py's command line in this process (same parser, runner and exit status as a
+    subprocess, without a second interpreter's imports) against a copy of params.yaml."""
+    params = tmp_path / "params.yaml"
+    params.write_bytes((ROOT / "params.yaml").read_bytes())
+    monkeypatch.syspath_prepend(str(ROOT / "pipeline"))
+
+    def run(*overrides):
+        monkeypatch.setattr(sys, "argv", ["compose.py", "--params", str(params), *overrides])
+        with pytest.raises(SystemExit) as exit_:
+            runpy.run_path(str(ROOT / "pipeline" / "compose.py"), run_name="__main__")
+        return exit_.value.code, capsys.readouterr().err
+
+    return run, params
+
+
+@pytest.mark.parametrize("override, words", BAD_OVERRIDES)
+def test_make_params_rejects_every_bad_value(compose_cli, override, words):
+    run, params = compose_cli
+    before = params.read_bytes()
+    code, err = run(*override.split())
+    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: params: "), err
+    for w in words:
+        assert w in lines[0], (w, lines[0])
+    assert params.read_bytes() == before

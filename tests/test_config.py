@@ -6,8 +6,9 @@ import re
 import pytest
 import yaml
 
-from difflab.config import ConfigError, compose, load_params, validate, wandb_group
+from difflab.config import ConfigError, compose, load_params, validate
 from difflab.solvers import get_spec
+from difflab.tracking import wandb_group
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
 
@@ -99,6 +100,29 @@ def test_group_options_compose():
         ("evaluate.feature_extractor", "clip", ["clip", "inception"]),
         ("schedule.ve.params", {"sigma_max": -1.0}, ["sigma_max"]),
         ("schedule.flow.prediction", "noise", ["noise", "velocity"]),
+        ("schedule.vp_typo", {"params": {}}, ["schedule.vp_typo", "vp_cosine"]),
+        ("data.toy", "moons", ["data", "'toy'", "batch_size"]),
+        ("denoiser.depth", 0, ["denoiser.depth=0"]),
+        ("trainer.devices", 0, ["trainer.devices=0"]),
+        ("trainer.accelerator", "tpuu", ["trainer.accelerator='tpuu'", "cuda"]),
+        ("trainer.strategy", "dpp", ["trainer.strategy='dpp'", "ddp"]),
+        ("trainer.val_every_n_steps", 0, ["trainer.val_every_n_steps=0"]),
+        ("trainer.log_every_n_steps", -1, ["trainer.log_every_n_steps=-1"]),
+        ("trainer.sample_solver", "nope", ["trainer.sample_solver='nope'", "ddim"]),
+        ("optim.betas", [0.9, 1.0], ["optim.betas=[0.9, 1.0]", "[0, 1)"]),
+        ("optim.weight_decay", -1.0, ["optim.weight_decay=-1.0"]),
+        ("optim.warmup_steps", -1, ["optim.warmup_steps=-1"]),
+        ("optim.grad_clip", 0.0, ["optim.grad_clip=0.0", "null"]),
+        ("loss.weighting", "foo", ["loss", "foo", "min_snr"]),
+        ("ema.warmup", "yes", ["ema.warmup='yes'"]),
+        ("class_cond.num_classes", 3, ["class_cond.num_classes=3", "10"]),
+        ("sample.reference.rtol", 0.0, ["sample.reference.rtol=0.0", "> 0"]),
+        ("sample.reference.rtoll", 1e-3, ["sample.reference", "rtoll", "atol"]),
+        ("evaluate.nll_divergence", "approx", ["approx", "hutchinson"]),
+        ("wandb.project", "", ["wandb.project=''"]),
+        ("wandb.projekt", "x", ["wandb.projekt", "entity"]),
+        ("sample.seeed", 1, ["sample.seeed", "n_samples"]),
+        ("typo", 1, ["unknown key typo", "evaluate"]),
         ("sample.guidance_scale", 2.0, ["class_cond"]),
     ],
 )
@@ -177,3 +201,32 @@ def test_dvc_hydra_composition_equals_ours(tmp_path, experiment):
     out = tmp_path / "params.yaml"
     compose_and_dump(out, str(ROOT / "conf"), None, "config", str(tmp_path), [f"experiment={experiment}"])
     assert yaml.safe_load(out.read_text()) == compose([f"experiment={experiment}"])
+
+
+def test_sections_outside_the_current_lists_are_checked_too():
+    """`solver=ode` leaves pc out of `solvers`, `schedule=vp` leaves ve out of `schedules`: their
+    sections are still the solver's and the schedule's to check."""
+    cfg = compose(["solver=ode", "schedule=vp", "sample.options.pc.snr=-1"])
+    assert "pc" not in cfg["solvers"]
+    with pytest.raises(ConfigError, match=r"sample\.options\.pc\.snr=-1"):
+        validate(cfg)
+    cfg = compose(["schedule=vp", "schedule.ve.params.sigma_max=-1.0"])
+    assert "ve" not in cfg["schedules"]
+    with pytest.raises(ConfigError, match=r"schedule\.ve\.params\.sigma_max"):
+        validate(cfg)
+    with pytest.raises(ConfigError, match="unknown solver 'ddimm'.*rk45"):
+        validate(compose(["+sample.options.ddimm={}"]))
+
+
+def test_network_is_built_for_the_data_shape():
+    """The mnist U-Net (28x28, attention at 7) is checked against the data without training it."""
+    assert validate(compose(["experiment=mnist"]))
+    for override, words in (
+        ("denoiser.groups=7", "denoiser.groups=7"),
+        ("denoiser.heads=3", "denoiser.heads=3"),
+        ("denoiser.attn_resolutions=[5]", "(28, 14, 7)"),
+        ("denoiser.ch_mult=[1,2,2,2]", "divisible by 8"),
+    ):
+        with pytest.raises(ConfigError, match=re.escape(words)) as err:
+            validate(compose(["experiment=mnist", override]))
+        assert "\n" not in str(err.value)

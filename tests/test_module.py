@@ -3,6 +3,8 @@ load with weights_only=True, resume continues the step count, bad input fails ea
 
 from __future__ import annotations
 
+import copy
+import functools
 import json
 import os
 import pathlib
@@ -12,20 +14,14 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from difflab.config import compose
 from difflab.data.toy import ring_mixture
 from difflab.losses import DiffusionLoss
 from difflab.module import DiffusionModule, NonFiniteLossError
 from difflab.nets import build_net
 from difflab.parametrization import from_x0
-from difflab.schedules import SCHEDULES, get_schedule
+from difflab.schedules import get_schedule, schedule_class
 from difflab.training import load_denoiser, train
-
-SCHED_CFG = {
-    "vp_linear": {"params": {"beta_min": 0.1, "beta_max": 20.0}, "prediction": "eps"},
-    "vp_cosine": {"params": {"s": 0.008}, "prediction": "eps"},
-    "ve": {"params": {"sigma_min": 0.01, "sigma_max": 50.0}, "prediction": "edm"},
-    "flow": {"params": {}, "prediction": "velocity"},
-}
 
 
 @pytest.fixture(autouse=True)
@@ -37,26 +33,25 @@ def _one_thread():
     torch.set_num_threads(n)
 
 
+@functools.cache
+def _smoke() -> dict:
+    return compose(["experiment=smoke"])
+
+
 def tiny_cfg(**over) -> dict:
-    cfg = {
-        "experiment": "test",
-        "seed": 0,
-        "data": {"name": "toy2d", "toy": "gaussian_mixture", "n": 2000, "batch_size": 128},
-        "denoiser": {"name": "mlp", "width": 64, "depth": 2, "emb_dim": 32},
-        "schedule": SCHED_CFG,
-        "optim": {"lr": 3e-3, "warmup_steps": 5, "grad_clip": 1.0},
-        "ema": {"decay": 0.99},
-        "trainer": {
-            "max_steps": 200,
-            "val_every_n_steps": 100,
-            "accelerator": "cpu",
-            "log_every_n_steps": 10,
-        },
-        "class_cond": {"num_classes": 0, "label_dropout": 0.1},
-        "wandb": {"project": "difflab", "entity": None, "group": None},
-    }
+    """The smoke experiment as composed from conf/ (every key a stage reads), on 2000 toy points with a
+    small MLP, 200 steps; ``over`` updates sections (dicts are merged, except a new ``name``, which
+    names another dataset or network and replaces the section)."""
+    cfg = copy.deepcopy(_smoke())
+    cfg["experiment"] = "test"
+    cfg["data"] = {"name": "toy2d", "toy": "gaussian_mixture", "n": 2000, "batch_size": 128}
+    cfg["denoiser"] = {"name": "mlp", "width": 64, "depth": 2, "emb_dim": 32}
+    cfg["optim"].update(lr=3e-3, warmup_steps=5)
+    cfg["ema"]["decay"] = 0.99
+    cfg["trainer"].update(max_steps=200, val_every_n_steps=100, log_every_n_steps=10)
     for key, value in over.items():
-        cfg[key] = {**cfg[key], **value} if isinstance(value, dict) and key in cfg else value
+        merge = isinstance(value, dict) and key in cfg and "name" not in value
+        cfg[key] = {**cfg[key], **value} if merge else value
     return cfg
 
 
@@ -78,7 +73,7 @@ class _Oracle:
         return from_x0(self.prediction, x0, x, t, self.schedule, self.sigma_data)
 
 
-@pytest.mark.parametrize("schedule", SCHEDULES)
+@pytest.mark.parametrize("schedule", list(_smoke()["schedule"]))
 def test_tiny_training_lowers_the_loss(schedule, tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "disabled")
     cfg = tiny_cfg()
@@ -92,9 +87,10 @@ def test_tiny_training_lowers_the_loss(schedule, tmp_path, monkeypatch):
     before = _fixed_val_loss(untrained, data)
     best = _fixed_val_loss(_Oracle(untrained, ring_mixture()), data)
     metrics = train(cfg, schedule, tmp_path)
-    denoiser, hp = load_denoiser(tmp_path / "model.pt")
+    denoiser = load_denoiser(tmp_path)
     after = _fixed_val_loss(denoiser, data)
-    assert hp["schedule"]["name"] == schedule and hp["prediction"] == SCHED_CFG[schedule]["prediction"]
+    hp = denoiser.hparams
+    assert hp["schedule"]["name"] == schedule and hp["prediction"] == schedule_class(schedule).prediction
     assert metrics["steps"] == 200 and metrics["val_loss"] == pytest.approx(metrics["val_loss"])
     # the trained net closes most of the gap between the untrained loss and the exact denoiser's
     assert best < after < best + 0.4 * (before - best), (before, after, best)
@@ -118,7 +114,7 @@ def test_ema_checkpoint_resume_and_weights_only(tmp_path):
 
     grids = sorted(p.name for p in (tmp_path / "samples").iterdir())
     assert grids == ["step_000010.png", "step_000020.png"], grids
-    assert Image.open(tmp_path / "samples" / "step_000020.png").size == (10 * 9 + 1, 7 * 9 + 1)
+    assert Image.open(tmp_path / "samples" / "step_000020.png").size == (10 * 10 + 2, 7 * 10 + 2)
     ckpt = torch.load(tmp_path / "last.ckpt", map_location="cpu", weights_only=True)
     assert ckpt["global_step"] == 20
     ema = {k[4:]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
@@ -194,7 +190,7 @@ def test_module_hparams_are_plain_and_label_dropout():
         get_schedule("flow"),
         DiffusionLoss(),
         prediction="velocity",
-        optim={"lr": 1e-3},
+        lr=1e-3,
         num_classes=3,
         label_dropout=0.5,
     )
@@ -226,7 +222,8 @@ def test_classifier_free_guidance_shifts_class_frequencies():
         get_schedule("flow"),
         DiffusionLoss(),
         prediction="velocity",
-        optim={"lr": 3e-3, "warmup_steps": 10},
+        lr=3e-3,
+        warmup_steps=10,
         num_classes=2,
         label_dropout=0.2,
     )

@@ -3,72 +3,15 @@
 from __future__ import annotations
 
 import math
-import sys
 import types
 
 import numpy as np
 import pytest
 import torch
 
-from difflab import sampling
+from difflab import sampling, solvers
 from difflab.data.toy import GaussianMixture
 from difflab.schedules import get_schedule
-
-
-def _stub_solvers() -> types.ModuleType:
-    """A minimal ``difflab.solvers`` following SPEC (used only until the real module lands)."""
-    mod = types.ModuleType("difflab.solvers")
-
-    def randn_like(x, generator=None):
-        if isinstance(generator, (list, tuple)):
-            return torch.stack([torch.randn(x.shape[1:], generator=g, dtype=x.dtype) for g in generator])
-        return torch.randn(x.shape, generator=generator, dtype=x.dtype)
-
-    def grid_t(schedule, steps):
-        return torch.linspace(schedule.t_max, schedule.t_min, steps + 1, dtype=torch.float64)
-
-    def ddim(D, schedule, noise, steps, *, grid="uniform", generator=None, cond=None, eta=0.0):
-        ts = grid_t(schedule, steps)
-        x = schedule.sigma(ts[0]) * noise.double()
-        for t, s in zip(ts[:-1], ts[1:]):
-            x0 = D(x, t.expand(x.shape[0]), cond)
-            eps = (x - schedule.alpha(t) * x0) / schedule.sigma(t)
-            x = schedule.alpha(s) * x0 + schedule.sigma(s) * eps
-        return D(x, ts[-1].expand(x.shape[0]), cond)
-
-    def euler_maruyama(D, schedule, noise, steps, *, grid="uniform", generator=None, cond=None):
-        ts = grid_t(schedule, steps)
-        x = schedule.sigma(ts[0]) * noise.double()
-        for t, s in zip(ts[:-1], ts[1:]):
-            tt = t.expand(x.shape[0])
-            score = (schedule.alpha(t) * D(x, tt, cond) - x) / schedule.sigma(t) ** 2
-            dt = s - t
-            g2 = schedule.g2(t)
-            x = x + (schedule.f(t) * x - g2 * score) * dt + (g2 * -dt).sqrt() * randn_like(x, generator)
-        return D(x, ts[-1].expand(x.shape[0]), cond)
-
-    class CountingDenoiser:
-        def __init__(self, D):
-            self.D, self.nfe = D, 0
-
-        def __call__(self, x, t, cond=None):
-            self.nfe += 1
-            return self.D(x, t, cond)
-
-    def rk45(D, schedule, noise, steps, *, grid="uniform", generator=None, cond=None, **_):
-        return ddim(D, schedule, noise, 17, cond=cond)  # 18 evaluations: the counter must see them
-
-    solvers = {"ddim": ddim, "euler_maruyama": euler_maruyama, "rk45": rk45}
-
-    def get_solver(name):
-        if name not in solvers:
-            raise ValueError(f"unknown solver {name!r}; valid: {', '.join(solvers)}")
-        return solvers[name]
-
-    mod.get_solver, mod.randn_like, mod.CountingDenoiser = get_solver, randn_like, CountingDenoiser
-    mod.nfe = lambda name, steps: steps + 1
-    mod.SOLVERS = tuple(solvers)
-    return mod
 
 
 @pytest.fixture(autouse=True)
@@ -78,21 +21,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-@pytest.fixture(autouse=True)
-def solvers(monkeypatch):
-    try:
-        import difflab.solvers as real
-
-        return real
-    except ImportError:
-        stub = _stub_solvers()
-        monkeypatch.setitem(sys.modules, "difflab.solvers", stub)
-        import difflab
-
-        monkeypatch.setattr(difflab, "solvers", stub, raising=False)
-        return stub
 
 
 SHAPE = (1, 2, 2)
@@ -141,7 +69,7 @@ def test_rank_split_reassembles_the_single_process_result(setup, monkeypatch):
         torch.testing.assert_close(x_rank, full.x[indices], rtol=0, atol=1e-6)
 
 
-def test_nfe_and_timing_recorded(setup, solvers):
+def test_nfe_and_timing_recorded(setup):
     D, schedule = setup
     res = sampling.generate(D, schedule, "ddim", 5, 6, SHAPE, batch_size=4)
     assert res.nfe == solvers.nfe("ddim", 5)
@@ -264,11 +192,37 @@ def test_torch_distributed_two_ranks_match_one_process(setup, tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    if "difflab.solvers" in sys.modules and not hasattr(sys.modules["difflab.solvers"], "__file__"):
-        pytest.skip("needs the real difflab.solvers (spawned ranks cannot see the stub)")
     path = tmp_path / "x.pt"
     mp.spawn(_dist_worker, args=(2, port, str(path), (means, "vp_linear")), nprocs=2, join=True)
     D, schedule = setup
     single = sampling.generate(D, schedule, "ddim", 5, 13, SHAPE, seed=5, batch_size=13)
     torch.testing.assert_close(torch.load(path), single.x, rtol=0, atol=1e-6)
     assert math.isfinite(float(single.x.sum()))
+
+
+class _Conditional:
+    def __init__(self, num_classes):
+        self.net = types.SimpleNamespace(num_classes=num_classes)
+
+
+def test_conditioning_comes_from_the_denoiser():
+    cond = sampling.conditioning(_Conditional(3), 7, 2.0)
+    assert cond["labels"].tolist() == [0, 1, 2, 0, 1, 2, 0] and cond["null_label"] == 3
+    assert sampling.conditioning(_Conditional(3), 7, None) == {
+        "labels": None,
+        "guidance_scale": None,
+        "null_label": None,
+    }
+    with pytest.raises(ValueError, match="class-conditional"):
+        sampling.conditioning(_Conditional(0), 7, 2.0)
+
+
+def test_grid_is_enlarged_to_min_side(tmp_path):
+    from PIL import Image
+
+    images = torch.randint(0, 17, (4, 1, 8, 8), dtype=torch.uint8)
+    grid = sampling.tile_grid(images, 2, levels=17, padding=2)
+    assert grid.shape == (2 * 10 + 2, 2 * 10 + 2, 3) and grid[0].max() == 0  # padding is black
+    sampling.save_grid(tmp_path / "g.png", images, 2, levels=17, min_side=100)
+    with Image.open(tmp_path / "g.png") as im:
+        assert im.size == (22 * 4, 22 * 4)  # the largest integer factor with 22 k <= 100

@@ -1,4 +1,5 @@
-"""Callbacks: sample grids with a cheap solver, and a guard that stops on a non-finite loss."""
+"""Callbacks: the EMA of the weights (with a warmup), sample grids with a cheap solver, and a guard that
+stops on a non-finite loss."""
 
 from __future__ import annotations
 
@@ -8,10 +9,52 @@ import pathlib
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.callbacks import WeightAveraging
+from torch.optim.swa_utils import get_ema_avg_fn
 
 from difflab.module import NonFiniteLossError
 
 log = logging.getLogger(__name__)
+
+
+def check_ema(*, decay, warmup, update_starting_at_step) -> None:
+    """``decay`` in (0, 1), ``warmup`` true or false, ``update_starting_at_step`` null or an integer >= 0."""
+    ok = isinstance(decay, (int, float)) and not isinstance(decay, bool) and 0 < decay < 1
+    if not ok:
+        raise ValueError(f"decay={decay!r} must be a number in (0, 1)")
+    if not isinstance(warmup, bool):
+        raise ValueError(f"warmup={warmup!r} must be true or false")
+    start = update_starting_at_step
+    if start is not None and (isinstance(start, bool) or not isinstance(start, int) or start < 0):
+        raise ValueError(f"update_starting_at_step={start!r} must be null or an integer >= 0")
+
+
+def warmup_ema_avg_fn(decay: float):
+    """EMA update ``avg + (current - avg) (1 - d_n)`` with ``d_n = min(decay, (1 + n) / (10 + n))`` after n
+    updates, so a short run is not dominated by the initial weights."""
+
+    def avg_fn(averaged, current, num_averaged):
+        n = float(num_averaged)
+        d = min(decay, (1 + n) / (10 + n))
+        return averaged + (current - averaged) * (1 - d)
+
+    return avg_fn
+
+
+class EMA(WeightAveraging):
+    """An exponential moving average of the weights after every optimizer step (Lightning's
+    ``WeightAveraging``, which swaps the average in for validation and copies it into the module at the
+    end of training). ``warmup``: the decay ramps up as in ``warmup_ema_avg_fn``; updates start at
+    ``update_starting_at_step`` (None: at once)."""
+
+    def __init__(self, decay: float = 0.999, warmup: bool = True, update_starting_at_step: int | None = None):
+        check_ema(decay=decay, warmup=warmup, update_starting_at_step=update_starting_at_step)
+        avg_fn = warmup_ema_avg_fn(decay) if warmup else get_ema_avg_fn(decay)
+        super().__init__(avg_fn=avg_fn)
+        self.decay, self.warmup, self.update_starting_at_step = decay, warmup, update_starting_at_step
+
+    def should_update(self, step_idx: int | None = None, epoch_idx: int | None = None) -> bool:
+        return step_idx is not None and step_idx >= (self.update_starting_at_step or 0)
 
 
 class NonFiniteLossGuard(pl.Callback):
@@ -28,55 +71,31 @@ class NonFiniteLossGuard(pl.Callback):
             )
 
 
-def image_grid(x: torch.Tensor, nrow: int | None = None) -> torch.Tensor:
-    """``[N, C, H, W]`` in [-1, 1] -> ``[H', W', C]`` uint8 grid (1-pixel gaps)."""
-    N, C, H, W = x.shape
-    nrow = nrow or math.ceil(math.sqrt(N))
-    ncol = math.ceil(N / nrow)
-    grid = torch.full((C, ncol * (H + 1) + 1, nrow * (W + 1) + 1), -1.0)
-    for i in range(N):
-        r, c = divmod(i, nrow)
-        grid[:, 1 + r * (H + 1) : 1 + r * (H + 1) + H, 1 + c * (W + 1) : 1 + c * (W + 1) + W] = x[i]
-    return ((grid.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0)
-
-
 class SampleGrid(pl.Callback):
     """Every ``every_n_epochs`` epochs (and at the end of training) draw ``n`` samples of the EMA weights
-    with a cheap solver (``difflab.solvers`` ``solver``, default DDIM, ``steps`` steps on the ``grid``
-    time grid, fixed noise), save
-    ``out_dir/samples/step_XXXXXX.png`` and log the grid to W&B as ``samples/grid``. Image data only."""
+    with a cheap solver (``difflab.solvers`` ``solver``, ``steps`` steps on the ``grid`` time grid,
+    fixed noise), save ``out_dir/samples/step_XXXXXX.png`` (``difflab.sampling.save_grid``) and log
+    the grid to W&B as ``samples/grid``. Image data only (``[C, H, W]``); ``every_n_epochs = 0``: only
+    at the end."""
 
-    def __init__(
-        self,
-        out_dir,
-        every_n_epochs: int = 10,
-        n: int = 64,
-        steps: int = 20,
-        solver: str = "ddim",
-        grid: str = "logsnr",
-    ):
+    def __init__(self, out_dir, every_n_epochs: int, n: int, steps: int, solver: str, grid: str):
         self.out_dir = pathlib.Path(out_dir) / "samples"
-        self.every, self.n, self.steps, self.solver = max(1, int(every_n_epochs)), int(n), int(steps), solver
-        self.grid = grid
-        self._last_step, self._next_epoch = -1, self.every
+        self.every, self.n, self.steps, self.solver, self.grid = every_n_epochs, n, steps, solver, grid
+        self._last_step, self._next_epoch = -1, every_n_epochs
 
     def on_validation_epoch_end(self, trainer, pl_module):  # runs while EMA weights are swapped in
         # validation runs every N steps, so check "at least `every` epochs since the last grid"
-        if trainer.sanity_checking or trainer.current_epoch + 1 < self._next_epoch:
+        if self.every == 0 or trainer.sanity_checking or trainer.current_epoch + 1 < self._next_epoch:
             return
         self._next_epoch = trainer.current_epoch + 1 + self.every
         self.draw(trainer, pl_module)
 
     def draw(self, trainer, pl_module):
-        if not trainer.is_global_zero or trainer.global_step == self._last_step:
-            return
-        shape = getattr(pl_module.net, "data_shape", None)
-        if shape is None or len(shape) != 3:
-            return
-        try:
-            from difflab.solvers import get_solver
-        except ImportError as e:  # solvers land in a parallel change; grids are a convenience
-            log.warning("sample grid skipped: %s", e)
+        from difflab.sampling import save_grid, tile_grid, to_levels
+        from difflab.solvers import get_solver
+
+        shape = pl_module.net.data_shape
+        if not trainer.is_global_zero or trainer.global_step == self._last_step or len(shape) != 3:
             return
         self._last_step = trainer.global_step
         gen = torch.Generator().manual_seed(0)
@@ -90,19 +109,11 @@ class SampleGrid(pl.Callback):
             solver = get_solver(self.solver)
             x0 = solver(pl_module.denoiser, pl_module.schedule, noise, self.steps, grid=self.grid, cond=cond)
         pl_module.train(was_training)
-        grid = image_grid(x0.float().cpu(), nrow=pl_module.num_classes or None)
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        path = self.out_dir / f"step_{trainer.global_step:06d}.png"
-        _save_png(grid, path)
+        images = to_levels(x0.float().cpu(), 256)
+        nrow = pl_module.num_classes or None
+        save_grid(self.out_dir / f"step_{trainer.global_step:06d}.png", images, nrow, levels=256)
         for logger in trainer.loggers:
             if hasattr(logger, "log_image"):
-                logger.log_image("samples/grid", [grid.numpy()], step=trainer.global_step)
-
-
-def _save_png(grid: torch.Tensor, path: pathlib.Path) -> None:
-    from PIL import Image
-
-    arr = grid.numpy()
-    tmp = path.with_suffix(".tmp.png")
-    Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr).save(tmp)
-    tmp.replace(path)
+                logger.log_image(
+                    "samples/grid", [tile_grid(images, nrow, levels=256)], step=trainer.global_step
+                )

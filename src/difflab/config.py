@@ -4,18 +4,20 @@
 ``dvc exp run -S ...``; ``validate(cfg)`` rejects bad values with one clear line (a
 ``ConfigError``, a ``ValueError``) before any stage does work; ``load_params`` reads and validates
 ``params.yaml``; ``write_params`` writes it atomically. Library entry points take the plain dict
-and read only their own keys (see the keys below and each owner's docstring).
+and read only their own keys (see each owner's docstring).
 
-Keys read here: ``experiment``, ``seed``, ``schedules``, ``solvers``, ``data.name``,
-``schedule.<name>.{params, prediction}``, ``sample.*``, ``evaluate.*``, ``class_cond.num_classes``,
-``wandb.*``.
+Validation asks the owners: names are their registries' keys (schedules, solvers, grids, datasets,
+networks, predictions, feature extractors, divergences), read when validating, so a schedule or a
+solver registered at run time validates too; this module keeps no copies.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 import os
-from collections.abc import Sequence
+import re
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import yaml
@@ -28,12 +30,6 @@ PARAMS_HEADER = (
     "# Composed from conf/ by `python pipeline/compose.py` (or `dvc exp run -S ...`): edit conf/.\n"
 )
 
-# Names the pipeline accepts; the schedule and solver names come from the library (SPEC).
-DATASETS = ("toy2d", "digits", "mnist", "cifar10", "imagefolder")
-GRIDS = ("uniform", "logsnr", "edm")
-FEATURE_EXTRACTORS = ("classifier", "inception")
-DIVERGENCES = ("exact", "hutchinson")
-
 
 class ConfigError(ValueError):
     """A bad configuration value: one line naming the key, the value and what is allowed."""
@@ -43,7 +39,8 @@ def compose(overrides: Sequence[str] = (), conf_dir: str | os.PathLike | None = 
     """Compose ``conf/config.yaml`` with Hydra overrides (``["experiment=mnist", "seed=1"]``).
 
     Returns a plain, resolved dict; ``wandb.group`` stays as composed (``None`` means the
-    experiment name, see ``wandb_group``). Raises ``ConfigError`` for an override Hydra rejects.
+    experiment name, see ``difflab.tracking.wandb_group``). Raises ``ConfigError`` for an override
+    Hydra rejects.
     """
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
@@ -61,6 +58,7 @@ def compose(overrides: Sequence[str] = (), conf_dir: str | os.PathLike | None = 
     return OmegaConf.to_container(cfg, resolve=True)
 
 
+# -- small checks --------------------------------------------------------------------------------
 def _is_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
@@ -76,6 +74,22 @@ def _need(cfg: dict, dotted: str):
             raise ConfigError(f"params: missing key {dotted!r}")
         node = node[part]
     return node
+
+
+def _mapping(cfg: dict, dotted: str) -> dict:
+    node = _need(cfg, dotted)
+    if not isinstance(node, dict):
+        raise ConfigError(f"params: {dotted} must be a mapping, got {node!r}")
+    return node
+
+
+def _known_keys(node: dict, where: str, allowed: Iterable[str]) -> None:
+    """Every key of ``node`` (the section ``where``) is one of ``allowed``."""
+    allowed = list(allowed)
+    for key in node:
+        if key not in allowed:
+            prefix = f"{where}." if where else ""
+            raise ConfigError(f"params: unknown key {prefix}{key}; allowed: {', '.join(allowed)}")
 
 
 def _names(cfg: dict, key: str, allowed: Sequence[str], what: str) -> list[str]:
@@ -104,43 +118,178 @@ def _choice(cfg: dict, key: str, allowed: Sequence[str]) -> str:
     return v
 
 
-def validate(cfg: dict) -> dict:
-    """Check every value the pipeline reads; return ``cfg`` unchanged or raise one ``ConfigError``.
+def _owner_error(where: str, e: Exception, keys: Iterable[str] = ()) -> ConfigError:
+    """The owning module's one-line ``ValueError`` as a ``ConfigError`` naming the section: a message
+    starting ``key=value`` becomes ``where.key=value ...``, any other ``where: message``."""
+    msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    msg = re.sub(r"^\w+: (?=(option )?\w+=)", "", msg)  # owners that name their section or solver
+    leaf = where.rsplit(".", 1)[-1]
+    if msg.startswith(f"{leaf}: "):
+        msg = msg[len(leaf) + 2 :]
+    match = re.match(r"(?:option )?(\w+)=", msg)
+    if match and match.group(1) in keys:
+        return ConfigError(f"params: {where}.{msg.removeprefix('option ')}")
+    return ConfigError(f"params: {where}: {msg}")
 
-    Checked: schedule names (``difflab.schedules.SCHEDULES``) and their parameters (built once),
-    the prediction types, solver names (``difflab.solvers.SOLVERS``) and that each has an options
-    entry, the dataset name, step counts (integers > 0), sample sizes, the grid, the feature
-    extractor, NLL settings, guidance (needs ``class_cond.num_classes`` > 0).
-    """
-    from difflab.parametrization import PREDICTIONS
-    from difflab.schedules import SCHEDULES, get_schedule
-    from difflab.solvers import SOLVERS
 
-    if not isinstance(cfg, dict):
-        raise ConfigError(f"params: expected a mapping at the top level, got {type(cfg).__name__}")
+def _ask(cfg: dict, section: str, checker: Callable) -> dict:
+    """Check section ``section`` with its owner's ``checker`` (a function or a class), whose keyword
+    parameters are the section's keys (those without a default are required): unknown or missing
+    keys, then the values."""
+    values = _mapping(cfg, section)
+    params = {
+        k: p
+        for k, p in inspect.signature(checker).parameters.items()
+        if k != "self" and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
+    }
+    _known_keys(values, section, params)
+    for key, p in params.items():
+        if key not in values and p.default is p.empty:
+            raise ConfigError(f"params: missing key {section}.{key}")
+    try:
+        checker(**values)
+    except ValueError as e:
+        raise _owner_error(section, e, params) from None
+    return values
+
+
+# -- one checker per section ---------------------------------------------------------------------
+SECTIONS = (
+    "experiment",
+    "seed",
+    "data",
+    "denoiser",
+    "trainer",
+    "schedules",
+    "schedule",
+    "solvers",
+    "sample",
+    "loss",
+    "optim",
+    "ema",
+    "class_cond",
+    "evaluate",
+    "wandb",
+)
+
+
+def _check_run(cfg: dict) -> None:
     experiment = _need(cfg, "experiment")
     if not isinstance(experiment, str) or not experiment:
         raise ConfigError(f"params: experiment={experiment!r} must be a non-empty name")
     if not _is_int(_need(cfg, "seed")):
         raise ConfigError(f"params: seed={cfg['seed']!r} must be an integer")
-    _choice(cfg, "data.name", DATASETS)
 
-    for name in _names(cfg, "schedules", SCHEDULES, "schedule"):
-        entry = _need(cfg, f"schedule.{name}")
-        params = entry.get("params") or {} if isinstance(entry, dict) else None
+
+def _check_data(cfg: dict) -> tuple[tuple[int, ...], int | None]:
+    """The dataset (``data.datamodules.check_data``, nothing loaded): its shape and classes."""
+    from difflab.data.datamodules import check_data
+
+    data = _mapping(cfg, "data")
+    try:
+        return check_data(data)
+    except ValueError as e:
+        raise _owner_error("data", e, data) from None
+
+
+def _check_training(cfg: dict, data_shape: tuple[int, ...], data_classes: int | None) -> None:
+    """Class conditioning, the network (built on the meta device for the data's shape), the loss,
+    the optimiser, the EMA and the trainer, each asked of the module that reads it."""
+    from difflab.callbacks import check_ema
+    from difflab.losses import DiffusionLoss
+    from difflab.module import check_conditioning
+    from difflab.nets import check_net
+    from difflab.training import check_optim, check_trainer
+
+    num_classes = _ask(cfg, "class_cond", check_conditioning)["num_classes"]
+    if data_classes is not None and num_classes not in (0, data_classes):
+        raise ConfigError(
+            f"params: class_cond.num_classes={num_classes} does not match dataset {cfg['data']['name']!r} "
+            f"with {data_classes} classes; allowed: 0 (unconditional) or {data_classes}"
+        )
+    denoiser = _mapping(cfg, "denoiser")
+    try:
+        check_net(denoiser, data_shape, num_classes)
+    except ValueError as e:
+        raise _owner_error("denoiser", e, denoiser) from None
+    _ask(cfg, "loss", DiffusionLoss)
+    _ask(cfg, "optim", check_optim)
+    _ask(cfg, "ema", check_ema)
+    _ask(cfg, "trainer", check_trainer)
+
+
+SCHEDULE_KEYS = ("params", "prediction")  # what training reads of schedule.<name> (``training.build_module``)
+
+
+def _check_schedules(cfg: dict) -> None:
+    """Every ``schedule.<name>`` section, listed in ``schedules`` or not: a registered schedule built
+    with its ``params``, and an optional ``prediction`` (default: the schedule's own)."""
+    from difflab.parametrization import PREDICTIONS
+    from difflab.schedules import get_schedule, schedule_names
+
+    registered = schedule_names()
+    sections = _mapping(cfg, "schedule")
+    for name in _names(cfg, "schedules", registered, "schedule"):
+        _need(cfg, f"schedule.{name}")
+    for name in sections:
+        if name not in registered:
+            raise ConfigError(
+                f"params: schedule.{name}: unknown schedule {name!r}; allowed: {', '.join(registered)}"
+            )
+        entry = _mapping(cfg, f"schedule.{name}")
+        _known_keys(entry, f"schedule.{name}", SCHEDULE_KEYS)
+        params = entry.get("params") or {}
         if not isinstance(params, dict):
             raise ConfigError(f"params: schedule.{name}.params must be a mapping, got {params!r}")
         try:
             get_schedule(name, **params)
         except ValueError as e:
-            raise ConfigError(f"params: schedule.{name}.params: {e}") from None
-        _choice(cfg, f"schedule.{name}.prediction", PREDICTIONS)
+            raise _owner_error(f"schedule.{name}.params", e, params) from None
+        if entry.get("prediction") is not None:
+            _choice(cfg, f"schedule.{name}.prediction", PREDICTIONS)
 
+
+def _check_solvers(cfg: dict) -> None:
+    """``solvers`` are registered and each has an options section; every ``sample.options.<name>``
+    section, listed or not, is a registered solver's and its spec accepts it."""
+    from difflab.solvers import SOLVERS, get_spec
+
+    options = _mapping(cfg, "sample.options")
     for name in _names(cfg, "solvers", SOLVERS, "solver"):
-        options = _need(cfg, f"sample.options.{name}")
-        if not isinstance(options, dict):
-            raise ConfigError(f"params: sample.options.{name} must be a mapping (use {{}} for none)")
+        if name not in options:
+            raise ConfigError(f"params: missing key 'sample.options.{name}' (use {{}} for the defaults)")
+    for name, section in options.items():
+        if name not in SOLVERS:
+            raise ConfigError(
+                f"params: sample.options.{name}: unknown solver {name!r}; allowed: {', '.join(SOLVERS)}"
+            )
+        if not isinstance(section, dict):
+            raise ConfigError(f"params: sample.options.{name} must be a mapping (use {{}} for the defaults)")
+        spec = get_spec(name)
+        try:
+            spec.check_options(section)
+        except ValueError as e:
+            raise _owner_error(f"sample.options.{name}", e, spec.options) from None
 
+
+SAMPLE_KEYS = (
+    "options",
+    "steps",
+    "grid",
+    "n_samples",
+    "batch_size",
+    "seed",
+    "guidance_scale",
+    "solver_error_samples",
+    "reference",
+)
+
+
+def _check_sample(cfg: dict) -> None:
+    """The sample stages' settings; ``sample.reference`` holds options of the reference solver rk45."""
+    from difflab.solvers import GRIDS, get_spec
+
+    _known_keys(_mapping(cfg, "sample"), "sample", SAMPLE_KEYS)
     steps = _need(cfg, "sample.steps")
     if not isinstance(steps, list) or not steps:
         raise ConfigError(f"params: sample.steps={steps!r} must be a non-empty list of integers > 0")
@@ -155,19 +304,38 @@ def validate(cfg: dict) -> dict:
     _positive_int(cfg, "sample.solver_error_samples", minimum=0)
     if not _is_int(_need(cfg, "sample.seed")):
         raise ConfigError(f"params: sample.seed={cfg['sample']['seed']!r} must be an integer")
-    for key in ("rtol", "atol"):
-        v = _need(cfg, f"sample.reference.{key}")
-        if not _is_number(v) or v <= 0:
-            raise ConfigError(f"params: sample.reference.{key}={v!r} must be a number > 0")
+    reference = _mapping(cfg, "sample.reference")
+    try:
+        get_spec("rk45").check_options(reference)
+    except ValueError as e:
+        raise _owner_error("sample.reference", e, reference) from None
     guidance = _need(cfg, "sample.guidance_scale")
     if guidance is not None:
         if not _is_number(guidance):
             raise ConfigError(f"params: sample.guidance_scale={guidance!r} must be null or a number")
-        if int(cfg.get("class_cond", {}).get("num_classes", 0) or 0) <= 0:
+        if cfg["class_cond"]["num_classes"] == 0:
             raise ConfigError(
                 "params: sample.guidance_scale needs a class-conditional model (class_cond.num_classes > 0)"
             )
 
+
+EVALUATE_KEYS = (
+    "feature_extractor",
+    "classifier_epochs",
+    "bootstrap",
+    "kid_subset_size",
+    "nll_images",
+    "nll_divergence",
+    "nll_probes",
+    "nll_t_min",
+)
+
+
+def _check_evaluate(cfg: dict) -> None:
+    from difflab.likelihood import DIVERGENCES
+    from difflab.metrics.fid import FEATURE_EXTRACTORS
+
+    _known_keys(_mapping(cfg, "evaluate"), "evaluate", EVALUATE_KEYS)
     _choice(cfg, "evaluate.feature_extractor", FEATURE_EXTRACTORS)
     _positive_int(cfg, "evaluate.classifier_epochs")
     _positive_int(cfg, "evaluate.bootstrap", minimum=0)
@@ -182,9 +350,34 @@ def validate(cfg: dict) -> dict:
     nll_t_min = _need(cfg, "evaluate.nll_t_min")
     if nll_t_min is not None and (not _is_number(nll_t_min) or not 0 <= nll_t_min < 0.5):
         raise ConfigError(f"params: evaluate.nll_t_min={nll_t_min!r} must be null or a number in [0, 0.5)")
-    project = _need(cfg, "wandb.project")
-    if not isinstance(project, str) or not project:
-        raise ConfigError(f"params: wandb.project={project!r} must be a non-empty name")
+
+
+def validate(cfg: dict) -> dict:
+    """Check every value a stage reads; return ``cfg`` unchanged or raise one ``ConfigError`` (one line
+    naming the key, the value and what is allowed).
+
+    Each section is asked of the module that reads it: the dataset (``check_data``), the network
+    (built on the meta device for the data's shape), the loss, optimiser, EMA and trainer
+    (``losses.DiffusionLoss``, ``training.check_optim``, ``callbacks.check_ema``,
+    ``training.check_trainer``), every schedule section (``get_schedule``), every solver options
+    section (the solver's spec), W&B (``tracking.check_wandb``); the pipeline's own ``sample`` and
+    ``evaluate`` keys are checked here. Unknown keys are errors listing the allowed ones.
+    """
+    from difflab.tracking import check_wandb
+
+    if not isinstance(cfg, dict):
+        raise ConfigError(f"params: expected a mapping at the top level, got {type(cfg).__name__}")
+    _known_keys(cfg, "", SECTIONS)
+    for key in SECTIONS:
+        _need(cfg, key)
+    _check_run(cfg)
+    data_shape, data_classes = _check_data(cfg)
+    _check_training(cfg, data_shape, data_classes)
+    _check_schedules(cfg)
+    _check_solvers(cfg)
+    _check_sample(cfg)
+    _check_evaluate(cfg)
+    _ask(cfg, "wandb", check_wandb)
     return cfg
 
 
@@ -209,8 +402,3 @@ def write_params(cfg: dict, path: str | os.PathLike = "params.yaml") -> Path:
     text = dump_params(cfg)
     atomic_write(path, lambda tmp: tmp.write_text(text))
     return path
-
-
-def wandb_group(cfg: dict) -> str:
-    """The W&B group of every run of this experiment: ``wandb.group``, else the experiment name."""
-    return (cfg.get("wandb") or {}).get("group") or cfg["experiment"]

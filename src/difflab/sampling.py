@@ -24,6 +24,7 @@ from difflab.io import atomic_write
 
 __all__ = [
     "SampleResult",
+    "conditioning",
     "generate",
     "sample_generators",
     "to_levels",
@@ -31,6 +32,7 @@ __all__ = [
     "save_samples",
     "load_samples",
     "save_grid",
+    "tile_grid",
 ]
 
 
@@ -95,6 +97,24 @@ def _check_generate_args(solver, n, shape, batch_size, labels, guidance_scale, n
             raise ValueError("guidance_scale needs class labels and the model's null_label")
         if not math.isfinite(float(guidance_scale)):
             raise ValueError(f"guidance_scale={guidance_scale!r} must be a finite number")
+
+
+def conditioning(denoiser, n: int, guidance_scale: float | None) -> dict:
+    """``generate``'s conditioning arguments for ``n`` samples of a trained denoiser: with a
+    ``guidance_scale``, balanced class labels ``i % num_classes`` and the null label ``num_classes``
+    (the network's ``num_classes``; guidance needs a class-conditional network); without, none."""
+    num_classes = int(denoiser.net.num_classes)
+    if guidance_scale is None:
+        return {"labels": None, "guidance_scale": None, "null_label": None}
+    if num_classes == 0:
+        raise ValueError(
+            f"guidance_scale={guidance_scale} needs a class-conditional model; this one has no classes"
+        )
+    return {
+        "labels": torch.arange(n) % num_classes,
+        "guidance_scale": guidance_scale,
+        "null_label": num_classes,
+    }
 
 
 @torch.no_grad()
@@ -258,17 +278,42 @@ def load_samples(path) -> dict:
     return out
 
 
-def save_grid(
-    path_png, images: Tensor, nrow: int | None = None, *, levels: int = 256, padding: int = 2
-) -> None:
-    """PNG grid (atomic) of images ``[N, C, H, W]`` (C = 1 or 3) holding levels ``{0..levels-1}``."""
-    from PIL import Image
-    from torchvision.utils import make_grid
+def tile_grid(images: Tensor, nrow: int | None = None, *, levels: int = 256, padding: int = 2) -> np.ndarray:
+    """Images ``[N, C, H, W]`` (C = 1 or 3) of levels ``{0..levels-1}`` -> one uint8 RGB grid
+    ``[H', W', 3]``, ``nrow`` images per row (default: about square), ``padding`` black pixels between."""
+    if not torch.is_tensor(images) or images.ndim != 4 or images.shape[1] not in (1, 3):
+        raise ValueError(f"a grid needs images [N, 1 or 3, H, W], got {tuple(getattr(images, 'shape', ()))}")
+    u8 = levels_to_uint8_images(images, levels).numpy()
+    if u8.shape[1] == 1:
+        u8 = np.repeat(u8, 3, axis=1)
+    n, _, h, w = u8.shape
+    nrow = nrow or max(1, math.ceil(math.sqrt(n)))
+    ncol = math.ceil(n / nrow)
+    grid = np.zeros((ncol * (h + padding) + padding, nrow * (w + padding) + padding, 3), np.uint8)
+    for i in range(n):
+        r, q = divmod(i, nrow)
+        y, x = padding + r * (h + padding), padding + q * (w + padding)
+        grid[y : y + h, x : x + w] = u8[i].transpose(1, 2, 0)
+    return grid
 
-    if torch.is_tensor(images) and images.ndim == 4 and images.shape[1] not in (1, 3):
-        raise ValueError(f"save_grid needs 1 or 3 channels, got shape {tuple(images.shape)}")
-    u8 = levels_to_uint8_images(images, levels)
-    nrow = nrow or max(1, int(math.ceil(math.sqrt(u8.shape[0]))))
-    grid = make_grid(u8, nrow=nrow, padding=padding, pad_value=0)  # [3, H', W'] uint8
-    Image_ = Image.fromarray(grid.permute(1, 2, 0).numpy())
-    atomic_write(path_png, lambda tmp: Image_.save(tmp, format="PNG"))
+
+def save_grid(
+    path_png,
+    images: Tensor,
+    nrow: int | None = None,
+    *,
+    levels: int = 256,
+    padding: int = 2,
+    min_side: int = 0,
+) -> None:
+    """PNG grid (atomic) of images ``[N, C, H, W]`` (C = 1 or 3) holding levels ``{0..levels-1}``
+    (``tile_grid``), enlarged by the integer factor (nearest neighbour) that brings its longer side
+    closest to ``min_side`` from below (0: as is). The one sample-grid writer of the library."""
+    from PIL import Image
+
+    grid = tile_grid(images, nrow, levels=levels, padding=padding)
+    scale = max(1, min_side // max(grid.shape[:2]))
+    image = Image.fromarray(grid)
+    if scale > 1:
+        image = image.resize((image.width * scale, image.height * scale), Image.NEAREST)
+    atomic_write(path_png, lambda tmp: image.save(tmp, format="PNG"))

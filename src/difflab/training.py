@@ -1,62 +1,150 @@
 """Train one schedule's denoiser from the composed config (a plain dict), and load it back.
 
-``train(cfg, schedule_name, out_dir)`` wires data, network, schedule, loss and the LightningModule
-with Lightning's Trainer and callbacks (EMA, checkpoints, sample grids, non-finite-loss guard) and a
-W&B logger; ``load_denoiser(out_dir / "model.pt")`` rebuilds the trained ``Denoiser`` without Lightning.
+``train(cfg, schedule_name, out_dir)`` builds the data, the ``DiffusionModule`` (network, schedule,
+loss) and the Trainer (EMA, checkpoints, sample grids, non-finite-loss guard, W&B logger), fits or
+resumes, and saves; ``load_denoiser(out_dir)`` rebuilds the trained ``Denoiser`` without Lightning.
+``check_trainer`` and ``check_optim`` say which ``trainer`` and ``optim`` values are allowed; every
+value comes from the config (conf/ holds the defaults).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import pathlib
 import time
+import typing
 
 import torch
 
 from difflab.io import atomic_write
-from difflab.losses import DiffusionLoss, default_prediction
+from difflab.losses import DiffusionLoss
+from difflab.module import check_optimizer
 from difflab.nets import build_net
-from difflab.parametrization import SIGMA_DATA, Denoiser
-from difflab.schedules import SCHEDULES, get_schedule
+from difflab.parametrization import Denoiser
+from difflab.schedules import get_schedule, schedule_class
 
 log = logging.getLogger(__name__)
 
-DEFAULTS = {
-    "loss": {"time_sampling": "stratified", "weighting": "unit", "min_snr_gamma": 5.0},
-    "optim": {"lr": 2e-4, "weight_decay": 0.0, "betas": [0.9, 0.999], "warmup_steps": 100, "grad_clip": 1.0},
-    "ema": {"decay": 0.999, "warmup": True, "update_starting_at_step": None},
-    "trainer": {
-        "max_steps": 1000,
-        "accelerator": "auto",
-        "devices": 1,
-        "num_nodes": 1,
-        "strategy": "auto",
-        "precision": None,  # None: bf16-mixed on GPU, 32-true on CPU
-        "val_every_n_steps": 250,
-        "limit_val_batches": 1.0,
-        "log_every_n_steps": 50,
-        "sample_every_n_epochs": 0,  # 0: only at the end of training
-        "sample_solver": "ddim",
-        "sample_steps": 20,
-        "sample_grid": "logsnr",
-        "sample_n": 64,
-        "channels_last": False,
-        "compile": False,
-        "enable_progress_bar": False,
-        "deterministic": False,
-    },
-    "class_cond": {"num_classes": 0, "label_dropout": 0.1},
-}
+
+# -- what the config may say ---------------------------------------------------------------------
+def _int_at_least(key: str, value, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{key}={value!r} must be an integer >= {low}")
 
 
-def _section(cfg: dict, key: str) -> dict:
-    return {**DEFAULTS.get(key, {}), **dict(cfg.get(key) or {})}
+def _flag(key: str, value) -> None:
+    if not isinstance(value, bool):
+        raise ValueError(f"{key}={value!r} must be true or false")
 
 
-def _on_gpu(trainer_cfg: dict) -> bool:
-    acc = trainer_cfg["accelerator"]
-    return acc in ("gpu", "cuda") or (acc == "auto" and torch.cuda.is_available())
+def lightning_choices() -> dict[str, tuple]:
+    """The precisions, accelerators and strategies Lightning knows (its Trainer's ``precision``
+    type and its accelerator and strategy registries), each with ``"auto"`` where Lightning takes it."""
+    import lightning.pytorch as pl
+    from lightning.pytorch.accelerators import AcceleratorRegistry
+    from lightning.pytorch.strategies import StrategyRegistry
+
+    def literals(annotation) -> list:
+        if typing.get_origin(annotation) is typing.Literal:
+            return list(typing.get_args(annotation))
+        return [v for arg in typing.get_args(annotation) for v in literals(arg)]
+
+    precision = typing.get_type_hints(pl.Trainer.__init__)["precision"]
+    return {
+        "precision": tuple(literals(precision)),
+        "accelerator": ("auto", "gpu", *sorted(AcceleratorRegistry.available_accelerators())),
+        "strategy": ("auto", *StrategyRegistry.available_strategies()),
+    }
+
+
+def check_trainer(
+    *,
+    max_steps,
+    accelerator,
+    devices,
+    num_nodes,
+    strategy,
+    precision,
+    val_every_n_steps,
+    limit_val_batches,
+    log_every_n_steps,
+    sample_every_n_epochs,
+    sample_solver,
+    sample_steps,
+    sample_grid,
+    sample_n,
+    channels_last,
+    compile,
+    enable_progress_bar,
+    deterministic,
+) -> None:
+    """The ``trainer`` section: steps and intervals >= 1 (``sample_every_n_epochs`` 0 = grids only at
+    the end), a precision, accelerator and strategy Lightning knows, ``devices`` an integer >= 1, -1
+    (all), ``"auto"`` or a list of device indices; the sample-grid solver and grid registered names.
+    ``ValueError`` naming the bad key."""
+    from difflab.solvers import GRIDS, SOLVERS
+
+    for key, value in (
+        ("max_steps", max_steps),
+        ("num_nodes", num_nodes),
+        ("val_every_n_steps", val_every_n_steps),
+        ("log_every_n_steps", log_every_n_steps),
+        ("sample_steps", sample_steps),
+        ("sample_n", sample_n),
+    ):
+        _int_at_least(key, value, 1)
+    _int_at_least("sample_every_n_epochs", sample_every_n_epochs, 0)
+    fraction = isinstance(limit_val_batches, float) and 0 < limit_val_batches <= 1
+    count = isinstance(limit_val_batches, int) and not isinstance(limit_val_batches, bool)
+    if not (fraction or (count and limit_val_batches >= 1)):
+        raise ValueError(
+            f"limit_val_batches={limit_val_batches!r} must be a fraction in (0, 1] or a batch count >= 1"
+        )
+    is_index = lambda d: isinstance(d, int) and not isinstance(d, bool) and d >= 0  # noqa: E731
+    devices_ok = (
+        devices == "auto"
+        or (isinstance(devices, int) and not isinstance(devices, bool) and (devices >= 1 or devices == -1))
+        or (isinstance(devices, list) and devices and all(is_index(d) for d in devices))
+    )
+    if not devices_ok:
+        raise ValueError(
+            f"devices={devices!r} must be an integer >= 1, -1 (all), 'auto' or a list of indices"
+        )
+    for key, value in (("precision", precision), ("accelerator", accelerator), ("strategy", strategy)):
+        allowed = lightning_choices()[key]
+        if isinstance(value, bool) or value not in allowed:
+            raise ValueError(
+                f"{key}={value!r} is not one Lightning knows; allowed: {', '.join(map(repr, allowed))}"
+            )
+    if sample_solver not in SOLVERS:
+        raise ValueError(f"sample_solver={sample_solver!r} is not a solver; allowed: {', '.join(SOLVERS)}")
+    if sample_grid not in GRIDS:
+        raise ValueError(f"sample_grid={sample_grid!r} is not a grid; allowed: {', '.join(GRIDS)}")
+    for key, value in (
+        ("channels_last", channels_last),
+        ("compile", compile),
+        ("enable_progress_bar", enable_progress_bar),
+        ("deterministic", deterministic),
+    ):
+        _flag(key, value)
+
+
+def check_optim(*, lr, betas, weight_decay, warmup_steps, grad_clip) -> None:
+    """The ``optim`` section: AdamW's settings (``module.check_optimizer``) and ``grad_clip``, the
+    gradient-norm clip the Trainer applies (null = none, else a number > 0)."""
+    check_optimizer(lr=lr, betas=betas, weight_decay=weight_decay, warmup_steps=warmup_steps)
+    ok = isinstance(grad_clip, (int, float)) and not isinstance(grad_clip, bool) and math.isfinite(grad_clip)
+    if grad_clip is not None and not (ok and grad_clip > 0):
+        raise ValueError(f"grad_clip={grad_clip!r} must be null (no clipping) or a number > 0")
+
+
+# -- building ------------------------------------------------------------------------------------
+def prediction_of(schedule_name: str, schedule_cfg: dict) -> str:
+    """The network's target: ``schedule.<name>.prediction`` where the config sets it, else the
+    schedule's customary one (``Schedule.prediction``)."""
+    return schedule_cfg.get("prediction") or schedule_class(schedule_name).prediction
 
 
 def build_module(
@@ -65,53 +153,103 @@ def build_module(
     """The ``DiffusionModule`` for ``schedule_name`` from the config (no data, no Trainer)."""
     from difflab.module import DiffusionModule
 
-    if schedule_name not in SCHEDULES:
-        raise ValueError(f"unknown schedule {schedule_name!r}; valid schedules: {', '.join(SCHEDULES)}")
-    sched_cfg = dict((cfg.get("schedule") or {}).get(schedule_name) or {})
+    schedule_class(schedule_name)  # ValueError listing the schedules for an unknown name
+    sched_cfg = dict(cfg["schedule"][schedule_name])
     schedule = get_schedule(schedule_name, **dict(sched_cfg.get("params") or {}))
-    prediction = sched_cfg.get("prediction") or default_prediction(schedule_name)
-    loss_cfg = _section(cfg, "loss")
-    loss = DiffusionLoss(loss_cfg["time_sampling"], loss_cfg["weighting"], loss_cfg["min_snr_gamma"])
+    loss = DiffusionLoss.for_schedule(schedule, **cfg["loss"])
     net_cfg = _plain(dict(cfg["denoiser"]))
     net = build_net(net_cfg, data_shape, num_classes)
-    cc = _section(cfg, "class_cond")
     hparams = {
         "denoiser": net_cfg,
         "data_shape": [int(s) for s in data_shape],
         "num_classes": int(num_classes),
         **(extra_hparams or {}),
     }
+    optimizer = {k: v for k, v in cfg["optim"].items() if k != "grad_clip"}  # grad_clip: the Trainer's
     return DiffusionModule(
         net,
         schedule,
         loss,
-        prediction=prediction,
-        optim=_plain(_section(cfg, "optim")),
+        prediction=prediction_of(schedule_name, sched_cfg),
+        **optimizer,
         num_classes=num_classes,
-        label_dropout=float(cc["label_dropout"]),
-        sigma_data=float(cfg.get("sigma_data", SIGMA_DATA)),
+        label_dropout=cfg["class_cond"]["label_dropout"],
         extra_hparams=_plain(hparams),
     )
 
 
-def ema_callback(ema_cfg: dict):
-    """Lightning's ``EMAWeightAveraging`` (decay ``ema.decay``); with ``ema.warmup`` the decay ramps as
-    ``min(decay, (1 + n) / (10 + n))`` after n updates, so short runs are not dominated by the init."""
-    from lightning.pytorch.callbacks import EMAWeightAveraging
+def build_trainer(cfg: dict, schedule_name: str, out_dir: pathlib.Path, callbacks: list):
+    """The Lightning ``Trainer`` of ``cfg["trainer"]`` with the EMA, checkpoint (``last.ckpt`` and
+    ``best.ckpt`` beside ``model.pt``), sample-grid and non-finite-loss callbacks after ``callbacks``,
+    and the W&B logger (None when ``WANDB_MODE=disabled``). Returns ``(trainer, sample_grid, logger)``."""
+    import lightning.pytorch as pl
+    from lightning.pytorch.callbacks import ModelCheckpoint
 
-    decay = float(ema_cfg["decay"])
-    if not 0.0 < decay < 1.0:
-        raise ValueError(f"ema.decay={decay} must be in (0, 1)")
-    cb = EMAWeightAveraging(decay=decay, update_starting_at_step=ema_cfg.get("update_starting_at_step"))
-    if ema_cfg.get("warmup", True):
+    from difflab.callbacks import EMA, NonFiniteLossGuard, SampleGrid
+    from difflab.tracking import make_logger
 
-        def avg_fn(averaged, current, num_averaged):
-            n = float(num_averaged)
-            d = min(decay, (1 + n) / (10 + n))
-            return averaged + (current - averaged) * (1 - d)
+    t = cfg["trainer"]
+    check_trainer(**t)
+    checkpoint = ModelCheckpoint(
+        dirpath=out_dir, filename="best", monitor="val/loss", mode="min", save_top_k=1, save_last=True
+    )
+    grids = SampleGrid(
+        out_dir,
+        t["sample_every_n_epochs"],
+        t["sample_n"],
+        t["sample_steps"],
+        t["sample_solver"],
+        t["sample_grid"],
+    )
+    sched_params = dict(cfg["schedule"][schedule_name].get("params") or {})
+    logger = make_logger(
+        {**cfg, "schedule_name": schedule_name, "schedule_params": sched_params}, schedule_name, out_dir
+    )
+    trainer = pl.Trainer(
+        max_steps=t["max_steps"],
+        accelerator=t["accelerator"],
+        devices=t["devices"],
+        num_nodes=t["num_nodes"],
+        strategy=t["strategy"],
+        precision=t["precision"],
+        gradient_clip_val=cfg["optim"]["grad_clip"],
+        check_val_every_n_epoch=None,
+        val_check_interval=min(t["val_every_n_steps"], t["max_steps"]),
+        limit_val_batches=t["limit_val_batches"],
+        log_every_n_steps=t["log_every_n_steps"],
+        callbacks=[*callbacks, EMA(**cfg["ema"]), checkpoint, grids, NonFiniteLossGuard()],
+        logger=logger if logger is not None else False,
+        default_root_dir=str(out_dir),
+        enable_progress_bar=t["enable_progress_bar"],
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        deterministic=t["deterministic"],
+    )
+    return trainer, grids, logger
 
-        cb._kwargs["avg_fn"] = avg_fn
-    return cb
+
+def fit_or_resume(trainer, module, dm, out_dir: pathlib.Path) -> tuple[int | None, float]:
+    """``trainer.fit``, resuming from ``out_dir/last.ckpt`` when it exists. Returns the step resumed
+    from (None for a fresh run) and the seconds fit took."""
+    last = out_dir / "last.ckpt"
+    start_step = None
+    if last.exists():
+        start_step = int(torch.load(last, map_location="cpu", weights_only=True)["global_step"])
+        log.info("resuming from %s (step %d)", last, start_step)
+    t0 = time.perf_counter()
+    trainer.fit(module, datamodule=dm, ckpt_path=str(last) if start_step is not None else None)
+    return start_step, time.perf_counter() - t0
+
+
+def save_model(out_dir: pathlib.Path, module, metrics: dict) -> None:
+    """``out_dir/model.pt`` (the network's weights, EMA after fit, and plain hparams) and
+    ``out_dir/train_metrics.json``, each written atomically."""
+    payload = {
+        "state_dict": {k: v.detach().cpu().clone() for k, v in module.net.state_dict().items()},
+        "hparams": _plain(dict(module.hparams)),
+    }
+    atomic_write(out_dir / "model.pt", lambda p: torch.save(payload, p))
+    atomic_write(out_dir / "train_metrics.json", lambda p: p.write_text(json.dumps(metrics, indent=2) + "\n"))
 
 
 def train(cfg: dict, schedule_name: str, out_dir, *, callbacks: list | None = None) -> dict:
@@ -119,159 +257,94 @@ def train(cfg: dict, schedule_name: str, out_dir, *, callbacks: list | None = No
     + plain hparams), ``out_dir/train_metrics.json``, ``out_dir/{last,best}.ckpt`` and
     ``out_dir/samples/*.png``; return the metrics.
 
-    Keys read (defaults in ``DEFAULTS``): ``seed``, ``experiment``, ``data`` (see
-    ``build_datamodule``), ``denoiser`` (see ``build_net``), ``schedule.<name>.{params, prediction}``,
-    ``loss.{time_sampling, weighting, min_snr_gamma}``, ``optim.{lr, weight_decay, betas, warmup_steps,
-    grad_clip}``, ``ema.{decay, warmup, update_starting_at_step}``, ``class_cond.{num_classes,
-    label_dropout}`` (num_classes 0 = unconditional; otherwise it must match the data's), ``trainer``
-    (``max_steps, accelerator, devices, num_nodes, strategy, precision, val_every_n_steps,
-    limit_val_batches, log_every_n_steps, sample_every_n_epochs, sample_solver, sample_steps,
-    sample_grid, sample_n, channels_last, compile, enable_progress_bar, deterministic``),
-    ``wandb.{project, entity, group}``.
-    ``callbacks``: extra Lightning callbacks, run before the built-in ones.
+    Keys read: ``seed``, ``experiment``, ``data`` (``build_datamodule``), ``denoiser`` (``build_net``),
+    ``schedule.<name>.{params, prediction}``, ``loss`` (``DiffusionLoss``), ``optim``
+    (``check_optim``), ``ema`` (``callbacks.EMA``), ``class_cond.{num_classes, label_dropout}``
+    (num_classes 0 = unconditional; otherwise it must match the data's), ``trainer``
+    (``check_trainer``), ``wandb.{project, entity, group}``; every section in full, as composed from
+    conf/. ``callbacks``: extra Lightning callbacks, run before the built-in ones.
     Resumes from ``out_dir/last.ckpt`` when it exists. Bad input raises ``ValueError``
     before anything is written; a non-finite loss raises ``NonFiniteLossError`` keeping the checkpoints.
     """
     import lightning.pytorch as pl
-    from lightning.pytorch.callbacks import ModelCheckpoint
 
-    from difflab.callbacks import NonFiniteLossGuard, SampleGrid
     from difflab.data.datamodules import build_datamodule
-    from difflab.tracking import make_logger
 
     cfg = _plain(cfg)  # a plain deep copy (OmegaConf resolved): what is logged and saved
     out_dir = pathlib.Path(out_dir)
-    seed = int(cfg.get("seed", 0))
-    tcfg = _section(cfg, "trainer")
-    # -- build and validate everything before writing anything ----------------------------------------
+    seed = cfg["seed"]
     pl.seed_everything(seed, workers=True, verbose=False)
-    dm = build_datamodule(dict(cfg.get("data") or {}), seed)
-    cc = _section(cfg, "class_cond")
-    num_classes = int(cc["num_classes"])
+    dm = build_datamodule(cfg["data"], seed)
+    num_classes = cfg["class_cond"]["num_classes"]
     if num_classes not in (0, dm.num_classes):
         raise ValueError(
             f"class_cond.num_classes={num_classes} does not match dataset {dm.name!r} "
             f"with {dm.num_classes} classes; use 0 (unconditional) or {dm.num_classes}"
         )
-    sched_params = dict(((cfg.get("schedule") or {}).get(schedule_name) or {}).get("params") or {})
     data_info = {"name": dm.name, "levels": dm.levels, "n_train": len(dm.train_levels()[0])}
     if getattr(dm, "offline_split", False):  # MNIST offline: the 10k test split, split again
         data_info["offline_split"] = True
     extra = {"data": data_info, "seed": seed, "schedule_name": schedule_name}
     module = build_module(cfg, schedule_name, dm.data_shape, num_classes, extra)
-    if tcfg["channels_last"]:
+    if cfg["trainer"]["channels_last"]:
         module.net.to(memory_format=torch.channels_last)
-    if tcfg["compile"]:
+    if cfg["trainer"]["compile"]:
         module.net.compile()
-    ema = ema_callback(_section(cfg, "ema"))
-    precision = tcfg["precision"] or ("bf16-mixed" if _on_gpu(tcfg) else "32-true")
+    trainer, grids, logger = build_trainer(cfg, schedule_name, out_dir, callbacks or [])
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    ckpt_dir = out_dir  # last.ckpt and best.ckpt sit beside model.pt
-    checkpoint = ModelCheckpoint(
-        dirpath=ckpt_dir, filename="best", monitor="val/loss", mode="min", save_top_k=1, save_last=True
-    )
-    sample_every = int(tcfg["sample_every_n_epochs"])
-    grids = SampleGrid(
-        out_dir, sample_every or 10**9, tcfg["sample_n"], tcfg["sample_steps"], tcfg["sample_solver"]
-    )
-    logger = make_logger(
-        {**cfg, "schedule_name": schedule_name, "schedule_params": sched_params}, schedule_name, out_dir
-    )
-    val_every = min(int(tcfg["val_every_n_steps"]), int(tcfg["max_steps"]))
-    trainer = pl.Trainer(
-        max_steps=int(tcfg["max_steps"]),
-        accelerator=tcfg["accelerator"],
-        devices=tcfg["devices"],
-        num_nodes=int(tcfg["num_nodes"]),
-        strategy=tcfg["strategy"],
-        precision=precision,
-        gradient_clip_val=_section(cfg, "optim")["grad_clip"] or None,
-        check_val_every_n_epoch=None,
-        val_check_interval=val_every,
-        limit_val_batches=tcfg["limit_val_batches"],
-        log_every_n_steps=int(tcfg["log_every_n_steps"]),
-        callbacks=[*(callbacks or []), ema, checkpoint, grids, NonFiniteLossGuard()],
-        logger=logger if logger is not None else False,
-        default_root_dir=str(out_dir),
-        enable_progress_bar=bool(tcfg["enable_progress_bar"]),
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        deterministic=bool(tcfg["deterministic"]),
-    )
-    last = ckpt_dir / "last.ckpt"
-    ckpt_path = str(last) if last.exists() else None
-    start_step = 0
-    if ckpt_path:
-        start_step = int(torch.load(ckpt_path, map_location="cpu", weights_only=True)["global_step"])
-        log.info("resuming from %s (step %d)", ckpt_path, start_step)
-    t0 = time.perf_counter()
-    trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
-    seconds = time.perf_counter() - t0
-    train_loss = _metric(trainer, "train/loss")
-    # after fit the EMA callback has copied the averaged weights into the module
-    grids.draw(trainer, module)
+    start_step, seconds = fit_or_resume(trainer, module, dm, out_dir)
+    train_loss = trainer.callback_metrics.get("train/loss")
+    grids.draw(trainer, module)  # after fit the EMA callback has copied the averaged weights in
     val = trainer.validate(module, datamodule=dm, verbose=False)
     steps = int(trainer.global_step)
     metrics = {
         "schedule": schedule_name,
-        "train_loss": train_loss,
+        "train_loss": None if train_loss is None else float(train_loss),
         "val_loss": float(val[0]["val/loss"]) if val else None,
         "steps": steps,
         "seconds": seconds,
-        "images_per_second": (steps - start_step) * dm.batch_size * trainer.world_size / max(seconds, 1e-9),
+        "images_per_second": (steps - (start_step or 0))
+        * dm.batch_size
+        * trainer.world_size
+        / max(seconds, 1e-9),
         "params": sum(p.numel() for p in module.net.parameters()),
-        "resumed_from_step": start_step if ckpt_path else None,
+        "resumed_from_step": start_step,
         "data": data_info,
     }
     if trainer.is_global_zero:
-        payload = {
-            "state_dict": {k: v.detach().cpu().clone() for k, v in module.net.state_dict().items()},
-            "hparams": _plain(dict(module.hparams)),
-        }
-        atomic_write(out_dir / "model.pt", lambda p: torch.save(payload, p))
-        atomic_write(
-            out_dir / "train_metrics.json", lambda p: p.write_text(json.dumps(metrics, indent=2) + "\n")
-        )
-    if logger is not None and trainer.is_global_zero:
-        logger.experiment.summary.update({f"final/{k}": v for k, v in metrics.items() if v is not None})
-        logger.finalize("success")
-        import wandb
+        save_model(out_dir, module, metrics)
+        if logger is not None:
+            from difflab.tracking import finish_run
 
-        wandb.finish()
+            finish_run(logger, {f"final/{k}": v for k, v in metrics.items() if v is not None})
     return metrics
-
-
-def _metric(trainer, key: str) -> float | None:
-    v = trainer.callback_metrics.get(key)
-    return None if v is None else float(v)
 
 
 def _plain(obj):
     """Plain Python containers only (no OmegaConf, tuples -> lists), for ``weights_only=True`` loads."""
+    from omegaconf import OmegaConf
+
+    if OmegaConf.is_config(obj):
+        return _plain(OmegaConf.to_container(obj, resolve=True))
     if isinstance(obj, dict):
         return {str(k): _plain(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return [_plain(v) for v in obj]
     if obj is None or isinstance(obj, (bool, int, float, str)):
         return obj
-    try:
-        from omegaconf import OmegaConf
-
-        if OmegaConf.is_config(obj):
-            return _plain(OmegaConf.to_container(obj, resolve=True))
-    except ImportError:
-        pass
     raise ValueError(f"hyper-parameter of type {type(obj).__name__} is not a plain value: {obj!r}")
 
 
-def load_denoiser(path, device="cpu") -> tuple[Denoiser, dict]:
-    """Rebuild the trained ``Denoiser`` (EMA weights, eval mode) and its hparams from ``model.pt``."""
+def load_denoiser(path, device="cpu") -> Denoiser:
+    """The trained ``Denoiser`` (EMA weights, eval mode, on ``device``) of ``path`` (a ``model.pt`` or the
+    train stage's folder holding one). It knows its ``num_classes`` and ``null_label``
+    (``parametrization.Denoiser``); ``.hparams`` holds the saved hyper-parameters."""
     path = pathlib.Path(path)
-    if path.is_dir():
+    if path.is_dir() or path.suffix != ".pt":
         path = path / "model.pt"
     if not path.exists():
-        raise ValueError(f"no trained model at '{path}'")
+        raise FileNotFoundError(f"{path} not found; run the train stage first")
     payload = torch.load(path, map_location=device, weights_only=True)
     hp = payload["hparams"]
     net = build_net(hp["denoiser"], hp["data_shape"], hp["num_classes"])
@@ -279,4 +352,5 @@ def load_denoiser(path, device="cpu") -> tuple[Denoiser, dict]:
     sched = dict(hp["schedule"])
     schedule = get_schedule(sched.pop("name"), **sched)
     denoiser = Denoiser(net, schedule, hp["prediction"], hp["sigma_data"]).to(device).eval()
-    return denoiser, hp
+    denoiser.hparams = hp
+    return denoiser

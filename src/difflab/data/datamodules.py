@@ -5,12 +5,17 @@ Every datamodule holds its three splits (train / val / held-out test) as integer
 images scaled to [-1, 1]: ``x = 2 * level / (levels - 1) - 1``. ``toy2d`` is continuous (``levels =
 None``) and stores float points. Attributes: ``data_shape`` ((C, H, W) or (d,)), ``num_classes``,
 ``levels``; ``train_levels()`` and ``heldout_levels()`` give ``(Tensor[N, ...] levels, labels)``.
+
+``DATAMODULES`` is the registry (name -> class); a dataset's config keys are its constructor's keyword
+parameters (with their defaults), and ``data_shape(cfg)`` / ``known_classes`` tell the shape and the
+classes without loading anything, so a config is checked (``check_data``) before any download.
 """
 
 from __future__ import annotations
 
 import functools
 import gzip
+import inspect
 import logging
 import os
 import pathlib
@@ -25,15 +30,21 @@ from torch.utils.data import DataLoader, TensorDataset
 
 log = logging.getLogger(__name__)
 
-DATASETS = ("toy2d", "digits", "mnist", "cifar10", "imagefolder")
-_COMMON_KEYS = {"name", "root", "val_fraction", "test_fraction", "batch_size", "num_workers", "download"}
+
+def _check_fraction(key: str, frac) -> None:
+    if isinstance(frac, bool) or not isinstance(frac, (int, float)) or not 0 <= frac < 1:
+        raise ValueError(f"{key}={frac!r} must be a number in [0, 1)")
+
+
+def _check_loader(batch_size, num_workers) -> None:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size={batch_size!r} must be an integer >= 1")
+    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
+        raise ValueError(f"num_workers={num_workers!r} must be an integer >= 0")
 
 
 def _split(n: int, val_fraction: float, test_fraction: float, seed: int) -> tuple[Tensor, Tensor, Tensor]:
     """Deterministic train / val / test index split of ``range(n)`` from ``seed``."""
-    for key, frac in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
-        if not 0 <= frac < 1:
-            raise ValueError(f"data.{key}={frac} must be in [0, 1)")
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     n_val, n_test = round(n * val_fraction), round(n * test_fraction)
     if n - n_val - n_test <= 0:
@@ -43,24 +54,45 @@ def _split(n: int, val_fraction: float, test_fraction: float, seed: int) -> tupl
 
 class ArrayDataModule(pl.LightningDataModule):
     """A datamodule over in-memory arrays. Subclasses implement ``_load() -> (train, test)``, each a
-    ``(levels, labels)`` pair (test may be ``None``: then it is split off the training pool)."""
+    ``(levels, labels)`` pair (test may be ``None``: then it is split off the training pool), and
+    ``data_shape(cfg)``; their own config keys are keyword parameters of their ``__init__``.
+
+    ``val_fraction``, ``test_fraction`` (of the pool when the dataset has no test split),
+    ``batch_size``, ``num_workers``; ``root`` where the files are; ``num_classes`` overrides the number
+    of classes found (0 = ignore the labels)."""
 
     name = "array"
     levels: int | None = 256
+    known_classes: int | None = None  # the dataset's classes where known before loading
 
-    def __init__(self, cfg: dict, seed: int = 0):
+    def __init__(
+        self,
+        seed: int = 0,
+        *,
+        root: str | None = None,
+        val_fraction: float = 0.1,
+        test_fraction: float = 0.1,
+        batch_size: int = 128,
+        num_workers: int = 0,
+        num_classes: int | None = None,
+    ):
         super().__init__()
-        self.cfg, self.seed = dict(cfg), int(seed)
-        self.batch_size = int(self.cfg.get("batch_size", 128))
-        self.num_workers = int(self.cfg.get("num_workers", 0))
-        self.val_fraction = float(self.cfg.get("val_fraction", 0.1))
-        self.test_fraction = float(self.cfg.get("test_fraction", 0.1))
-        if self.batch_size <= 0:
-            raise ValueError(f"data.batch_size={self.batch_size} must be > 0")
+        _check_loader(batch_size, num_workers)
+        for key, frac in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+            _check_fraction(key, frac)
+        self.seed, self.root = int(seed), root
+        self.batch_size, self.num_workers = batch_size, num_workers
+        self.val_fraction, self.test_fraction = float(val_fraction), float(test_fraction)
+        self._num_classes = num_classes
         self._splits: dict[str, tuple[Tensor, Tensor]] | None = None
         self.num_classes = 0
         self.data_shape: tuple[int, ...] = ()
         self._prepare()
+
+    @classmethod
+    def data_shape_of(cls, cfg: dict) -> tuple[int, ...]:
+        """The shape of one example under config ``cfg`` (the ``data`` section), without loading."""
+        raise NotImplementedError
 
     # -- loading ---------------------------------------------------------------------------------
     def _load(self) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor] | None]:
@@ -75,9 +107,8 @@ class ArrayDataModule(pl.LightningDataModule):
             tr, va, _ = _split(len(x), self.val_fraction, 0.0, self.seed)
         self._splits = {"train": (x[tr], y[tr]), "val": (x[va], y[va]), "test": test}
         self.data_shape = tuple(x.shape[1:])
-        self.num_classes = int(
-            self.cfg.get("num_classes", int(y.max()) + 1 if len(y) and y.min() >= 0 else 0)
-        )
+        found = int(y.max()) + 1 if len(y) and y.min() >= 0 else 0
+        self.num_classes = int(found if self._num_classes is None else self._num_classes)
 
     def to_model_space(self, levels: Tensor) -> Tensor:
         """Integer levels -> float32 in [-1, 1]."""
@@ -118,22 +149,33 @@ class ArrayDataModule(pl.LightningDataModule):
 
 
 class Toy2D(ArrayDataModule):
-    """2-D toy sets from ``difflab.data.toy.sample_toy`` (``toy`` key: moons, rings, checkerboard,
-    swiss_roll, gaussian_mixture), ``n`` points (default 20000), optional ``noise``; continuous, so
-    ``levels = None`` and the "levels" arrays are the float points themselves. Labels are 0."""
+    """2-D toy sets from ``difflab.data.toy.sample_toy`` (``toy``: one of ``TOY_DATASETS``), ``n``
+    points, optional ``noise``; continuous, so ``levels = None`` and the "levels" arrays are the float
+    points themselves. Labels are 0 (unconditional)."""
 
     name = "toy2d"
     levels = None
+    known_classes = 0
+
+    def __init__(self, seed: int = 0, *, toy: str = "gaussian_mixture", n: int = 20000, noise=None, **common):
+        from difflab.data.toy import TOY_DATASETS
+
+        if toy not in TOY_DATASETS:
+            raise ValueError(f"toy: unknown toy dataset {toy!r}; allowed: {', '.join(TOY_DATASETS)}")
+        if isinstance(n, bool) or not isinstance(n, int) or n < 2:
+            raise ValueError(f"n={n!r} must be an integer >= 2")
+        self.toy, self.n, self.noise = toy, n, noise
+        super().__init__(seed, **{"num_classes": 0, **common})
+
+    @classmethod
+    def data_shape_of(cls, cfg: dict) -> tuple[int, ...]:
+        return (2,)
 
     def _load(self):
         from difflab.data.toy import sample_toy
 
-        kind, n = self.cfg.get("toy", "gaussian_mixture"), int(self.cfg.get("n", 20000))
-        x = sample_toy(
-            kind, n, generator=torch.Generator().manual_seed(self.seed), noise=self.cfg.get("noise")
-        )
-        self.cfg.setdefault("num_classes", 0)
-        return (x.float(), torch.zeros(n, dtype=torch.long)), None
+        x = sample_toy(self.toy, self.n, generator=torch.Generator().manual_seed(self.seed), noise=self.noise)
+        return (x.float(), torch.zeros(self.n, dtype=torch.long)), None
 
     def to_model_space(self, levels: Tensor) -> Tensor:
         return levels.float()
@@ -144,6 +186,11 @@ class Digits(ArrayDataModule):
 
     name = "digits"
     levels = 17
+    known_classes = 10
+
+    @classmethod
+    def data_shape_of(cls, cfg: dict) -> tuple[int, ...]:
+        return (1, 8, 8)
 
     def _load(self):
         x, y = _digits_arrays()
@@ -177,36 +224,47 @@ def _find(root: pathlib.Path, stem: str) -> pathlib.Path | None:
     return None
 
 
-def _try_download(fn) -> str | None:
-    """Run a torchvision download with a short socket timeout; return an error string on failure."""
+def _download(name: str, dataset_class, root: pathlib.Path) -> None:
+    """Download with torchvision's ``dataset_class(root, download=True)`` under a 20 s socket timeout.
+    A failure is logged as one warning line; the caller then reports the missing files."""
     old = socket.getdefaulttimeout()
     socket.setdefaulttimeout(20)
     try:
-        fn()
-        return None
-    except Exception as e:  # any failure becomes one clear line in the caller
-        return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        dataset_class(str(root), download=True)
+    except (OSError, RuntimeError) as e:  # no network, a refused or broken download, a bad checksum
+        log.warning(
+            "%s: download failed (%s: %s)", name, type(e).__name__, str(e).splitlines()[0] if str(e) else ""
+        )
     finally:
         socket.setdefaulttimeout(old)
 
 
 class MNIST(ArrayDataModule):
-    """MNIST ``[1, 28, 28]``, 256 levels, 10 classes. Reads the IDX files from ``root`` (cfg, else env
+    """MNIST ``[1, 28, 28]``, 256 levels, 10 classes. Reads the IDX files from ``root`` (else env
     ``DIFFLAB_MNIST_ROOT``, else ``data/mnist``); downloads them with torchvision when missing and
-    ``download`` (default true) is set. With only the 10k test split present (offline), that split is
-    divided into train / held-out by ``test_fraction`` and a warning says so."""
+    ``download`` is set. With only the 10k test split present (offline), that split is divided into
+    train / held-out by ``test_fraction`` and a warning says so."""
 
     name = "mnist"
     levels = 256
+    known_classes = 10
+
+    def __init__(self, seed: int = 0, *, download: bool = True, **common):
+        if not isinstance(download, bool):
+            raise ValueError(f"download={download!r} must be true or false")
+        self.download = download
+        super().__init__(seed, **common)
+
+    @classmethod
+    def data_shape_of(cls, cfg: dict) -> tuple[int, ...]:
+        return (1, 28, 28)
 
     def _load(self):
-        root = pathlib.Path(self.cfg.get("root") or os.environ.get("DIFFLAB_MNIST_ROOT") or "data/mnist")
-        if _find(root, "t10k-images-idx3-ubyte") is None and self.cfg.get("download", True):
-            import torchvision
+        import torchvision
 
-            err = _try_download(lambda: torchvision.datasets.MNIST(str(root), download=True))
-            if err:
-                log.warning("mnist: download failed (%s)", err)
+        root = pathlib.Path(self.root or os.environ.get("DIFFLAB_MNIST_ROOT") or "data/mnist")
+        if _find(root, "t10k-images-idx3-ubyte") is None and self.download:
+            _download("mnist", torchvision.datasets.MNIST, root)
         test_x, test_y = _find(root, "t10k-images-idx3-ubyte"), _find(root, "t10k-labels-idx1-ubyte")
         if test_x is None or test_y is None:
             raise ValueError(
@@ -229,24 +287,32 @@ class MNIST(ArrayDataModule):
 
 class CIFAR10(ArrayDataModule):
     """CIFAR-10 ``[3, 32, 32]``, 256 levels, 10 classes, from the python pickle batches under ``root``
-    (``cifar-10-batches-py``), downloaded with torchvision when missing and ``download`` is set."""
+    (``cifar-10-batches-py``; default ``data/cifar10``), downloaded with torchvision when missing and
+    ``download`` is set."""
 
     name = "cifar10"
     levels = 256
+    known_classes = 10
+    BATCHES = (*(f"data_batch_{i}" for i in range(1, 6)), "test_batch")
+
+    def __init__(self, seed: int = 0, *, download: bool = True, **common):
+        if not isinstance(download, bool):
+            raise ValueError(f"download={download!r} must be true or false")
+        self.download = download
+        super().__init__(seed, **common)
+
+    @classmethod
+    def data_shape_of(cls, cfg: dict) -> tuple[int, ...]:
+        return (3, 32, 32)
 
     def _load(self):
-        root = pathlib.Path(self.cfg.get("root") or "data/cifar10")
-        folder = root / "cifar-10-batches-py"
-        if not (folder / "test_batch").exists() and self.cfg.get("download", True):
-            import torchvision
+        import torchvision
 
-            err = _try_download(
-                lambda: torchvision.datasets.CIFAR10(str(root), download=True), "cifar10", root
-            )
-            if err:
-                log.warning("cifar10: download failed (%s)", err)
-        names = [f"data_batch_{i}" for i in range(1, 6)]
-        if not all((folder / n).exists() for n in [*names, "test_batch"]):
+        root = pathlib.Path(self.root or "data/cifar10")
+        folder = root / "cifar-10-batches-py"
+        if not all((folder / n).exists() for n in self.BATCHES) and self.download:
+            _download("cifar10", torchvision.datasets.CIFAR10, root)
+        if not all((folder / n).exists() for n in self.BATCHES):
             raise ValueError(f"cifar10: no CIFAR-10 batches under data root '{folder}' and no download")
 
         def read(files):
@@ -258,31 +324,47 @@ class CIFAR10(ArrayDataModule):
                 ys.append(np.asarray(d["labels"]))
             return torch.from_numpy(np.concatenate(xs)), torch.from_numpy(np.concatenate(ys)).long()
 
-        return read(names), read(["test_batch"])
+        return read(self.BATCHES[:-1]), read(self.BATCHES[-1:])
 
 
 class ImageFolder(ArrayDataModule):
-    """Any folder of images: class subfolders give labels (else unconditional). ``image_size`` (default
-    32) and ``channels`` (1 or 3, default 3) fix the shape; 256 levels."""
+    """Any folder of images under ``root``: class subfolders give labels (else unconditional).
+    ``image_size`` and ``channels`` (1 or 3) fix the shape; 256 levels."""
 
     name = "imagefolder"
     levels = 256
     SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 
+    def __init__(self, seed: int = 0, *, image_size: int = 32, channels: int = 3, **common):
+        self.data_shape_of({"image_size": image_size, "channels": channels})
+        self.image_size, self.channels = image_size, channels
+        super().__init__(seed, **common)
+
+    @classmethod
+    def data_shape_of(cls, cfg: dict) -> tuple[int, ...]:
+        defaults = _keyword_defaults(cls)
+        size, channels = (
+            cfg.get("image_size", defaults["image_size"]),
+            cfg.get("channels", defaults["channels"]),
+        )
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise ValueError(f"image_size={size!r} must be an integer >= 1")
+        if channels not in (1, 3) or isinstance(channels, bool):
+            raise ValueError(f"channels={channels!r}; allowed: 1, 3")
+        return (channels, size, size)
+
     def _load(self):
         from PIL import Image
 
-        if not self.cfg.get("root"):
+        if not self.root:
             raise ValueError("imagefolder: data.root must name a folder of images")
-        root = pathlib.Path(self.cfg["root"])
+        root = pathlib.Path(self.root)
         files = (
             sorted(p for p in root.rglob("*") if p.suffix.lower() in self.SUFFIXES) if root.is_dir() else []
         )
         if not files:
             raise ValueError(f"imagefolder: no images ({', '.join(self.SUFFIXES)}) under data root '{root}'")
-        size, channels = int(self.cfg.get("image_size", 32)), int(self.cfg.get("channels", 3))
-        if channels not in (1, 3):
-            raise ValueError(f"imagefolder: channels={channels}; allowed: 1, 3")
+        size, channels = self.image_size, self.channels
         classes = sorted({p.parent.relative_to(root).as_posix() for p in files} - {"."})
         index = {c: i for i, c in enumerate(classes)}
         xs, ys = [], []
@@ -292,22 +374,78 @@ class ImageFolder(ArrayDataModule):
                 a = np.asarray(im, dtype=np.uint8).reshape(size, size, channels)
             xs.append(torch.from_numpy(a.copy()).permute(2, 0, 1))
             ys.append(index.get(p.parent.relative_to(root).as_posix(), 0))
-        self.cfg.setdefault("num_classes", len(classes) if len(classes) > 1 else 0)
+        if self._num_classes is None and len(classes) <= 1:
+            self._num_classes = 0
         return (torch.stack(xs), torch.tensor(ys, dtype=torch.long)), None
 
 
-_REGISTRY = {"toy2d": Toy2D, "digits": Digits, "mnist": MNIST, "cifar10": CIFAR10, "imagefolder": ImageFolder}
+DATAMODULES: dict[str, type[ArrayDataModule]] = {
+    cls.name: cls for cls in (Toy2D, Digits, MNIST, CIFAR10, ImageFolder)
+}
+
+
+def __getattr__(name: str):
+    if name == "DATASETS":  # the registry's keys, read when asked (datasets registered at run time too)
+        return tuple(DATAMODULES)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _keyword_defaults(cls: type[ArrayDataModule]) -> dict:
+    """The config keys of dataset class ``cls`` with their defaults: the keyword parameters of its
+    ``__init__`` and of its bases'."""
+    keys: dict = {}
+    for klass in reversed(cls.__mro__):
+        if "__init__" in vars(klass) and issubclass(klass, ArrayDataModule):
+            for key, p in inspect.signature(klass.__init__).parameters.items():
+                if p.kind is p.KEYWORD_ONLY:
+                    keys[key] = p.default
+    return keys
+
+
+def _dataset_class(name) -> type[ArrayDataModule]:
+    if name not in DATAMODULES:
+        raise ValueError(f"unknown dataset {name!r}; valid datasets: {', '.join(DATAMODULES)}")
+    return DATAMODULES[name]
+
+
+def dataset_keys(name: str) -> dict:
+    """The ``data`` config keys of dataset ``name`` (besides ``name``) with their defaults."""
+    return _keyword_defaults(_dataset_class(name))
+
+
+def _class_and_keys(cfg: dict) -> tuple[type[ArrayDataModule], dict]:
+    cfg = dict(cfg)
+    cls = _dataset_class(cfg.pop("name", None))
+    allowed = _keyword_defaults(cls)
+    for key in cfg:
+        if key not in allowed:
+            raise ValueError(
+                f"unknown key {key!r} for dataset {cls.name!r}; allowed: name, {', '.join(allowed)}"
+            )
+    return cls, cfg
+
+
+def check_data(cfg: dict) -> tuple[tuple[int, ...], int | None]:
+    """Check the ``data`` section without loading anything: a registered name, known keys, loader
+    sizes and fractions; return ``(data_shape, classes)`` (classes ``None`` where only loading tells).
+    Raises ``ValueError`` naming the bad key."""
+    cls, cfg = _class_and_keys(cfg)
+    values = {**_keyword_defaults(cls), **cfg}
+    _check_loader(values["batch_size"], values["num_workers"])
+    for key in ("val_fraction", "test_fraction"):
+        _check_fraction(key, values[key])
+    n = values["num_classes"]
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 0):
+        raise ValueError(f"num_classes={n!r} must be null or an integer >= 0")
+    return cls.data_shape_of(cfg), (cls.known_classes if n is None else n)
 
 
 def build_datamodule(cfg: dict, seed: int = 0) -> ArrayDataModule:
-    """Build the datamodule ``cfg["name"]`` (one of ``DATASETS``) from the ``data`` config section.
+    """Build the datamodule ``cfg["name"]`` (a key of ``DATAMODULES``) from the ``data`` config section;
+    the other keys are the dataset's keyword parameters (``dataset_keys(name)``).
 
-    Keys: ``name``, ``root`` (mnist/cifar10/imagefolder), ``val_fraction``, ``test_fraction``,
-    ``batch_size``, ``num_workers``, ``download`` (default true); toy2d: ``toy``, ``n``; imagefolder:
-    ``image_size``, ``channels``; any: ``num_classes`` to override the number found (0 = ignore labels).
-    Unknown name or missing files -> ``ValueError`` (one line). The data are loaded here, eagerly.
+    Unknown name or key, bad values or missing files -> ``ValueError`` (one line). The data are
+    loaded here, eagerly.
     """
-    name = cfg.get("name")
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown dataset {name!r}; valid datasets: {', '.join(DATASETS)}")
-    return _REGISTRY[name](cfg, seed)
+    cls, cfg = _class_and_keys(cfg)
+    return cls(seed, **cfg)

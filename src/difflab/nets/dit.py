@@ -6,7 +6,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from difflab.nets.embedding import Conditioning, LearnedSkip
+from difflab.nets.embedding import Conditioning, LearnedSkip, check_sizes
 
 
 def _modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
@@ -64,7 +64,20 @@ class DiT(nn.Module):
         mlp_ratio: float = 4.0,
     ):
         super().__init__()
-        c_data, H, _ = data_shape
+        check_sizes("dit", patch_size=patch_size, hidden=hidden, depth=depth, heads=heads)
+        if hidden % heads:
+            raise ValueError(f"heads={heads} does not divide hidden={hidden} (denoiser 'dit')")
+        ok = isinstance(mlp_ratio, (int, float)) and not isinstance(mlp_ratio, bool) and mlp_ratio > 0
+        if not ok or int(hidden * mlp_ratio) < 1:
+            raise ValueError(f"mlp_ratio={mlp_ratio!r} must be a number > 0 (denoiser 'dit')")
+        if len(data_shape) != 3:
+            raise ValueError(f"denoiser 'dit' needs image data [C, H, W]; got data shape {tuple(data_shape)}")
+        c_data, H, W = data_shape
+        if H != W or H % patch_size:
+            raise ValueError(
+                f"denoiser 'dit' needs square images with H divisible by patch_size={patch_size}; "
+                f"got data shape {tuple(data_shape)}"
+            )
         self.data_shape, self.num_classes, self.patch = tuple(data_shape), num_classes, patch_size
         self.grid = H // patch_size
         self.cond = Conditioning(hidden, num_classes)

@@ -12,6 +12,19 @@ import torch
 from torch import Tensor, nn
 
 
+def check_sizes(net: str, **sizes) -> None:
+    """Each size argument must be an integer >= 1 (``dropout``-like ones are checked by their owner)."""
+    for key, value in sizes.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{key}={value!r} must be an integer >= 1 (denoiser {net!r})")
+
+
+def check_dropout(net: str, dropout) -> None:
+    ok = isinstance(dropout, (int, float)) and not isinstance(dropout, bool) and 0 <= dropout < 1
+    if not ok:
+        raise ValueError(f"dropout={dropout!r} must be a number in [0, 1) (denoiser {net!r})")
+
+
 class FourierEmbedding(nn.Module):
     """Sinusoidal features of the log-SNR at fixed geometric frequencies, then a 2-layer MLP.
 

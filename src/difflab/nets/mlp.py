@@ -6,7 +6,7 @@ import math
 
 from torch import Tensor, nn
 
-from difflab.nets.embedding import Conditioning, LearnedSkip
+from difflab.nets.embedding import Conditioning, LearnedSkip, check_dropout, check_sizes
 
 
 class _Block(nn.Module):
@@ -42,8 +42,12 @@ class MLP(nn.Module):
         dropout: float = 0.0,
     ):
         super().__init__()
+        check_sizes("mlp", width=width, depth=depth, emb_dim=emb_dim)
+        check_dropout("mlp", dropout)
         self.data_shape, self.num_classes = tuple(data_shape), num_classes
         dim = math.prod(self.data_shape)
+        if not self.data_shape or dim <= 0:
+            raise ValueError(f"denoiser 'mlp': empty data shape {self.data_shape}")
         self.cond = Conditioning(emb_dim, num_classes)
         self.inp = nn.Linear(dim, width)
         self.blocks = nn.ModuleList(_Block(width, emb_dim, dropout) for _ in range(depth))

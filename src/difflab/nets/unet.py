@@ -7,11 +7,15 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from difflab.nets.embedding import Conditioning, LearnedSkip
+from difflab.nets.embedding import Conditioning, LearnedSkip, check_dropout, check_sizes
 
 
 def _norm(channels: int, groups: int) -> nn.GroupNorm:
-    return nn.GroupNorm(min(groups, channels) if channels % min(groups, channels) == 0 else 1, channels)
+    """GroupNorm with ``groups`` groups (fewer only where a layer has fewer channels than groups)."""
+    g = min(groups, channels)
+    if channels % g:
+        raise ValueError(f"groups={groups} does not divide a layer's {channels} channels (denoiser 'unet')")
+    return nn.GroupNorm(g, channels)
 
 
 class ResBlock(nn.Module):
@@ -39,7 +43,9 @@ class AttnBlock(nn.Module):
 
     def __init__(self, channels: int, groups: int, heads: int):
         super().__init__()
-        self.heads = heads if channels % heads == 0 else 1
+        if channels % heads:
+            raise ValueError(f"heads={heads} does not divide an attention layer's {channels} channels")
+        self.heads = heads
         self.norm = _norm(channels, groups)
         self.qkv = nn.Conv2d(channels, 3 * channels, 1)
         self.proj = nn.Conv2d(channels, channels, 1)
@@ -75,7 +81,31 @@ class UNet(nn.Module):
         emb_dim: int | None = None,
     ):
         super().__init__()
-        c_data, H, _ = data_shape
+        check_sizes("unet", channels=channels, num_res_blocks=num_res_blocks, heads=heads, groups=groups)
+        check_sizes("unet", **{f"ch_mult[{i}]": m for i, m in enumerate(ch_mult)})
+        if not ch_mult:
+            raise ValueError("ch_mult=[] must list at least one multiplier (denoiser 'unet')")
+        if emb_dim is not None:
+            check_sizes("unet", emb_dim=emb_dim)
+        check_dropout("unet", dropout)
+        if len(data_shape) != 3:
+            raise ValueError(
+                f"denoiser 'unet' needs image data [C, H, W]; got data shape {tuple(data_shape)}"
+            )
+        c_data, H, W = data_shape
+        factor = 2 ** (len(ch_mult) - 1)
+        if H % factor or W % factor:
+            raise ValueError(
+                f"denoiser 'unet' with {len(ch_mult)} resolutions needs H, W divisible by {factor}; "
+                f"got data shape {tuple(data_shape)}"
+            )
+        resolutions = [H // 2**i for i in range(len(ch_mult))]
+        for res in attn_resolutions:
+            if res not in resolutions:
+                raise ValueError(
+                    f"attn_resolutions holds {res!r}, not a resolution of this U-Net "
+                    f"({', '.join(map(str, resolutions))})"
+                )
         self.data_shape, self.num_classes = tuple(data_shape), num_classes
         emb_dim = emb_dim or 4 * channels
         self.cond = Conditioning(emb_dim, num_classes)
