@@ -6,10 +6,13 @@ torchvision) costs seconds, which 32 processes would pay 32 times.
 
 Writes OUT (default evals/SCHEDULE/fid.json): one record per solver x step count with schedule,
 solver, steps, nfe, fid, fid_lo, fid_hi, kid_mean, kid_std, solver_error, seconds_per_sample,
-n_samples, feature_extractor.
+n_samples, feature_extractor, bootstrap, bootstrap_seed; and ROW_FEATURES (default features.npz
+beside OUT): every row's features (float32), FID bootstrap replicates and sample indices, keyed
+"<solver>/<steps>" (difflab.metrics.paired.save_row_features), from which the report pairs rows.
 """
 
 import json
+from pathlib import Path
 
 from _common import (
     add_device,
@@ -30,6 +33,7 @@ def main(args):
     import numpy as np
     import torch
 
+    from difflab.metrics.paired import save_row_features
     from difflab.sampling import levels_to_uint8_images
 
     ev = cfg["evaluate"]
@@ -42,14 +46,20 @@ def main(args):
     levels = meta["levels"]
     reference = levels_to_uint8_images(torch.from_numpy(np.load(f"{args.data}/train_images.npy")), levels)
     extractor = f"{args.features}/classifier.pt" if ev["feature_extractor"] == "classifier" else None
-    records = []
+    records, kept = [], {}
     for solver in cfg["solvers"]:
-        records += _evaluate(args, cfg, solver, reference, extractor, levels)
-    atomic_file(args.out or f"evals/{args.schedule}/fid.json", json.dumps(records, indent=2) + "\n")
+        records += _evaluate(args, cfg, solver, reference, extractor, levels, kept)
+    out = Path(args.out or f"evals/{args.schedule}/fid.json")
+    save_row_features(args.row_features or out.parent / "features.npz", kept, bootstrap_seed=cfg["seed"])
+    atomic_file(out, json.dumps(records, indent=2) + "\n")
 
 
-def _evaluate(args, cfg, solver, reference, extractor, levels) -> list[dict]:
+def _evaluate(args, cfg, solver, reference, extractor, levels, kept: dict) -> list[dict]:
+    """The records of one solver's rows; their features and bootstrap replicates go into ``kept``."""
+    import numpy as np
+
     from difflab.metrics.fid import fid_kid
+    from difflab.metrics.paired import row_key
     from difflab.sampling import levels_to_uint8_images, load_samples
 
     ev = cfg["evaluate"]
@@ -67,7 +77,13 @@ def _evaluate(args, cfg, solver, reference, extractor, levels) -> list[dict]:
             kid_subset_size=ev["kid_subset_size"],
             seed=cfg["seed"],
             device=resolve_device(args.device),
+            keep_features=True,
         )
+        kept[row_key(solver, row["steps"])] = {
+            "features": scores["features"].numpy(),
+            "fid_bootstrap": scores["fid_bootstrap"],
+            "indices": np.arange(len(images)),  # generate() holds sample i at row i
+        }
         record = {"schedule": args.schedule, "solver": solver, **{k: row[k] for k in ("steps", "nfe")}}
         for key in ("fid", "fid_lo", "fid_hi", "kid_mean", "kid_std"):
             record[key] = float(scores[key])
@@ -76,6 +92,8 @@ def _evaluate(args, cfg, solver, reference, extractor, levels) -> list[dict]:
             seconds_per_sample=row["seconds_per_sample"],
             n_samples=int(scores.get("n_samples", row["n_samples"])),
             feature_extractor=scores.get("feature_extractor", ev["feature_extractor"]),
+            bootstrap=ev["bootstrap"],
+            bootstrap_seed=cfg["seed"],
         )
         records.append(record)
         print(
@@ -91,5 +109,8 @@ if __name__ == "__main__":
     p.add_argument("--samples", default="samples", help="the sample stages' folder (default: %(default)s)")
     p.add_argument("--features", default="data/features", help="the prepare stage's feature folder")
     p.add_argument("--out", default=None, help="output file (default: evals/SCHEDULE/fid.json)")
+    p.add_argument(
+        "--row-features", default=None, help="every row's features (default: features.npz beside OUT)"
+    )
     add_device(p)
     run(main, p.parse_args())

@@ -1,9 +1,14 @@
-"""Stage `report`: results/comparison.csv, results/metrics.json, results/plots/, results/report.html
-and the W&B comparison run (results/wandb, offline unless WANDB_MODE=online).
+"""Stage `report`: results/comparison.csv, results/paired.csv, results/metrics.json, results/plots/,
+results/report.html and the W&B comparison run (results/wandb, offline unless WANDB_MODE=online).
 
   python pipeline/report.py                 # the DVC stage: from evals/ and samples/
   python pipeline/report.py --from-csv      # `make report`: rebuild plots and report.html from
                                             # results/comparison.csv (no W&B run)
+  python pipeline/report.py --ties          # per NFE budget, the rows tied with the best under the
+                                            # old overlap rule vs the paired test (prints only)
+
+Rows are compared in pairs from the bootstrap replicates the evaluate stage keeps
+(evals/SCHEDULE/features.npz), with --from-csv too.
 """
 
 import os
@@ -25,7 +30,7 @@ def _place(src: Path, dst: Path) -> None:
 def main(args):
     cfg = load_cfg(args)
     from difflab.report import analysis
-    from difflab.report.build import collect, grid_sources, nll_from_rows, write_results
+    from difflab.report.build import collect, grid_sources, load_replicates, nll_from_rows, write_results
 
     results = Path(args.out)
     meta_path = Path(args.data) / "meta.json"
@@ -33,7 +38,7 @@ def main(args):
     floor_path = Path(args.features) / "floor.json"
     if meta is not None and floor_path.exists():
         meta["data_floor"] = read_json(floor_path).get("data_floor")
-    if args.from_csv:
+    if args.from_csv or args.ties:
         csv_path = results / "comparison.csv"
         if not csv_path.exists():
             raise FileNotFoundError(f"{csv_path} not found; run `make repro` first")
@@ -42,26 +47,39 @@ def main(args):
     else:
         records, nll = collect(args.evals, cfg["schedules"], cfg["solvers"])
         rows = analysis.build_table(records, nll)
+    replicates = load_replicates(args.evals, rows)
+    if args.ties:
+        pairing = analysis.Pairing(rows, replicates)
+        budgets = analysis.default_budgets(rows, cfg["sample"]["steps"])
+        for line in analysis.tie_count_lines(analysis.tie_counts(rows, budgets, pairing)):
+            print(line)
+        return
     grids = grid_sources(args.samples, rows)
     with scratch_dir(results) as tmp:
-        built = write_results(rows, nll, cfg, tmp, data_meta=meta, grids=grids, tables=not args.from_csv)
+        built = write_results(
+            rows, nll, cfg, tmp, replicates=replicates, data_meta=meta, grids=grids, tables=not args.from_csv
+        )
         if not args.from_csv and not args.no_wandb:
             from difflab.report.wandb_report import log_comparison
+            from difflab.tracking import wandb_group
 
             log_comparison(
                 built["rows"],
                 nll,
                 cfg,
                 out_dir=tmp / "wandb",
+                group=wandb_group(cfg),
                 figures=built["figures"],
                 grids=built["grids"],
                 summary=built["summary"],
+                pairs=built["pairs"],
+                ties=built["ties"],
             )
             self_contained(tmp / "wandb")
-        for name in ("comparison.csv", "metrics.json", "plots", "wandb", "report.html"):
+        for name in ("comparison.csv", "paired.csv", "metrics.json", "plots", "wandb", "report.html"):
             if (tmp / name).exists():
                 _place(tmp / name, results / name)
-    for line in analysis.summary_sentences(built["summary"]):
+    for line in analysis.summary_sentences(built["summary"]) + analysis.tie_count_lines(built["ties"]):
         print(line)
     print(f"wrote {results}/report.html ({len(rows)} rows)")
 
@@ -81,4 +99,9 @@ if __name__ == "__main__":
         "--from-csv", action="store_true", help="rebuild plots and report.html from OUT/comparison.csv"
     )
     p.add_argument("--no-wandb", action="store_true", help="skip the W&B comparison run")
+    p.add_argument(
+        "--ties",
+        action="store_true",
+        help="print, per NFE budget, the rows tied with the best (overlap rule vs paired test) and exit",
+    )
     run(main, p.parse_args())

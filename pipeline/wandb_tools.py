@@ -51,18 +51,25 @@ def main(args):
             subprocess.run(["wandb", "sync", "--include-offline", str(r)], check=True)
         return
     cfg = load_cfg(args)
-    from difflab.config import wandb_group
     from difflab.report import analysis
+    from difflab.report.build import load_replicates
     from difflab.report.wandb_report import publish_report, why_offline
+    from difflab.tracking import wandb_group
 
     reason = why_offline()
     if reason:
         print(f"wandb-report: not published: {reason}", file=sys.stderr)
         sys.exit(1)
     rows = analysis.read_csv(Path(args.results) / "comparison.csv")
-    summary = analysis.budget_summary(rows, analysis.default_budgets(rows, cfg["sample"]["steps"]))
+    pairing = analysis.Pairing(rows, load_replicates(args.evals, rows))
+    budgets = analysis.default_budgets(rows, cfg["sample"]["steps"])
     url = publish_report(
-        rows, summary, entity=cfg["wandb"]["entity"], project=cfg["wandb"]["project"], group=wandb_group(cfg)
+        rows,
+        analysis.budget_summary(rows, budgets, pairing),
+        entity=cfg["wandb"]["entity"],
+        project=cfg["wandb"]["project"],
+        group=wandb_group(cfg),
+        ties=analysis.tie_counts(rows, budgets, pairing),
     )
     print(f"W&B Report: {url}")
 
@@ -71,4 +78,5 @@ if __name__ == "__main__":
     p = parser(__doc__)
     p.add_argument("action", choices=("sync", "report"))
     p.add_argument("--results", default="results", help="the report stage's folder (default: %(default)s)")
+    p.add_argument("--evals", default="evals", help="the evaluate stage's folder (default: %(default)s)")
     run(main, p.parse_args())

@@ -218,3 +218,46 @@ def holm_adjusted(p_values: Sequence[float]) -> list[float]:
         running = max(running, min(1.0, (m - k) * p[i]))
         adj[i] = running
     return adj.tolist()
+
+
+def row_key(solver: str, steps: int) -> str:
+    """A row's key in a feature file: ``"<solver>/<steps>"`` (rk45: steps 0)."""
+    return f"{solver}/{int(steps)}"
+
+
+def save_row_features(path, rows: dict[str, dict], *, bootstrap_seed: int) -> None:
+    """One schedule's rows for paired comparisons, as an atomic ``.npz``: per ``row_key`` the
+    generated ``features`` (float32 ``[n, d]``), the FID bootstrap replicates ``fid_bootstrap``
+    (``[B]``, drawn by ``fid.bootstrap_draws(n, B, bootstrap_seed)``) and the sample ``indices``
+    (``[n]``), as ``"<key>/features"`` etc., plus the scalar ``bootstrap_seed``."""
+    from difflab.io import atomic_write
+
+    arrays = {"bootstrap_seed": np.asarray(int(bootstrap_seed))}
+    for key, row in rows.items():
+        arrays[f"{key}/features"] = np.asarray(row["features"], np.float32)
+        arrays[f"{key}/fid_bootstrap"] = np.asarray(row["fid_bootstrap"], np.float64)
+        arrays[f"{key}/indices"] = np.asarray(row["indices"], np.int64)
+
+    def write(tmp):
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **arrays)
+
+    atomic_write(path, write)
+
+
+def load_row_features(path, *, features: bool = False) -> dict:
+    """``{"bootstrap_seed": int, "rows": {key: {"fid_bootstrap", "indices"[, "features"]}}}`` of a
+    ``save_row_features`` file (``features=False`` leaves the large feature arrays unread)."""
+    from pathlib import Path
+
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path} not found; run the evaluate stage")
+    parts = ("fid_bootstrap", "indices", "features") if features else ("fid_bootstrap", "indices")
+    rows: dict[str, dict] = {}
+    with np.load(path) as z:
+        for name in z.files:
+            key, _, part = name.rpartition("/")
+            if key and part in parts:
+                rows.setdefault(key, {})[part] = z[name]
+        seed = int(z["bootstrap_seed"])
+    return {"bootstrap_seed": seed, "rows": rows}

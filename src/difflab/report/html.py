@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from difflab.report.analysis import ADAPTIVE_STEPS, COLUMNS, label, plausible_frontier, summary_sentences
+from difflab.report.analysis import ADAPTIVE_STEPS, COLUMNS, label, row_id, summary_sentences, tie_count_lines
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1200px;
@@ -23,6 +23,8 @@ table{border-collapse:collapse;font-size:12px;margin:.5em 0}
 th,td{border:1px solid #ddd;padding:3px 7px;text-align:right}
 th{background:#f3f3f3;position:sticky;top:0}
 td.t{text-align:left}
+td.sig{font-weight:600;background:#fdebd0}
+td.tie{color:#777}
 tr.best td{background:#e5f5e0;font-weight:600}
 tr.plaus td{background:#f7fbf4}
 .meta{color:#666}
@@ -97,6 +99,75 @@ def _table(rows: Sequence[dict], cols: Sequence[str], classes: dict[int, str] | 
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
+def _pm(d: dict) -> str:
+    return f"{d['fid_diff']:+.3g} [{d['diff_lo']:+.3g}, {d['diff_hi']:+.3g}]"
+
+
+def _budget_tables(summary: Sequence[dict]) -> list[str]:
+    """Per budget: the best row, then every other row with its paired difference to the best."""
+    parts = []
+    for s in summary:
+        if s["best"] is None:
+            continue
+        b = s["best"]
+        n_tied = len(s["tied"])
+        body = [
+            f"<tr class='best'><td class='t'>{html.escape(row_id(b))}</td><td>{b['nfe']:.0f}</td>"
+            f"<td>{b['fid']:.4g}</td><td class='t'>best</td><td></td><td></td></tr>"
+        ]
+        for o in s["others"]:
+            r = o["row"]
+            cls = "tie" if not o["separated"] else ""
+            verdict = (
+                "cannot be separated" if not o["separated"] else "worse" if o["fid_diff"] > 0 else "better"
+            )
+            tds = [
+                f"<td class='t'>{html.escape(row_id(r))}</td><td>{r['nfe']:.0f}</td><td>{r['fid']:.4g}</td>",
+                f"<td class='t {cls}'>{_pm(o)}</td><td>{o['p_value']:.2g}</td>",
+                f"<td class='t {cls}'>{verdict}</td>",
+            ]
+            body.append(f"<tr>{''.join(tds)}</tr>")
+        parts.append(
+            f"<details><summary>NFE &le; {s['budget']:.0f}: best {html.escape(row_id(b))} "
+            f"(FID {b['fid']:.4g}); {n_tied} of {s['n_candidates'] - 1} others cannot be separated</summary>"
+            "<table><thead><tr><th>row</th><th>nfe</th><th>fid</th><th>FID &minus; best [95%]</th>"
+            f"<th>p</th><th>verdict</th></tr></thead><tbody>{''.join(body)}</tbody></table></details>"
+        )
+    return parts
+
+
+def _matrix_table(matrix: dict) -> list[str]:
+    """Rows: ODE solvers; columns: schedule pairs; cells: paired FID difference, Holm-significant bold."""
+    if not matrix or not matrix["cells"]:
+        return []
+    pairs = list(dict.fromkeys((c["schedule_a"], c["schedule_b"]) for c in matrix["cells"]))
+    cells = {(c["solver"], c["schedule_a"], c["schedule_b"]): c for c in matrix["cells"]}
+    head = "<th>solver</th><th>steps</th><th>nfe</th>" + "".join(
+        f"<th>{html.escape(a)} &minus; {html.escape(b)}</th>" for a, b in pairs
+    )
+    body = []
+    for name, steps, nfe in matrix["solvers"]:
+        tds = ""
+        for a, b in pairs:
+            c = cells.get((name, a, b))
+            if c is None:
+                tds += "<td>&ndash;</td>"
+            else:
+                cls = "sig" if c["significant"] else "tie"
+                tds += f"<td class='{cls}'>{_pm(c)}{' *' if c['significant'] else ''}</td>"
+        body.append(f"<tr><td class='t'>{html.escape(name)}</td><td>{steps}</td><td>{nfe:.0f}</td>{tds}</tr>")
+    n_sig = sum(c["significant"] for c in matrix["cells"])
+    return [
+        f"<h2>Schedules compared, ODE solvers at NFE &le; {matrix['budget']:.0f}</h2>",
+        "<p>For each fixed-step ODE solver at its largest step count within the budget, the paired FID "
+        "difference between every two schedules (same noise per sample, so the shared noise cancels) "
+        f"with its 95% interval. <b>*</b>: significant at a family-wise 5% with Holm's correction over "
+        f"the {matrix['n_pairs']} pairs shown ({n_sig} significant); p-values from the paired bootstrap's "
+        "standard error (normal approximation). Negative: the first schedule scores the lower FID.</p>",
+        f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>",
+    ]
+
+
 def render(
     rows: Sequence[dict],
     summary: Sequence[dict],
@@ -104,13 +175,21 @@ def render(
     *,
     cfg: dict,
     nll: dict[str, dict],
+    frontier: Sequence[dict],
+    matrix: dict | None = None,
+    ties: Sequence[dict] = (),
+    invariance: str = "",
+    families: dict[str, dict] | None = None,
     data_meta: dict | None = None,
     grids: dict[str, str | Path] | None = None,
     title: str = "difflab: noise schedules x reverse solvers",
 ) -> str:
-    """The report's HTML text. ``figures``: name -> (png path, caption); ``grids``: caption -> png."""
+    """The report's HTML text. ``summary``: ``analysis.budget_summary`` with a pairing;
+    ``frontier``: ``analysis.plausible_frontier``; ``matrix``: ``analysis.schedule_matrix``;
+    ``ties``: ``analysis.tie_counts``; ``families``: ``analysis.solver_families``; ``figures``: name ->
+    (png path, caption); ``grids``: caption -> png."""
     best_ids = {id(s["best"]) for s in summary if s["best"] is not None}
-    plaus_ids = {id(r) for r in plausible_frontier(rows)}
+    plaus_ids = {id(r) for r in frontier}
     classes = {i: "plaus" for i in plaus_ids}
     classes.update({i: "best" for i in best_ids})
     meta = data_meta or {}
@@ -127,12 +206,34 @@ def render(
         f"&middot; FID features: {html.escape(', '.join(fe))}</p>",
         "<h2>What the numbers say</h2>",
         "<p>Per NFE budget (denoiser evaluations per sample, the final denoising included), the lowest FID "
-        "among the pairs that fit, and the pairs whose 95% intervals overlap its interval: the data cannot "
-        "tell those apart from the best. Intervals are bootstrap 95% intervals over samples.</p>",
+        "among the pairs that fit, and the rows it cannot be separated from. Every row draws sample i from "
+        "the same noise, so two rows are compared by a paired bootstrap of their FID difference (the same "
+        "resampled sample indices for both, against the fixed reference statistics): a row cannot be "
+        "separated from the best when the 95% interval of the difference contains 0. Each row's own FID "
+        "interval is a bootstrap 95% interval over samples.</p>",
         "<ul class='sum'>"
         + "".join(f"<li>{html.escape(s)}</li>" for s in summary_sentences(summary))
         + "</ul>",
     ]
+    if families:
+        groups: dict[str, list[str]] = {}
+        for name, f in families.items():
+            if any(r["solver"] == name for r in rows):
+                groups.setdefault(f["group"], []).append(name)
+        text = "; ".join(f"<b>{html.escape(g)}</b>: {html.escape(', '.join(v))}" for g, v in groups.items())
+        parts.append(
+            f"<p>Solvers by family (from their specs; the figures group them the same way): {text}.</p>"
+        )
+    if invariance:
+        parts.append(f"<p>{html.escape(invariance)}</p>")
+    if ties:
+        parts += [
+            "<p>What the pairing changes (rows tied with the best per budget, old overlap rule vs the "
+            "paired test):</p>",
+            "<ul class='sum'>"
+            + "".join(f"<li>{html.escape(t)}</li>" for t in tie_count_lines(ties))
+            + "</ul>",
+        ]
     floor = meta.get("data_floor") or {}
     if floor.get("fid") is not None:
         parts.append(
@@ -141,12 +242,16 @@ def render(
             f"[{floor.get('fid_lo', float('nan')):.3g}, {floor.get('fid_hi', float('nan')):.3g}] "
             "with the same features.</p>"
         )
-    frontier = plausible_frontier(rows)
     parts += [
         "<h2>Pareto frontier of FID vs NFE</h2>",
-        "<p>Rows that no cheaper-or-equal row beats with a separated 95% interval "
+        "<p>Rows that no cheaper-or-equal row beats by a paired 95% interval of the difference excluding 0 "
         "(bold green: best per budget).</p>",
         _table(frontier, COLUMNS[:7] + ("solver_error",), classes),
+        "<h2>Paired differences to the best, per NFE budget</h2>",
+        "<p>FID(row) &minus; FID(best) with its paired bootstrap 95% interval (bias-shifted like each row's "
+        "own interval; p from the bootstrap standard error). Also in <code>paired.csv</code>.</p>",
+        *_budget_tables(summary),
+        *_matrix_table(matrix),
     ]
     for key, (png, caption) in figures.items():
         if png is None:

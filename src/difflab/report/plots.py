@@ -1,5 +1,9 @@
 """Figures of the comparison (matplotlib, Agg): FID vs NFE with 95% intervals per schedule and per
-solver, the Pareto frontier, solver error vs NFE, bits/dim per schedule, sample grids."""
+solver, the Pareto frontier, solver error vs NFE, bits/dim per schedule, sample grids.
+
+Solvers are grouped by family (``analysis.solver_families``: ODE / SDE, order): a solver keeps one
+colour in every figure, ODE lines are solid and SDE lines dashed, the marker says the order, and
+legends list the solvers under a heading per family and order."""
 
 from __future__ import annotations
 
@@ -12,9 +16,47 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from difflab.report.analysis import ADAPTIVE_STEPS, pareto_frontier, plausible_frontier
+from difflab.report.analysis import ADAPTIVE_STEPS, pareto_frontier
 
 MARKERS = "osD^v<>PX*"
+ORDER_MARKERS = {1: "o", 2: "s", 3: "D"}  # higher orders (rk45's 5): "*"
+FAMILY_LINES = {"ode": "-", "sde": "--"}
+
+
+def _order_marker(order: int) -> str:
+    return ORDER_MARKERS.get(order, "*")
+
+
+def solver_styles(families: dict[str, dict]) -> dict[str, dict]:
+    """``name -> dict(color, linestyle, marker)``: colour per solver (tab20's ten strong colours
+    first, then its light ones), line style per family, marker per order."""
+    cmap = plt.get_cmap("tab20")
+    palette = [cmap(i) for i in range(0, 20, 2)] + [cmap(i) for i in range(1, 20, 2)]
+    return {
+        name: {
+            "color": palette[i % len(palette)],
+            "linestyle": FAMILY_LINES[f["family"]],
+            "marker": _order_marker(f["order"]),
+        }
+        for i, (name, f) in enumerate(families.items())
+    }
+
+
+def _grouped_legend(families: dict[str, dict], handles: dict[str, object]):
+    """Handles and labels with a heading before each family-and-order group."""
+    from matplotlib.patches import Patch
+
+    out_h, out_l, last = [], [], None
+    for name, f in families.items():
+        if name not in handles:
+            continue
+        if f["group"] != last:
+            out_h.append(Patch(visible=False))
+            out_l.append(f["group"])
+            last = f["group"]
+        out_h.append(handles[name])
+        out_l.append(f"  {name}")
+    return out_h, out_l
 
 
 def _ordered(rows, key, order=()):
@@ -39,47 +81,50 @@ def _errorbar(ax, pts, **kw):
     y = [r["fid"] for r in pts]
     lo = [max(r["fid"] - r["fid_lo"], 0) for r in pts]
     hi = [max(r["fid_hi"] - r["fid"], 0) for r in pts]
-    ax.errorbar(x, y, yerr=[lo, hi], capsize=2.5, lw=1.3, ms=4, **kw)
+    return ax.errorbar(x, y, yerr=[lo, hi], capsize=2.5, lw=1.3, ms=4, **kw)
 
 
-def fid_vs_nfe(
-    rows: Sequence[dict], by: str, path, order: Sequence[str] = (), line_order: Sequence[str] = ()
-):
+def fid_vs_nfe(rows: Sequence[dict], by: str, path, schedules: Sequence[str], families: dict[str, dict]):
     """One panel per ``by`` value (``"schedule"`` or ``"solver"``), one line per the other key, FID vs
-    NFE (log x) with 95% interval bars; rk45 (adaptive) is drawn as a single marker."""
+    NFE (log x) with 95% interval bars; adaptive solvers are drawn as single markers. Solvers are
+    styled and ordered by family (``solver_styles``); per-solver panels are titled with the family."""
+    styles = solver_styles(families)
+    sch = _ordered(rows, "schedule", schedules)
+    sol = _ordered(rows, "solver", list(families))
+    panels, lines = (sch, sol) if by == "schedule" else (sol, sch)
     other = "solver" if by == "schedule" else "schedule"
-    panels = _ordered(rows, by, order)
-    lines = _ordered(rows, other, line_order)
     fig, axes = _grid(len(panels))
     cmap = plt.get_cmap("tab10")
+    handles: dict[str, object] = {}
     for ax, p in zip(axes, panels):
         for i, name in enumerate(lines):
             pts = [r for r in rows if r[by] == p and r[other] == name]
             if not pts:
                 continue
-            adaptive = all(r["steps"] == ADAPTIVE_STEPS for r in pts)
-            _errorbar(
-                ax,
-                pts,
-                color=cmap(i % 10),
-                marker=MARKERS[i % len(MARKERS)],
-                label=name,
-                linestyle="none" if adaptive else "-",
-            )
+            solver = name if other == "solver" else p
+            style = dict(styles[solver])
+            if other == "schedule":
+                style.update(color=cmap(i % 10), marker=MARKERS[i % len(MARKERS)])
+            if all(r["steps"] == ADAPTIVE_STEPS for r in pts):
+                style["linestyle"] = "none"
+            handles[name] = _errorbar(ax, pts, label=name, **style)
         ax.set_xscale("log")
         ax.set_yscale("log")  # one diverging solver should not flatten the others
-        ax.set_title(f"{by} = {p}")
+        title = f"{by} = {p}" if by == "schedule" else f"{p} ({families[p]['group']})"
+        ax.set_title(title, fontsize=10)
         ax.set_xlabel("NFE (denoiser evaluations)")
         ax.grid(alpha=0.3, which="both")
     axes[0].set_ylabel("FID (95% interval)")
-    handles, labels = [], []
     for ax in axes:
         _plain_log_ticks(ax, y=True)
-        for h, lab in zip(*ax.get_legend_handles_labels()):
-            if lab not in labels:
-                handles.append(h)
-                labels.append(lab)
-    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False, title=other)
+    if other == "solver":
+        h, labels = _grouped_legend(families, handles)
+    else:
+        labels = [n for n in lines if n in handles]
+        h = [handles[n] for n in labels]
+    fig.legend(
+        h, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False, title=other, fontsize=8
+    )
     fig.suptitle(f"FID vs NFE, one panel per {by}")
     fig.tight_layout()
     return _save(fig, path)
@@ -96,21 +141,29 @@ def _plain_log_ticks(ax, y: bool = False):
         axis.set_minor_formatter(NullFormatter())
 
 
-def pareto(rows: Sequence[dict], path, schedules: Sequence[str] = (), solvers: Sequence[str] = ()):
-    """Every row in the FID-NFE plane (colour = schedule, marker = solver) with the Pareto frontier
-    and the interval-aware frontier."""
+def pareto(
+    rows: Sequence[dict],
+    path,
+    schedules: Sequence[str],
+    families: dict[str, dict],
+    plausible: Sequence[dict],
+):
+    """Every row in the FID-NFE plane (colour = schedule, marker = the solver's order, filled = ODE,
+    hollow = SDE) with the Pareto frontier, and ``plausible`` (the rows no cheaper-or-equal row
+    beats by a paired interval, ``analysis.plausible_frontier``) circled."""
     fig, ax = plt.subplots(figsize=(8, 5))
     cmap = plt.get_cmap("tab10")
     sch = _ordered(rows, "schedule", schedules)
-    sol = _ordered(rows, "solver", solvers)
     for r in rows:
-        i, j = sch.index(r["schedule"]), sol.index(r["solver"])
+        color = cmap(sch.index(r["schedule"]) % 10)
+        fam = families[r["solver"]]
         ax.errorbar(
             [r["nfe"]],
             [r["fid"]],
             yerr=[[max(r["fid"] - r["fid_lo"], 0)], [max(r["fid_hi"] - r["fid"], 0)]],
-            color=cmap(i % 10),
-            marker=MARKERS[j % len(MARKERS)],
+            color=color,
+            marker=_order_marker(fam["order"]),
+            mfc=color if fam["family"] == "ode" else "none",
             ms=5,
             alpha=0.75,
             capsize=1.5,
@@ -125,20 +178,31 @@ def pareto(rows: Sequence[dict], path, schedules: Sequence[str] = (), solvers: S
         lw=1.5,
         label="Pareto frontier",
     )
-    plaus = plausible_frontier(rows)
     ax.scatter(
-        [r["nfe"] for r in plaus],
-        [r["fid"] for r in plaus],
+        [r["nfe"] for r in plausible],
+        [r["fid"] for r in plausible],
         s=110,
         facecolors="none",
         edgecolors="k",
         lw=0.8,
-        label="not separable from the frontier (95%)",
+        label="not separable from the frontier (paired 95%)",
     )
     for i, s in enumerate(sch):
         ax.plot([], [], color=cmap(i % 10), lw=4, label=s)
-    for j, s in enumerate(sol):
-        ax.plot([], [], color="gray", marker=MARKERS[j % len(MARKERS)], linestyle="none", label=s)
+    for order in sorted({f["order"] for n, f in families.items() if any(r["solver"] == n for r in rows)}):
+        names = [
+            n for n, f in families.items() if f["order"] == order and any(r["solver"] == n for r in rows)
+        ]
+        ax.plot(
+            [],
+            [],
+            color="gray",
+            marker=_order_marker(order),
+            linestyle="none",
+            label=f"order {order}: " + ", ".join(names),
+        )
+    ax.plot([], [], color="gray", marker="o", linestyle="none", label="filled: ODE")
+    ax.plot([], [], color="gray", marker="o", mfc="none", linestyle="none", label="hollow: SDE")
     ax.set_xscale("log")
     ax.set_yscale("log")
     _plain_log_ticks(ax, y=True)
@@ -150,32 +214,32 @@ def pareto(rows: Sequence[dict], path, schedules: Sequence[str] = (), solvers: S
     return _save(fig, path)
 
 
-def solver_error_vs_nfe(
-    rows: Sequence[dict], path, order: Sequence[str] = (), line_order: Sequence[str] = ()
-):
+def solver_error_vs_nfe(rows: Sequence[dict], path, schedules: Sequence[str], families: dict[str, dict]):
     """Discretization error (distance to the rk45 reference from the same noise) vs NFE, log-log,
-    one panel per schedule; stochastic solvers have none and are left out."""
+    one panel per schedule, solvers styled by family; stochastic solvers have none and are left out."""
     pts_all = [r for r in rows if r.get("solver_error") is not None]
     if not pts_all:
         return None
-    panels = _ordered(pts_all, "schedule", order)
-    lines = _ordered(pts_all, "solver", line_order)
+    styles = solver_styles(families)
+    panels = _ordered(pts_all, "schedule", schedules)
+    lines = _ordered(pts_all, "solver", list(families))
     fig, axes = _grid(len(panels))
-    cmap = plt.get_cmap("tab10")
+    handles: dict[str, object] = {}
     for ax, p in zip(axes, panels):
-        for i, name in enumerate(lines):
+        for name in lines:
             pts = sorted(
                 (r for r in pts_all if r["schedule"] == p and r["solver"] == name), key=lambda r: r["nfe"]
             )
             if pts:
-                ax.plot(
+                style = dict(styles[name])
+                if len(pts) == 1:
+                    style["linestyle"] = "none"
+                (handles[name],) = ax.plot(
                     [r["nfe"] for r in pts],
                     [max(r["solver_error"], 1e-12) for r in pts],
-                    marker=MARKERS[i % 10],
-                    color=cmap(i % 10),
                     label=name,
-                    linestyle="none" if len(pts) == 1 else "-",
                     ms=4,
+                    **style,
                 )
         ax.set_xscale("log")
         ax.set_yscale("log")
@@ -184,7 +248,8 @@ def solver_error_vs_nfe(
         ax.set_xlabel("NFE")
         ax.grid(alpha=0.3, which="both")
     axes[0].set_ylabel("mean RMS distance to reference")
-    axes[0].legend(fontsize=7)
+    h, labels = _grouped_legend(families, handles)
+    fig.legend(h, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False, fontsize=8)
     fig.suptitle("Solver error apart from network error (same noise, adaptive reference)")
     fig.tight_layout()
     return _save(fig, path)

@@ -1,8 +1,9 @@
 """W&B: the comparison run (offline by default) and a W&B Report of it (``wandb-workspaces``).
 
-The comparison run holds ``comparison/table`` (a ``wandb.Table`` with every row), FID-vs-NFE line
-plots per schedule and per solver, bits/dim per schedule, the report's figures and sample grids; it
-shares the W&B group of the training runs (``wandb.group``, else the experiment name).
+The comparison run holds ``comparison/table`` (a ``wandb.Table`` with every row),
+``comparison/paired`` (the paired differences the report shows, as in ``results/paired.csv``),
+FID-vs-NFE line plots per schedule and per solver, bits/dim per schedule, the report's figures and
+sample grids; it shares the W&B group of the training runs (the caller passes ``group``).
 ``report_blocks`` builds the Report's blocks without any network; ``publish_report`` saves them
 to W&B only when online with a key and says why not otherwise.
 """
@@ -13,9 +14,18 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from difflab.report.analysis import ADAPTIVE_STEPS, COLUMNS, EXTRA_COLUMNS, summary_sentences
+from difflab.report.analysis import (
+    ADAPTIVE_STEPS,
+    COLUMNS,
+    EXTRA_COLUMNS,
+    PAIRED_COLUMNS,
+    PAIRED_EXTRA_COLUMNS,
+    summary_sentences,
+    tie_count_lines,
+)
 
 TABLE_KEY = "comparison/table"
+PAIRED_KEY = "comparison/paired"
 
 
 def _fid_key(kind: str, name: str) -> str:
@@ -28,15 +38,17 @@ def log_comparison(
     cfg: dict,
     *,
     out_dir: str | os.PathLike,
+    group: str,
     figures: dict[str, str | Path] | None = None,
     grids: dict[str, str | Path] | None = None,
     summary: Sequence[dict] = (),
+    pairs: Sequence[dict] = (),
+    ties: Sequence[dict] = (),
 ) -> Path:
-    """Write the comparison run under ``out_dir/wandb`` (mode from ``WANDB_MODE``, default offline)
-    and return its run folder."""
+    """Write the comparison run under ``out_dir`` (mode from ``WANDB_MODE``, default offline) in W&B
+    group ``group`` and return its run folder. ``pairs``: ``analysis.paired_rows``; ``ties``:
+    ``analysis.tie_counts`` (run summary)."""
     import wandb
-
-    from difflab.config import wandb_group
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -45,7 +57,6 @@ def log_comparison(
         if not os.environ.get(var):  # W&B's own folders stay inside the output, not in $HOME
             os.environ[var] = str(out_dir / sub)
     wb = cfg.get("wandb") or {}
-    group = wandb_group(cfg)
     run = wandb.init(
         project=wb.get("project", "difflab"),
         entity=wb.get("entity"),
@@ -61,6 +72,8 @@ def log_comparison(
         cols = list(COLUMNS + EXTRA_COLUMNS)
         table = wandb.Table(columns=cols, data=[[r.get(c) for c in cols] for r in rows])
         log = {TABLE_KEY: table}
+        pcols = list(PAIRED_COLUMNS + PAIRED_EXTRA_COLUMNS)
+        log[PAIRED_KEY] = wandb.Table(columns=pcols, data=[[p.get(c) for c in pcols] for p in pairs])
         for kind, other in (("schedule", "solver"), ("solver", "schedule")):
             for name in dict.fromkeys(r[kind] for r in rows):
                 series = {}
@@ -91,6 +104,9 @@ def log_comparison(
                 run.summary[f"best/nfe<={s['budget']:.0f}"] = (
                     f"{b['schedule']} x {b['solver']} FID {b['fid']:.4g}"
                 )
+        for t in ties:
+            run.summary[f"ties/nfe<={t['budget']:.0f}/overlap"] = t["tied_overlap"]
+            run.summary[f"ties/nfe<={t['budget']:.0f}/paired"] = t["tied_paired"]
         for schedule, v in nll.items():
             if v.get("bpd") is not None:
                 run.summary[f"nll_bpd/{schedule}"] = v["bpd"]
@@ -101,10 +117,17 @@ def log_comparison(
 
 
 def report_blocks(
-    rows: Sequence[dict], summary: Sequence[dict], *, entity: str, project: str, group: str
+    rows: Sequence[dict],
+    summary: Sequence[dict],
+    *,
+    entity: str,
+    project: str,
+    group: str,
+    ties: Sequence[dict] = (),
 ) -> list:
-    """The blocks of the W&B Report (built offline): the conclusions per NFE budget, the table, and
-    FID-vs-NFE panels for every schedule and solver from the comparison run of ``group``."""
+    """The blocks of the W&B Report (built offline): the conclusions per NFE budget (paired test),
+    the table, the paired differences, and FID-vs-NFE panels for every schedule and solver from the
+    comparison run of ``group``."""
     import wandb_workspaces.reports.v2 as wr
 
     runset = wr.Runset(
@@ -119,10 +142,14 @@ def report_blocks(
             text=f"Schedules: {', '.join(schedules)}. Solvers: {', '.join(solvers)}. "
             f"Steps: {steps} (rk45 adaptive)."
         ),
-        wr.H2(text="What the numbers say (95% intervals)"),
-        wr.MarkdownBlock(text="\n".join(f"- {s}" for s in summary_sentences(summary))),
+        wr.H2(text="What the numbers say (paired 95% intervals of the differences)"),
+        wr.MarkdownBlock(
+            text="\n".join(f"- {s}" for s in [*summary_sentences(summary), *tie_count_lines(ties)])
+        ),
         wr.H2(text="Every row"),
         wr.PanelGrid(runsets=[runset], panels=[wr.WeavePanelSummaryTable(table_name=TABLE_KEY)]),
+        wr.H2(text="Paired differences (to the best per budget; schedules per ODE solver, Holm)"),
+        wr.PanelGrid(runsets=[runset], panels=[wr.WeavePanelSummaryTable(table_name=PAIRED_KEY)]),
         wr.H2(text="FID vs NFE per schedule"),
     ]
     for schedule in schedules:
@@ -168,7 +195,9 @@ def why_offline() -> str | None:
     return None
 
 
-def publish_report(rows, summary, *, entity: str | None, project: str, group: str) -> str:
+def publish_report(
+    rows, summary, *, entity: str | None, project: str, group: str, ties: Sequence[dict] = ()
+) -> str:
     """Save the Report to W&B and return its URL; ``RuntimeError`` with the reason when offline."""
     reason = why_offline()
     if reason:
@@ -182,7 +211,7 @@ def publish_report(rows, summary, *, entity: str | None, project: str, group: st
         entity=entity,
         title=f"difflab comparison: {group}",
         description="Noise schedules x reverse solvers: FID/KID with 95% intervals, NLL, solver error.",
-        blocks=report_blocks(rows, summary, entity=entity, project=project, group=group),
+        blocks=report_blocks(rows, summary, entity=entity, project=project, group=group, ties=ties),
     )
     report.save()
     return report.url
