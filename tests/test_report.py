@@ -7,11 +7,12 @@ import re
 
 import numpy as np
 import pytest
+import torch
 
 from difflab.metrics.paired import save_row_features
 from difflab.report import analysis
 from difflab.report.build import collect, load_replicates, nll_from_rows, write_results
-from difflab.report.grids import save_grid_png, tile
+from difflab.sampling import save_grid
 
 
 def _row(schedule, solver, steps, nfe, fid, lo, hi, err=None):
@@ -204,14 +205,6 @@ def test_collect_names_a_missing_nll_file(tmp_path):
         analysis.build_table([dict(A)], {})
 
 
-def test_solver_error_is_mean_rms_distance():
-    ref = np.zeros((2, 1, 2, 2))
-    x = np.concatenate([np.zeros((1, 1, 2, 2)), 2 * np.ones((1, 1, 2, 2)), 9 * np.ones((3, 1, 2, 2))])
-    assert analysis.solver_error(x, ref) == pytest.approx(1.0)  # (0 + 2) / 2; extra rows ignored
-    with pytest.raises(ValueError):
-        analysis.solver_error(np.zeros((1, 4)), np.zeros((2, 4)))
-
-
 def test_csv_round_trip_and_columns(tmp_path):
     path = tmp_path / "c.csv"
     path.write_text(analysis.to_csv(ROWS))
@@ -233,19 +226,12 @@ def test_nested_metrics_for_dvc():
     assert m["s1"]["nll_bpd"] == 2.5
 
 
-def test_grid_tiles_levels_to_uint8():
-    images = np.zeros((3, 1, 2, 2), np.uint8)
-    images[1] = 16
-    g = tile(images, levels=17, nrow=2, padding=1)
-    assert g.shape == (2 * 3 + 1, 2 * 3 + 1, 3)
-    assert g[4:6, 1:3].max() == 0 and g[1:3, 4:6].min() == 255
-
-
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     out = tmp_path_factory.mktemp("results")
     rng = np.random.default_rng(0)
-    png = save_grid_png(out / "g.png", rng.integers(0, 17, (16, 1, 8, 8)), levels=17)
+    png = out / "g.png"
+    save_grid(png, torch.from_numpy(rng.integers(0, 17, (16, 1, 8, 8))), levels=17)
     grids = {"s1": {"euler": png, "heun": png}, "s2": {"euler": png}}
     nll = {"s1": {"bpd": 2.5, "bpd_se": 0.05}, "s2": {"bpd": 3.0, "bpd_se": 0.05}}
     info = write_results(

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from difflab.report import analysis, html, plots
+from difflab.report import analysis, html
 
 
 def collect(evals_dir: str | os.PathLike, schedules: Sequence[str], solvers: Sequence[str]):
@@ -99,6 +99,8 @@ def write_results(
     counts, figure and grid paths). ``replicates``: every row's FID bootstrap replicates by
     ``analysis.row_id`` (``load_replicates``), from which rows are compared in pairs. ``cfg`` is read
     for ``schedules``, ``solvers``, ``sample.steps`` and ``sample.options``."""
+    from difflab.report import plots  # matplotlib's Agg backend only where figures are written
+
     out_dir = Path(out_dir)
     schedules, solvers = cfg.get("schedules", []), cfg.get("solvers", [])
     rows = analysis.sort_rows(rows, schedules, solvers)
