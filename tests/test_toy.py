@@ -172,3 +172,144 @@ def test_bad_input():
         ring_mixture(k=0)
     with pytest.raises(ValueError, match="dim="):
         small_mixture(dim=0)
+
+
+# -- the class-conditional mixture ---------------------------------------------------------------
+def labelled_mixture(dim: int = 2) -> GaussianMixture:
+    """Five components in three classes (2, 1 and 2 components), uneven weights and stds."""
+    gm = small_mixture(dim)
+    means = torch.cat([gm.means, -0.7 * gm.means[:2]])
+    stds, weights = torch.tensor([0.3, 0.5, 0.2, 0.4, 0.25]), torch.tensor([0.3, 0.2, 0.15, 0.2, 0.15])
+    return GaussianMixture(means, stds, weights, labels=torch.tensor([0, 1, 2, 0, 2]))
+
+
+def sub_mixture(gm: GaussianMixture, c: int) -> GaussianMixture:
+    own = gm.labels == c
+    return GaussianMixture(gm.means[own], gm.stds[own], gm.weights[own])
+
+
+def test_labelled_mixture_attributes():
+    gm = labelled_mixture()
+    assert gm.num_classes == 3 and gm.null_label == 3
+    torch.testing.assert_close(gm.class_weights, torch.tensor([0.5, 0.2, 0.3], dtype=F64))
+    plain = small_mixture()
+    assert plain.num_classes == 0 and plain.null_label is None and plain.labels is None
+
+
+@pytest.mark.parametrize("name", SCHEDULES)
+def test_conditional_denoiser_is_the_class_sub_mixture(name):
+    """cond = c gives class c's own sub-mixture denoiser, the null label (or None) the full one,
+    row by row within one batch."""
+    schedule = get_schedule(name)
+    gm = labelled_mixture(dim=3)
+    D = gm.denoiser(schedule)
+    gen = torch.Generator().manual_seed(0)
+    n = 40
+    x = 3 * torch.randn(n, 3, generator=gen, dtype=F64)
+    t = schedule.t_min + (schedule.t_max - schedule.t_min) * torch.rand(n, generator=gen, dtype=F64)
+    cond = torch.arange(n) % 4  # classes 0..2 and the null label 3
+    out = D(x, t, cond)
+    expected = torch.empty_like(x)
+    for c in range(3):
+        rows = cond == c
+        expected[rows] = sub_mixture(gm, c).denoiser(schedule)(x[rows], t[rows])
+    rows = cond == 3
+    expected[rows] = GaussianMixture(gm.means, gm.stds, gm.weights).denoiser(schedule)(x[rows], t[rows])
+    torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
+    assert torch.equal(D(x, t), D(x, t, torch.full((n,), 3)))  # None is the null label, bit for bit
+
+
+@pytest.mark.parametrize("name", ["vp_linear", "flow"])
+def test_conditional_denoiser_is_tweedie_of_class_marginal(name):
+    """D(x, t, c) = (x + sigma^2 grad log p_t(x | c)) / alpha, by autograd of marginal_log_prob(label=c)."""
+    schedule = get_schedule(name)
+    gm = labelled_mixture(dim=2)
+    gen = torch.Generator().manual_seed(2)
+    t = torch.tensor(0.45, dtype=F64)
+    a, s = schedule.alpha(t), schedule.sigma(t)
+    y = torch.arange(30) % 3
+    x = a * gm.sample(30, gen, labels=y) + s * torch.randn(30, 2, generator=gen, dtype=F64)
+    xr = x.clone().requires_grad_(True)
+    (score,) = torch.autograd.grad(gm.marginal_log_prob(xr, t, schedule, label=y).sum(), xr)
+    torch.testing.assert_close(gm.denoiser(schedule)(x, t.expand(30), y), (x + s**2 * score) / a)
+
+
+def test_class_log_prob_and_posterior():
+    gm = labelled_mixture(dim=2)
+    x = 2 * torch.randn(50, 2, generator=torch.Generator().manual_seed(3), dtype=F64)
+    per_class = torch.stack([gm.log_prob(x, c) for c in range(3)], 1)  # [n, C]
+    for c in range(3):
+        torch.testing.assert_close(per_class[:, c], sub_mixture(gm, c).log_prob(x))
+    # p(x) = sum_c pi_c p(x | c); p(c | x) by Bayes' rule
+    torch.testing.assert_close(torch.logsumexp(per_class + gm.class_weights.log(), 1), gm.log_prob(x))
+    posterior = gm.class_log_posterior(x)
+    torch.testing.assert_close(posterior, per_class + gm.class_weights.log() - gm.log_prob(x)[:, None])
+    y = torch.arange(50) % 3
+    torch.testing.assert_close(gm.log_prob(x, y), per_class[torch.arange(50), y])
+    # each class's density integrates to one
+    h = 0.03
+    axis = torch.arange(-4.5, 4.5, h, dtype=F64) + h / 2
+    xx, yy = torch.meshgrid(axis, axis, indexing="ij")
+    grid = torch.stack([xx.flatten(), yy.flatten()], 1)
+    for c in range(3):
+        assert (gm.log_prob(grid, c).exp().sum() * h**2).item() == pytest.approx(1.0, abs=1e-4)
+
+
+def test_labelled_sampling():
+    gm = labelled_mixture(dim=2)
+    n = 60_000
+    x, y = gm.sample(n, torch.Generator().manual_seed(0), return_labels=True)
+    assert x.shape == (n, 2) and y.shape == (n,) and y.dtype == torch.long
+    freq = torch.bincount(y, minlength=3).double() / n
+    torch.testing.assert_close(freq, gm.class_weights, rtol=0, atol=0.01)
+    # without return_labels the same draws, unchanged from the unlabelled mixture's
+    plain = GaussianMixture(gm.means, gm.stds, gm.weights).sample(n, torch.Generator().manual_seed(0))
+    assert torch.equal(gm.sample(n, torch.Generator().manual_seed(0)), x) and torch.equal(plain, x)
+    requested = torch.arange(n) % 3
+    xc, yc = gm.sample(n, torch.Generator().manual_seed(1), labels=requested, return_labels=True)
+    assert torch.equal(yc, requested)
+    for c in range(3):
+        sub = sub_mixture(gm, c)
+        mean = (sub.weights[:, None] * sub.means).sum(0)
+        torch.testing.assert_close(xc[requested == c].mean(0), mean, rtol=0, atol=0.02)
+        # the samples of class c are likelier under class c than a sample of the whole mixture is
+        assert gm.log_prob(xc[requested == c], c).mean() > gm.log_prob(x, c).mean()
+    one = gm.sample(500, torch.Generator().manual_seed(2), labels=1)  # one int: every row of class 1
+    assert (gm.class_log_posterior(one).argmax(1) == 1).double().mean() > 0.5
+
+
+def test_labelled_mixture_bad_input():
+    means = torch.zeros(3, 2)
+    with pytest.raises(ValueError, match=r"classes \[1\]"):
+        GaussianMixture(means, 1.0, labels=torch.tensor([0, 2, 2]))
+    with pytest.raises(ValueError, match=r"classes \[1\]"):  # class 1's only component has weight 0
+        GaussianMixture(means, 1.0, torch.tensor([1.0, 0.0, 1.0]), labels=torch.tensor([0, 1, 2]))
+    with pytest.raises(ValueError, match="shape"):
+        GaussianMixture(means, 1.0, labels=torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match=">= 0"):
+        GaussianMixture(means, 1.0, labels=torch.tensor([0, -1, 1]))
+    with pytest.raises(ValueError, match="integers"):
+        GaussianMixture(means, 1.0, labels=torch.tensor([0.0, 1.0, 1.0]))
+    gm = labelled_mixture()
+    D = gm.denoiser(get_schedule("vp_cosine"))
+    x, t = torch.zeros(2, 2), torch.full((2,), 0.5)
+    with pytest.raises(ValueError, match=r"cond 4 out of range; allowed 0..2 or the null label 3"):
+        D(x, t, torch.tensor([0, 4]))
+    with pytest.raises(ValueError, match="shape"):
+        D(x, t, torch.tensor([0, 1, 2]))
+    with pytest.raises(ValueError, match="integers"):
+        D(x, t, torch.tensor([0.0, 1.0]))
+    with pytest.raises(ValueError, match=r"labels 3 out of range; allowed 0..2$"):  # null is no class to draw
+        gm.sample(2, labels=torch.tensor([0, 3]))
+    with pytest.raises(ValueError, match="label -1 out of range"):
+        gm.log_prob(x, torch.tensor([0, -1]))
+    plain = small_mixture()
+    with pytest.raises(ValueError, match="no class labels"):
+        plain.sample(3, return_labels=True)
+    with pytest.raises(ValueError, match="no class labels"):
+        plain.log_prob(x, 0)
+    with pytest.raises(ValueError, match="no class labels"):
+        plain.class_log_posterior(x)
+    # an unlabelled mixture's denoiser ignores cond, as before
+    Dp = plain.denoiser(get_schedule("vp_cosine"))
+    assert torch.equal(Dp(x, t, torch.tensor([5, 7])), Dp(x, t))

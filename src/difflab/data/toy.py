@@ -11,15 +11,25 @@ from difflab.schedules import Schedule
 
 
 class GaussianMixture:
-    """Isotropic Gaussian mixture ``sum_k w_k N(mu_k, s_k^2 I)`` in d dimensions.
+    """Isotropic Gaussian mixture ``sum_k w_k N(mu_k, s_k^2 I)`` in d dimensions, optionally labelled.
 
     Under ``x_t = alpha x0 + sigma eps`` each component stays Gaussian,
     ``x_t | k ~ N(alpha mu_k, (alpha^2 s_k^2 + sigma^2) I)``, so the denoiser is exact:
     ``E[x0 | x_t] = sum_k r_k(x_t) [mu_k + alpha s_k^2 / (alpha^2 s_k^2 + sigma^2) (x_t - alpha mu_k)]``
     with posterior responsibilities ``r_k``. Computed in float64.
+
+    ``labels`` (integers ``[K]``, every class in ``0..C-1`` owning at least one component) makes it a
+    class-conditional oracle: class ``c`` is the sub-mixture of its components,
+    ``p(x | c) = sum_{k: l_k = c} (w_k / pi_c) N(mu_k, s_k^2 I)`` with ``pi_c = sum_{k: l_k = c} w_k``,
+    and ``E[x0 | x_t, c]`` is the sum above with ``r_k`` restricted to class ``c``'s components.
+    ``num_classes = C`` and ``null_label = C`` (the "no class" label of a classifier-free-guidance
+    model: ``cond = null_label`` or ``None`` gives the unconditional denoiser). Without labels
+    ``num_classes = 0``, ``null_label = None`` and the denoiser ignores ``cond``.
     """
 
-    def __init__(self, means: Tensor, stds: Tensor | float, weights: Tensor | None = None):
+    def __init__(
+        self, means: Tensor, stds: Tensor | float, weights: Tensor | None = None, labels: Tensor | None = None
+    ):
         means = torch.as_tensor(means, dtype=torch.float64)
         if means.ndim != 2:
             raise ValueError(f"means must have shape [K, d], got {tuple(means.shape)}")
@@ -40,12 +50,64 @@ class GaussianMixture:
             )
         self.means, self.stds, self.weights = means, stds, weights / weights.sum()
         self.dim = means.shape[1]
+        self.labels = None if labels is None else _check_component_labels(labels, self.weights)
+        self.num_classes = 0 if self.labels is None else int(self.labels.max()) + 1
+        self.null_label = None if self.labels is None else self.num_classes
+        if self.labels is not None:
+            # [C, K]: 1 where component k belongs to class c; pi_c = class weights
+            self._member = self.labels[None, :] == torch.arange(self.num_classes)[:, None]
+            self.class_weights = (self._member * self.weights).sum(1)
 
-    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        """``n`` samples, ``[n, d]`` float64."""
-        k = torch.multinomial(self.weights, n, replacement=True, generator=generator)
+    # -- classes ----------------------------------------------------------------------------------
+    def _check_labels(self, labels, n: int, what: str, allow_null: bool) -> Tensor:
+        """``labels`` as a long tensor ``[n]`` (an int broadcasts), each in ``0..C-1`` (or the null label)."""
+        if self.labels is None:
+            raise ValueError(f"GaussianMixture: {what} given, but this mixture has no class labels")
+        if isinstance(labels, bool) or not (isinstance(labels, int) or torch.is_tensor(labels)):
+            raise ValueError(f"GaussianMixture: {what} must be an integer tensor [{n}], got {labels!r}")
+        labels = torch.as_tensor(labels)
+        if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+            raise ValueError(f"GaussianMixture: {what} must be integers, got dtype {labels.dtype}")
+        labels = labels.to(torch.long).cpu()
+        if labels.ndim == 0:
+            labels = labels.expand(n)
+        if labels.shape != (n,):
+            raise ValueError(f"GaussianMixture: {what} must have shape [{n}], got {tuple(labels.shape)}")
+        top = self.num_classes if allow_null else self.num_classes - 1
+        if n and (labels.min() < 0 or labels.max() > top):
+            bad = labels[(labels < 0) | (labels > top)][0].item()
+            extra = f" or the null label {self.null_label}" if allow_null else ""
+            raise ValueError(
+                f"GaussianMixture: {what} {bad} out of range; allowed 0..{self.num_classes - 1}{extra}"
+            )
+        return labels
+
+    def _component_weights(self, labels: Tensor) -> Tensor:
+        """Mixture weights of each row's class sub-mixture ``w_k 1[l_k = c] / pi_c``, ``[n, K]``."""
+        return self._member[labels] * self.weights / self.class_weights[labels, None]
+
+    # -- sampling and densities ---------------------------------------------------------------------
+    def sample(
+        self,
+        n: int,
+        generator: torch.Generator | None = None,
+        labels: Tensor | int | None = None,
+        *,
+        return_labels: bool = False,
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """``n`` samples, ``[n, d]`` float64; with ``labels`` (``[n]`` or one int, a labelled mixture)
+        row ``i`` is drawn from class ``labels[i]``; ``return_labels=True`` returns ``(x, y)`` with
+        ``y`` the class of each row (the drawn component's class when ``labels`` is None)."""
+        if return_labels and self.labels is None:
+            raise ValueError("GaussianMixture: return_labels=True, but this mixture has no class labels")
+        if labels is None:
+            k = torch.multinomial(self.weights, n, replacement=True, generator=generator)
+        else:
+            labels = self._check_labels(labels, n, "labels", allow_null=False)
+            k = torch.multinomial(self._component_weights(labels), 1, generator=generator)[:, 0]
         z = torch.randn(n, self.dim, dtype=torch.float64, generator=generator)
-        return self.means[k] + self.stds[k, None] * z
+        x = self.means[k] + self.stds[k, None] * z
+        return (x, self.labels[k]) if return_labels else x
 
     def _component_log_prob(self, x: Tensor, scale: Tensor, var: Tensor) -> Tensor:
         """log w_k + log N(x; scale mu_k, var_k I) for every row and component, ``[n, K]``."""
@@ -53,19 +115,44 @@ class GaussianMixture:
         sq = torch.cdist(x, scale * self.means) ** 2  # [n, K]
         return torch.log(self.weights) - 0.5 * sq / var - 0.5 * self.dim * torch.log(2 * math.pi * var)
 
-    def log_prob(self, x: Tensor) -> Tensor:
-        """Exact log-density of the mixture at each row of ``x``, ``[n]``."""
-        one = torch.ones((), dtype=torch.float64)
-        return torch.logsumexp(self._component_log_prob(x, one, self.stds**2), dim=1)
+    def _reduce(self, comp: Tensor, label) -> Tensor:
+        """log of the mixture (``label`` None) or of class ``label``'s sub-mixture, from ``comp`` [n, K]."""
+        if label is None:
+            return torch.logsumexp(comp, dim=1)
+        label = self._check_labels(label, comp.shape[0], "label", allow_null=False)
+        member = self._member[label]  # [n, K]
+        return torch.logsumexp(comp.masked_fill(~member, -math.inf), dim=1) - torch.log(
+            self.class_weights[label]
+        )
 
-    def marginal_log_prob(self, x: Tensor, t: Tensor, schedule: Schedule) -> Tensor:
-        """Exact log p_t(x) under ``schedule`` at one time ``t`` (scalar tensor), ``[n]``."""
+    def log_prob(self, x: Tensor, label: Tensor | int | None = None) -> Tensor:
+        """Exact log-density at each row of ``x``, ``[n]``: of the mixture, or with ``label`` (``[n]``
+        or one int) of that class's sub-mixture, ``log p(x | c)``."""
+        one = torch.ones((), dtype=torch.float64)
+        return self._reduce(self._component_log_prob(x, one, self.stds**2), label)
+
+    def class_log_posterior(self, x: Tensor) -> Tensor:
+        """``log p(c | x)`` for every row and class, ``[n, C]``: its argmax is the Bayes classifier."""
+        if self.labels is None:
+            raise ValueError("GaussianMixture: no class posterior, this mixture has no class labels")
+        one = torch.ones((), dtype=torch.float64)
+        comp = self._component_log_prob(x, one, self.stds**2)  # [n, K]
+        joint = torch.logsumexp(comp[:, None, :].masked_fill(~self._member[None], -math.inf), dim=2)
+        return joint - torch.logsumexp(joint, dim=1, keepdim=True)  # [n, C]
+
+    def marginal_log_prob(
+        self, x: Tensor, t: Tensor, schedule: Schedule, label: Tensor | int | None = None
+    ) -> Tensor:
+        """Exact log p_t(x) (or ``log p_t(x | c)`` with ``label``) under ``schedule`` at one time ``t``
+        (scalar tensor), ``[n]``."""
         t = torch.as_tensor(t, dtype=torch.float64)
         a, s = schedule.alpha(t), schedule.sigma(t)
-        return torch.logsumexp(self._component_log_prob(x, a, a**2 * self.stds**2 + s**2), dim=1)
+        return self._reduce(self._component_log_prob(x, a, a**2 * self.stds**2 + s**2), label)
 
     def denoiser(self, schedule: Schedule):
-        """The exact ``D(x, t, cond=None) = E[x0 | x_t = x]`` under ``schedule``."""
+        """The exact ``D(x, t, cond=None) = E[x0 | x_t = x]`` under ``schedule``; for a labelled mixture
+        ``cond`` (integers ``[B]``) gives ``E[x0 | x_t = x, c]`` per row, the null label (or None) the
+        unconditional mean. An unlabelled mixture ignores ``cond``."""
 
         def D(x: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
             shape, dtype = x.shape, x.dtype
@@ -75,6 +162,10 @@ class GaussianMixture:
             var = a**2 * self.stds**2 + s**2  # [B, K]
             sq = ((x64[:, None, :] - a[:, :, None] * self.means[None]) ** 2).sum(-1)  # [B, K]
             logits = torch.log(self.weights) - 0.5 * sq / var - 0.5 * self.dim * torch.log(var)
+            if cond is not None and self.labels is not None:
+                cond = self._check_labels(cond, shape[0], "cond", allow_null=True)
+                outside = (self.labels[None, :] != cond[:, None]) & (cond[:, None] != self.null_label)
+                logits = logits.masked_fill(outside.to(logits.device), -math.inf)  # [B, K]
             r = torch.softmax(logits, dim=1)  # [B, K]
             gain = a * self.stds**2 / var  # [B, K]
             # E[x0 | x_t, k] = mu_k + gain_k (x_t - alpha mu_k)
@@ -82,6 +173,31 @@ class GaussianMixture:
             return (r[:, :, None] * post).sum(1).reshape(shape).to(dtype)
 
         return D
+
+
+def _check_component_labels(labels, weights: Tensor) -> Tensor:
+    """Component classes ``[K]`` as long: integers, every class in ``0..max`` owning a component of
+    positive weight (a class's conditional distribution must exist)."""
+    K = len(weights)
+    labels = torch.as_tensor(labels)
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+        raise ValueError(f"GaussianMixture: labels must be integers, got dtype {labels.dtype}")
+    labels = labels.to(torch.long).cpu()
+    if labels.shape != (K,):
+        raise ValueError(
+            f"GaussianMixture: labels must have shape [{K}] (one per component), got {tuple(labels.shape)}"
+        )
+    if labels.min() < 0:
+        raise ValueError(f"GaussianMixture: labels must be >= 0, got {labels.tolist()}")
+    C = int(labels.max()) + 1
+    mass = torch.zeros(C, dtype=torch.float64).index_add_(0, labels, weights)
+    if (mass <= 0).any():
+        missing = torch.nonzero(mass <= 0)[:, 0].tolist()
+        raise ValueError(
+            f"GaussianMixture: classes {missing} own no component of positive weight; labels must cover "
+            f"0..{C - 1}, got {labels.tolist()}"
+        )
+    return labels
 
 
 def ring_mixture(k: int = 8, radius: float = math.sqrt(2.0), std: float = 0.1) -> GaussianMixture:
