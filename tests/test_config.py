@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from difflab.config import ConfigError, compose, load_params, validate
-from difflab.solvers import get_spec
+from difflab.solvers import SOLVERS, get_spec
 from difflab.tracking import wandb_group
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
@@ -30,16 +30,7 @@ def test_params_yaml_is_the_composed_default(default):
 def test_default_is_quick_with_everything(default):
     assert default["experiment"] == "quick"
     assert default["schedules"] == ["vp_linear", "vp_cosine", "ve", "flow"]
-    assert default["solvers"] == [
-        "euler_maruyama",
-        "euler",
-        "heun",
-        "ddpm",
-        "ddim",
-        "dpm_solver_2m",
-        "pc",
-        "rk45",
-    ]
+    assert default["solvers"] == list(SOLVERS)  # every registered solver, in registration order
     assert default["sample"]["steps"] == [10, 20, 50, 100]
     assert default["sample"]["n_samples"] >= 1000
     assert default["data"]["name"] == "digits"
@@ -152,6 +143,14 @@ def test_bad_override_is_one_line():
     with pytest.raises(ConfigError) as err:
         compose(["experiment=does_not_exist"])
     assert "does_not_exist" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_conf_solver_options_are_the_spec_defaults(default):
+    """conf/solver/all.yaml holds every solver's options at the values its spec declares (one home:
+    the spec; conf repeats them only so that `-S sample.options.X.k=v` overrides work)."""
+    assert set(default["sample"]["options"]) == set(SOLVERS)
+    for name, options in default["sample"]["options"].items():
+        assert options == get_spec(name).defaults(), name
 
 
 def test_stochastic_solvers():

@@ -212,10 +212,23 @@ def _check_training(cfg: dict, data_shape: tuple[int, ...], data_classes: int | 
         check_net(denoiser, data_shape, num_classes)
     except ValueError as e:
         raise _owner_error("denoiser", e, denoiser) from None
-    _ask(cfg, "loss", DiffusionLoss)
+    _ask(cfg, "loss", _loss_checker(cfg))
     _ask(cfg, "optim", check_optim)
     _ask(cfg, "ema", check_ema)
     _ask(cfg, "trainer", check_trainer)
+
+
+def _loss_checker(cfg: dict) -> Callable:
+    """``DiffusionLoss.for_schedule`` for every listed schedule (a null name: the schedule's own)."""
+    from difflab.losses import DiffusionLoss
+    from difflab.schedules import schedule_class
+
+    def check(**settings):
+        for name in cfg.get("schedules") or ():
+            DiffusionLoss.for_schedule(schedule_class(name), **settings)
+
+    check.__signature__ = inspect.signature(DiffusionLoss)  # the section's keys, for _ask
+    return check
 
 
 SCHEDULE_KEYS = ("params", "prediction")  # what training reads of schedule.<name> (``training.build_module``)

@@ -185,8 +185,9 @@ class DiffusionLoss:
 
     @classmethod
     def for_schedule(cls, schedule: Schedule, **settings) -> DiffusionLoss:
-        """The schedule's training recipe (``schedule.loss_defaults``), with ``settings`` overriding it."""
-        return cls(**{**schedule.loss_defaults, **settings})
+        """The schedule's training recipe (``schedule.loss_defaults``), with ``settings`` overriding it
+        (a ``None`` setting keeps the schedule's own, e.g. edm's lognormal density and EDM weighting)."""
+        return cls(**{**schedule.loss_defaults, **{k: v for k, v in settings.items() if v is not None}})
 
     def settings(self) -> dict:
         """Plain-dict description: ``DiffusionLoss(**loss.settings())`` rebuilds the loss."""

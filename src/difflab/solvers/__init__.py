@@ -56,7 +56,15 @@ from difflab.solvers.classic import (
     sample_heun,
     sample_pc,
 )
-from difflab.solvers.dpm import sample_dpm_solver_2m
+from difflab.solvers.deis import sample_deis
+from difflab.solvers.dpm import (
+    sample_dpm_solver_2m,
+    sample_dpm_solver_2m_sde,
+    sample_dpm_solver_3m,
+    sample_dpm_solver_3m_sde,
+)
+from difflab.solvers.edm import sample_edm_stochastic, sample_euler_ancestral, sample_heun_edm
+from difflab.solvers.unipc import sample_unipc
 
 __all__ = [
     "EDM_RHO",
@@ -76,12 +84,20 @@ __all__ = [
     "reverse_sde_drift",
     "sample_ddim",
     "sample_ddpm",
+    "sample_deis",
     "sample_dpm_solver_2m",
+    "sample_dpm_solver_2m_sde",
+    "sample_dpm_solver_3m",
+    "sample_dpm_solver_3m_sde",
+    "sample_edm_stochastic",
     "sample_euler",
+    "sample_euler_ancestral",
     "sample_euler_maruyama",
     "sample_heun",
+    "sample_heun_edm",
     "sample_pc",
     "sample_rk45",
+    "sample_unipc",
     "solver_names",
     "unregister",
 ]
