@@ -24,7 +24,11 @@ from difflab.sampling import sample_generators
 from difflab.schedules import get_schedule
 
 F64 = torch.float64
-SOLVER_STEPS = {"ddim": 40, "dpm_solver_2m": 20, "ddpm": 60}  # two ODE solvers and one stochastic
+SOLVER_STEPS = {
+    "ddim": 40,
+    "dpm_solver_2m": 20,
+    "ddpm": 100,
+}  # two ODE solvers and one stochastic (at 60 steps its bias shows)
 SCALES = (0.0, 1.0, 2.0, 4.0)
 N = 600  # 200 samples of each class
 SEED = 3
