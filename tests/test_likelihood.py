@@ -47,7 +47,7 @@ def test_exact_nll_matches_exact_log_density(name, problem):
     x0 = gm.sample(12, torch.Generator().manual_seed(0))
     nll, stats = pf_ode_nll(gm.denoiser(schedule), schedule, x0, return_stats=True)
     assert nll.shape == (12,) and nll.dtype == F64
-    assert 0 < stats["nfe"] < 250  # dopri5 in (log sigma/alpha, x/c): no stiffness at either end
+    assert 0 < stats["nfe"] < 250  # dopri5 in (log sigma/alpha, x/alpha): no stiffness at either end
     # with the exact p_{t_max} in place of the prior, only the solver's error is left
     t_min, t_max = (torch.tensor(v, dtype=F64) for v in (schedule.t_min, schedule.t_max))
     log_p_T = gm.marginal_log_prob(stats["x_T"], t_max, schedule)
@@ -138,7 +138,36 @@ def test_network_denoiser_exact_trace_and_hutchinson_agree():
     hutch = pf_ode_nll(D, schedule, x0, divergence="hutchinson", n_probes=64, generator=gen, **kw)
     diff, se = hutch - exact, (hutch - exact).std() / math.sqrt(len(exact))
     assert diff.mean().abs() < 4 * se + 1e-3
-    assert se < 0.1  # power: one dimension's trace alone integrates to nats (z/(1+s^2) gives ~4.6)
+    assert se < 0.1  # power: one dimension's trace alone integrates to nats (y's own term: ~9.8)
+
+
+def test_integrates_the_solvers_pf_ode(monkeypatch):
+    """One PF-ODE: every right-hand side is difflab.solvers.edm_ode_velocity (rk45's equation), and the
+    end point is where rk45's own integration of that equation from x0 arrives."""
+    import difflab.likelihood as likelihood
+    from difflab.solvers import edm_ode_velocity
+
+    schedule = get_schedule("vp_cosine")
+    gm = small_mixture(dim=2)
+    x0 = gm.sample(3, torch.Generator().manual_seed(4))
+    calls = []
+
+    def spy(*args, **kwargs):
+        calls.append(args[3])
+        return edm_ode_velocity(*args, **kwargs)
+
+    monkeypatch.setattr(likelihood, "edm_ode_velocity", spy)
+    _, stats = pf_ode_nll(gm.denoiser(schedule), schedule, x0, rtol=1e-4, atol=1e-4, return_stats=True)
+    assert len(calls) == stats["nfe"] > 0
+    # the same equation integrated without the divergence reaches the same x_T
+    from torchdiffeq import odeint
+
+    ends = torch.tensor([schedule.t_min, schedule.t_max], dtype=F64)
+    a_min, a_max = schedule.alpha(ends).tolist()
+    u = torch.log(schedule.sigma_over_alpha(ends))
+    D = gm.denoiser(schedule)
+    y_T = odeint(lambda u_, y: edm_ode_velocity(D, schedule, y, u_), x0 / a_min, u, rtol=1e-9, atol=1e-9)[-1]
+    torch.testing.assert_close(stats["x_T"], a_max * y_T, rtol=1e-3, atol=1e-3)
 
 
 def test_cond_reaches_the_denoiser():

@@ -1,42 +1,87 @@
 """Exact likelihood from the probability-flow ODE (Song et al. 2021, "Score-Based Generative
 Modeling through SDEs", App. D; Grathwohl et al. 2019, FFJORD, for the Hutchinson estimator).
 
-The PF-ODE ``dx/dt = f x - g^2/2 score`` carries the data density at ``t_min`` to the prior at
-``t_max``; along a trajectory ``d log p_t(x(t)) / dt = -div F(x, t)`` (instantaneous change of
-variables), so
+The PF-ODE carries the data density at ``t_min`` to the prior at ``t_max``; along a trajectory
+``d log p(x(t)) / dt = -div F(x, t)`` (instantaneous change of variables). Integrated in plain t
+the ODE is stiff (VP-cosine's f ~ tan near t_max, flow's f = -1/(1-t)), so we integrate the one
+PF-ODE of ``difflab.solvers.edm_ode_velocity`` (the equation rk45 solves), in EDM's variables
 
-    log p_{t_min}(x0) = log p_prior(x(t_max)) + int_{t_min}^{t_max} div F dt.
+    u = log(sigma / alpha) = -log_snr / 2,    y = x / alpha,    dy/du = v(y, u) = y - D(alpha y, t(u)),
 
-Integrated in plain t the ODE is stiff (VP-cosine's f ~ tan near t_max, flow's f = -1/(1-t)).
-We integrate instead in the well-conditioned pair
+from ``u(t_min)`` to ``u(t_max)``, together with ``int div_y v du``. In y the density obeys
 
-    u = log(sigma / alpha) = -log_snr / 2          (time, from u(t_min) to u(t_max))
-    z = x / c(t),  c(t) = sqrt(alpha^2 + sigma^2)  (state; O(1) under every schedule)
+    log p_y(y(u_min)) = log p_y(y(u_max)) + int_{u_min}^{u_max} div_y v du,
 
-With ``s = e^u`` the PF-ODE becomes the VP-normalised EDM ODE
+and ``x = alpha y`` at each end adds the exact log-determinant ``d log alpha`` (``p_x = p_y / alpha^d``):
 
-    dz/du = z / (1 + s^2) - D(c z, t) / sqrt(1 + s^2),
+    log p_x(x0) = log N(x_T; 0, sigma(t_max)^2 I) + d log alpha(t_max) - d log alpha(t_min)
+                  + int_{u_min}^{u_max} div_y v du,
 
-and the change of variables x = c z adds the exact log-determinant ``d log c`` at each end:
+where the first two terms are the prior N(0, s(t_max)^2 I) on y, ``s = sigma / alpha``, written as the
+prior N(0, sigma(t_max)^2 I) on x plus its end of the change of variables. The prior (not the true
+p_{t_max}) and the start at t_min (not 0) give small biases that vanish as alpha(t_max) -> 0 and
+sigma(t_min) -> 0. Everything runs in float64 with torchdiffeq's dopri5.
 
-    log p_x(x0, t_min) = log N(x_T; 0, sigma(t_max)^2 I) + d log c(t_max) - d log c(t_min)
-                         + int_{u_min}^{u_max} div_z (dz/du) du.
-
-The prior N(0, sigma(t_max)^2 I) and the start at t_min (not 0) give small biases that vanish
-as alpha(t_max) -> 0 and sigma(t_min) -> 0. Everything runs in float64 with torchdiffeq's dopri5.
+``pf_ode_nll`` is its parts in order: ``_check_args``, ``_Ends`` (the interval's two ends),
+a divergence from ``_DIVERGENCES`` (the registry behind ``DIVERGENCES``), ``_integrate`` (the ODE
+with its divergence), and ``_log_prior`` plus ``_Ends.log_det`` (the change of variables).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 from torchdiffeq import odeint
 
 from difflab.schedules import Schedule
+from difflab.solvers import edm_ode_velocity
 
-DIVERGENCES = ("exact", "hutchinson")
+# A divergence maker: (batch, dims, n_probes, generator, float64 kwargs) -> div(v, y) -> [B],
+# the divergence of v(y) w.r.t. y per row, with v, y [B, ...] on one autograd graph.
+Divergence = Callable[[Tensor, Tensor], Tensor]
+
+
+def _exact_divergence(B: int, d: int, n_probes: int, generator, f64: dict) -> Divergence:
+    """The Jacobian's trace by autograd, one backward pass per dimension (fine for low d)."""
+
+    def div(v: Tensor, y: Tensor) -> Tensor:
+        v_rows = v.reshape(B, d)
+        out = torch.zeros(B, **f64)
+        for i in range(d):
+            (grad,) = torch.autograd.grad(v_rows[:, i].sum(), y, retain_graph=i < d - 1)
+            out = out + grad.reshape(B, d)[:, i]
+        return out
+
+    return div
+
+
+def _hutchinson_divergence(B: int, d: int, n_probes: int, generator, f64: dict) -> Divergence:
+    """Hutchinson's unbiased estimate ``E[e^T J e]`` with ``n_probes`` Rademacher probes per row,
+    drawn once here from ``generator`` and kept fixed along the trajectory."""
+    gen_device = generator.device if generator is not None else torch.device("cpu")
+    bits = torch.randint(0, 2, (n_probes, B, d), generator=generator, device=gen_device)
+    probes = (2 * bits - 1).to(**f64)  # [n_probes, B, d]
+
+    def div(v: Tensor, y: Tensor) -> Tensor:
+        out = torch.zeros(B, **f64)
+        for k in range(n_probes):
+            probe = probes[k].reshape(y.shape)
+            (vjp,) = torch.autograd.grad(v, y, probe, retain_graph=k < n_probes - 1)
+            out = out + (vjp * probe).reshape(B, d).sum(1)
+        return out / n_probes
+
+    return div
+
+
+_DIVERGENCES: dict[str, Callable[..., Divergence]] = {
+    "exact": _exact_divergence,
+    "hutchinson": _hutchinson_divergence,
+}
+DIVERGENCES = tuple(_DIVERGENCES)
 
 
 def pf_ode_nll(
@@ -59,10 +104,27 @@ def pf_ode_nll(
     drawn once per call from ``generator`` and kept fixed along the trajectory (unbiased).
     Returns ``nll`` ``[B]`` (float64, detached), or ``(nll, {"nfe": ..., ...})`` with
     ``return_stats=True``; ``nfe`` counts denoiser evaluations (one per ODE right-hand side); the
-    dict also holds ``x_T`` (the end point, x0's shape) and the terms ``log_prior``, ``int_div``,
-    ``log_det`` (each ``[B]``) with ``nll = -(log_prior + log_det + int_div)``.
+    dict also holds ``x_T`` (the end point, x0's shape) and the terms ``log_prior`` (the prior's
+    log-density at ``x_T``, in x), ``int_div``, ``log_det`` (each ``[B]``) with
+    ``nll = -(log_prior + log_det + int_div)``.
     """
-    if divergence not in DIVERGENCES:
+    _check_args(x0, divergence, n_probes, rtol, atol)
+    ends = _Ends.of(schedule, x0.device)
+    B, d = x0.shape[0], x0[0].numel()
+    div = _DIVERGENCES[divergence](B, d, n_probes, generator, ends.f64)
+    y_T, int_div, nfe = _integrate(denoiser, schedule, x0 / ends.alpha_min, ends, div, cond, rtol, atol)
+    x_T = ends.alpha_max * y_T
+    log_prior = _log_prior(x_T, ends.sigma_max)
+    log_det = ends.log_det(d).expand(B)
+    nll = -(log_prior + log_det + int_div)
+    if return_stats:
+        stats = {"nfe": nfe, "x_T": x_T, "log_prior": log_prior, "int_div": int_div}
+        return nll, {**stats, "log_det": log_det}
+    return nll
+
+
+def _check_args(x0, divergence: str, n_probes, rtol, atol) -> None:
+    if divergence not in _DIVERGENCES:
         raise ValueError(f"unknown divergence {divergence!r}; valid: {', '.join(DIVERGENCES)}")
     if isinstance(n_probes, bool) or not (isinstance(n_probes, int) and n_probes >= 1):
         raise ValueError(f"n_probes={n_probes!r} must be an integer >= 1")
@@ -76,70 +138,63 @@ def pf_ode_nll(
     if not torch.isfinite(x0).all():
         raise ValueError("x0 holds non-finite values (nan or inf); pf_ode_nll needs finite data")
 
-    shape, device = x0.shape, x0.device
-    B, d = shape[0], x0[0].numel()
-    f64 = dict(dtype=torch.float64, device=device)
-    t_min = torch.tensor(schedule.t_min, **f64)
-    t_max = torch.tensor(schedule.t_max, **f64)
-    u_min, u_max = (torch.log(schedule.sigma_over_alpha(t)) for t in (t_min, t_max))
-    if not (torch.isfinite(u_min) and torch.isfinite(u_max) and u_min < u_max):
-        raise ValueError(
-            f"schedule {schedule!r}: sigma/alpha must be finite and > 0 at t_min and t_max "
-            f"(got {math.exp(u_min):.3g} and {math.exp(u_max):.3g})"
-        )
 
-    def c_of(t: Tensor) -> Tensor:
-        return torch.sqrt(schedule.alpha(t) ** 2 + schedule.sigma(t) ** 2)
+@dataclass(frozen=True)
+class _Ends:
+    """The schedule at the interval's two ends, float64 0-d tensors on the data's device: ``u`` =
+    ``[u(t_min), u(t_max)]`` (increasing: data to noise), alpha at each end and sigma(t_max)."""
 
-    probes = None
-    if divergence == "hutchinson":  # Rademacher +-1, [n_probes, B, d]
-        gen_device = generator.device if generator is not None else torch.device("cpu")
-        bits = torch.randint(0, 2, (n_probes, B, d), generator=generator, device=gen_device)
-        probes = (2 * bits - 1).to(**f64)
+    u: Tensor
+    alpha_min: Tensor
+    alpha_max: Tensor
+    sigma_max: Tensor
+    f64: dict
 
+    @classmethod
+    def of(cls, schedule: Schedule, device) -> _Ends:
+        f64 = dict(dtype=torch.float64, device=device)
+        t = torch.tensor([schedule.t_min, schedule.t_max], **f64)
+        u = torch.log(schedule.sigma_over_alpha(t)).to(torch.float64)
+        if not (torch.isfinite(u).all() and u[0] < u[1]):
+            s_min, s_max = torch.exp(u).tolist()
+            raise ValueError(
+                f"schedule {schedule!r}: sigma/alpha must be finite and > 0 at t_min and t_max "
+                f"(got {s_min:.3g} and {s_max:.3g})"
+            )
+        alpha = schedule.alpha(t).to(torch.float64)
+        return cls(u, alpha[0], alpha[1], schedule.sigma(t[1]).to(torch.float64), f64)
+
+    def log_det(self, d: int) -> Tensor:
+        """``log |dy/dx|`` at the prior end minus the data end: ``d log(alpha(t_max) / alpha(t_min))``."""
+        return d * (torch.log(self.alpha_max) - torch.log(self.alpha_min))
+
+
+def _integrate(
+    denoiser, schedule: Schedule, y0: Tensor, ends: _Ends, div: Divergence, cond, rtol: float, atol: float
+) -> tuple[Tensor, Tensor, int]:
+    """dopri5 on ``(y, int div_y v du)`` from ``u(t_min)`` to ``u(t_max)``, with ``v`` =
+    ``edm_ode_velocity``: returns ``y(u_max)`` (y0's shape), the integral ``[B]`` and the NFE."""
     nfe = 0
 
     def rhs(u: Tensor, state: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
         nonlocal nfe
         nfe += 1
-        z = state[0]
-        s2 = torch.exp(2 * u)
-        t = schedule.t_from_log_snr(-2 * u).to(torch.float64).expand(B)  # [B]
-        c = c_of(t[:1])
-        with torch.enable_grad():
-            z = z.detach().requires_grad_(True)
-            x0_hat = denoiser((c * z).reshape(shape), t, cond).to(torch.float64).reshape(B, d)
-            dz = z / (1 + s2) - x0_hat / torch.sqrt(1 + s2)  # [B, d]
-            if probes is None:
-                div = torch.zeros(B, **f64)
-                for i in range(d):
-                    (grad,) = torch.autograd.grad(dz[:, i].sum(), z, retain_graph=i < d - 1)
-                    div = div + grad[:, i]
-            else:
-                div = torch.zeros(B, **f64)
-                for k in range(n_probes):
-                    (vjp,) = torch.autograd.grad(dz, z, probes[k], retain_graph=k < n_probes - 1)
-                    div = div + (vjp * probes[k]).sum(1)
-                div = div / n_probes
-        return dz.detach(), div.detach()
+        y = state[0].detach().requires_grad_(True)
+        v = edm_ode_velocity(denoiser, schedule, y, u, cond)
+        return v.detach(), div(v, y).detach()
 
     # the divergence needs autograd, also when called under no_grad or inference_mode (Lightning eval)
     with torch.inference_mode(False), torch.enable_grad():
-        z0 = x0.detach().to(**f64).clone().reshape(B, d) / c_of(t_min.clone())
-        state0 = (z0, torch.zeros(B, **f64))
-        us = torch.stack([u_min, u_max]).clone()
-        zs, ints = odeint(rhs, state0, us, rtol=rtol, atol=atol, method="dopri5")
-    z_T, int_div = zs[-1], ints[-1]
+        state0 = (y0.detach().to(**ends.f64).clone(), torch.zeros(y0.shape[0], **ends.f64))
+        ys, ints = odeint(rhs, state0, ends.u.clone(), rtol=rtol, atol=atol, method="dopri5")
+    return ys[-1], ints[-1], nfe
 
-    x_T = c_of(t_max) * z_T
-    sigma_T = schedule.sigma(t_max)
-    log_prior = -0.5 * (x_T**2).sum(1) / sigma_T**2 - 0.5 * d * torch.log(2 * math.pi * sigma_T**2)
-    log_det = d * (torch.log(c_of(t_max)) - torch.log(c_of(t_min)))
-    nll = -(log_prior + log_det + int_div)
-    if return_stats:
-        stats = {"nfe": nfe, "x_T": x_T.reshape(shape), "log_prior": log_prior, "int_div": int_div}
-        return nll, {**stats, "log_det": log_det}
-    return nll
+
+def _log_prior(x_T: Tensor, sigma_max: Tensor) -> Tensor:
+    """``log N(x_T; 0, sigma(t_max)^2 I)`` per row ``[B]``."""
+    d = x_T[0].numel()
+    sq = (x_T.reshape(x_T.shape[0], -1) ** 2).sum(1)
+    return -0.5 * sq / sigma_max**2 - 0.5 * d * torch.log(2 * math.pi * sigma_max**2)
 
 
 def dequantize(x: Tensor, levels: int = 256, generator: torch.Generator | None = None) -> Tensor:
