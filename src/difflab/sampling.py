@@ -150,9 +150,7 @@ def generate(
     shape = tuple(shape)
     _check_generate_args(solver, n, shape, batch_size, labels, guidance_scale, null_label)
     spec = S.get_spec(solver)  # ValueError listing the solvers for an unknown name
-    options = dict(options or {})
     D = guided(denoiser, float(guidance_scale), int(null_label)) if guidance_scale is not None else denoiser
-
     rank, world = _dist_info()
     indices = list(range(rank, n, world))
     batches = [indices[i : i + batch_size] for i in range(0, len(indices), batch_size)]
@@ -160,34 +158,21 @@ def generate(
         from tqdm.auto import tqdm
 
         batches = tqdm(batches, desc=f"{solver} x{steps}", unit="batch")
-
-    device = torch.device(device)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    chunks, nfe_sum = [], 0.0
-    for idx in batches:
-        gens = sample_generators(seed, idx, device)
-        noise = torch.stack([torch.randn(shape, generator=g, device=device) for g in gens])  # [B, *shape]
-        cond = labels[idx].to(device) if labels is not None else None
-        model = S.CountingDenoiser(D)
-        x = spec.fn(model, schedule, noise, steps, grid=grid, generator=gens, cond=cond, **options)
-        nfe_sum += model.nfe * len(idx)
-        chunks.append(x.float().cpu())
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    elapsed = time.perf_counter() - start
-    x_local = torch.cat(chunks) if chunks else torch.zeros((0, *shape))
-
+    x_local, nfe_sum, elapsed = _sample_batches(
+        spec,
+        D,
+        schedule,
+        steps,
+        shape,
+        batches,
+        grid=grid,
+        seed=seed,
+        device=torch.device(device),
+        labels=labels,
+        options=dict(options or {}),
+    )
     if world > 1:
-        gathered = [None] * world
-        torch.distributed.all_gather_object(gathered, (indices, x_local, nfe_sum, elapsed))
-        x = torch.zeros((n, *shape))
-        nfe_sum, elapsed = 0.0, 0.0
-        for idx, xr, nfe_r, el_r in gathered:
-            x[idx] = xr
-            nfe_sum += nfe_r
-            elapsed = max(elapsed, el_r)
+        x, nfe_sum, elapsed = _gather(n, shape, indices, x_local, nfe_sum, elapsed, world)
     else:
         x = x_local
     return SampleResult(
@@ -199,6 +184,45 @@ def generate(
         seed=seed,
         labels=labels.cpu() if labels is not None else None,
     )
+
+
+def _sample_batches(spec, D, schedule, steps, shape, batches, *, grid, seed, device, labels, options):
+    """Run ``spec``'s solver on each batch of sample indices (noise from ``sample_generators``):
+    the samples ``[len(indices), *shape]`` float32 on CPU, the NFE summed over samples, and the
+    wall-clock seconds (the device synchronised at both ends)."""
+    from difflab.solvers import CountingDenoiser
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    chunks, nfe_sum = [], 0.0
+    for idx in batches:
+        gens = sample_generators(seed, idx, device)
+        noise = torch.stack([torch.randn(shape, generator=g, device=device) for g in gens])  # [B, *shape]
+        cond = labels[idx].to(device) if labels is not None else None
+        model = CountingDenoiser(D)
+        x = spec.fn(model, schedule, noise, steps, grid=grid, generator=gens, cond=cond, **options)
+        nfe_sum += model.nfe * len(idx)
+        chunks.append(x.float().cpu())
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elapsed = time.perf_counter() - start
+    x_local = torch.cat(chunks) if chunks else torch.zeros((0, *shape))
+    return x_local, nfe_sum, elapsed
+
+
+def _gather(n, shape, indices, x_local, nfe_sum, elapsed, world):
+    """Every rank's samples put back in index order on every rank, the NFE summed over ranks and the
+    slowest rank's seconds."""
+    gathered = [None] * world
+    torch.distributed.all_gather_object(gathered, (indices, x_local, nfe_sum, elapsed))
+    x = torch.zeros((n, *shape))
+    nfe_sum, elapsed = 0.0, 0.0
+    for idx, xr, nfe_r, el_r in gathered:
+        x[idx] = xr
+        nfe_sum += nfe_r
+        elapsed = max(elapsed, el_r)
+    return x, nfe_sum, elapsed
 
 
 def to_levels(x: Tensor, levels: int = 256) -> Tensor:
