@@ -63,7 +63,7 @@ def _evaluate(args, cfg, solver, reference, extractor, levels, kept: dict) -> li
     from difflab.sampling import levels_to_uint8_images, load_samples
 
     ev = cfg["evaluate"]
-    folder = f"{args.samples}/{args.schedule}/{solver}"
+    folder = f"{args.samples}/{solver}/{args.schedule}"
     records = []
     for row in read_json(f"{folder}/rows.json"):
         images = levels_to_uint8_images(load_samples(f"{folder}/{row['file']}")["images"], levels)

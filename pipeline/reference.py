@@ -2,7 +2,7 @@
 tolerances) from the same noise as every solver's first `sample.solver_error_samples` samples, so
 `solver_error` measures a solver's discretization error apart from the network's error.
 
-Writes OUT/ (default samples/SCHEDULE/reference): reference.npz (float `x`, measured `nfe`).
+Writes OUT/ (default references/SCHEDULE): reference.npz (float `x`, measured `nfe`).
 """
 
 from _common import (
@@ -25,7 +25,7 @@ def main(args):
     meta = read_json(f"{args.data}/meta.json")
     n = min(s["solver_error_samples"], s["n_samples"])
     device = resolve_device(args.device)
-    with atomic_dir(args.out or f"samples/{args.schedule}/reference") as out:
+    with atomic_dir(args.out or f"references/{args.schedule}") as out:
         if n > 0:
             from difflab.sampling import conditioning, generate, save_samples
             from difflab.training import load_denoiser
@@ -56,4 +56,4 @@ if __name__ == "__main__":
     add_schedule_args(p)
     p.add_argument("--out", default=None)
     add_device(p)
-    run(main, p.parse_args())
+    run(main, p.parse_args(), imports=("torch", "difflab.sampling", "difflab.training"))

@@ -174,7 +174,7 @@ def test_dvc_stages_declare_resolvable_and_minimal_params(default):
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
     assert {"prepare", "train", "reference", "sample", "evaluate", "nll", "report"} <= set(stages)
     assert stages["train"]["matrix"] == {"schedule": "${schedules}"}
-    assert stages["sample"]["matrix"] == {"schedule": "${schedules}", "solver": "${solvers}"}
+    assert stages["sample"]["matrix"] == {"solver": "${solvers}"}  # one stage per solver, all schedules
     for stage in stages.values():
         items = [{"schedule": s, "solver": v} for s in default["schedules"] for v in default["solvers"]]
         for item in items:

@@ -196,7 +196,6 @@ def _check_training(cfg: dict, data_shape: tuple[int, ...], data_classes: int | 
     """Class conditioning, the network (built on the meta device for the data's shape), the loss,
     the optimiser, the EMA and the trainer, each asked of the module that reads it."""
     from difflab.callbacks import check_ema
-    from difflab.losses import DiffusionLoss
     from difflab.module import check_conditioning
     from difflab.nets import check_net
     from difflab.training import check_optim, check_trainer

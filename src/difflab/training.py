@@ -20,7 +20,6 @@ import torch
 
 from difflab.io import atomic_write
 from difflab.losses import DiffusionLoss
-from difflab.module import check_optimizer
 from difflab.nets import build_net
 from difflab.parametrization import Denoiser
 from difflab.schedules import get_schedule, schedule_class
@@ -134,6 +133,8 @@ def check_trainer(
 def check_optim(*, lr, betas, weight_decay, warmup_steps, grad_clip) -> None:
     """The ``optim`` section: AdamW's settings (``module.check_optimizer``) and ``grad_clip``, the
     gradient-norm clip the Trainer applies (null = none, else a number > 0)."""
+    from difflab.module import check_optimizer  # Lightning: imported only where training needs it
+
     check_optimizer(lr=lr, betas=betas, weight_decay=weight_decay, warmup_steps=warmup_steps)
     ok = isinstance(grad_clip, (int, float)) and not isinstance(grad_clip, bool) and math.isfinite(grad_clip)
     if grad_clip is not None and not (ok and grad_clip > 0):

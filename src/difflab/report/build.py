@@ -77,7 +77,7 @@ def grid_sources(samples_dir: str | os.PathLike, rows: Sequence[dict]) -> dict[s
     """``schedule -> solver -> grid png`` at each pair's largest step count (rk45: its one run)."""
     out: dict[str, dict[str, Path]] = {}
     for r in sorted(rows, key=lambda r: r["steps"]):
-        png = Path(samples_dir) / r["schedule"] / r["solver"] / f"grid_{r['steps']:03d}.png"
+        png = Path(samples_dir) / r["solver"] / r["schedule"] / f"grid_{r['steps']:03d}.png"
         if png.exists():
             out.setdefault(r["schedule"], {})[r["solver"]] = png
     return out

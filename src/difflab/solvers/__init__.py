@@ -22,7 +22,8 @@ steppers in log-SNR or in EDM's variables give the same samples under every sche
 exact denoiser and log-SNR grid; steppers in t (euler, heun, euler_maruyama, pc) do not.
 A new solver is one function with ``@register(name, stochastic=..., order=..., options=...)`` in a
 module imported below. Modules: ``classic`` (steppers in t, ddpm, ddim), ``dpm`` (DPM-Solver++),
-``edm`` (EDM's Heun and stochastic sampler, Euler ancestral), ``unipc``, ``deis``, ``adaptive`` (rk45); ``_core`` holds the registry, grids, noise and the shared set-up.
+``edm`` (EDM's Heun and stochastic sampler, Euler ancestral), ``unipc``, ``deis``, ``adaptive``
+(rk45); ``_core`` holds the registry, grids, noise and the shared set-up.
 """
 
 # isort: off
