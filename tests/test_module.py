@@ -273,13 +273,22 @@ def test_wandb_logger_is_offline_and_keeps_its_files_in_the_run_folder(tmp_path,
         monkeypatch.delenv(var, raising=False)
     monkeypatch.delenv("WANDB_MODE", raising=False)
     cfg = {"experiment": "exp1", "wandb": {"project": "p", "entity": None, "group": None}, "seed": 3}
-    logger = make_logger(cfg, "ve", tmp_path)
-    assert logger._wandb_init["mode"] == "offline" and logger._wandb_init["group"] == "exp1"
-    assert logger._wandb_init["name"] == "ve" and logger._wandb_init["config"]["seed"] == 3
+    import wandb
+
+    def started(logger):  # the run the logger starts (offline: no network), read through W&B's public API
+        run = logger.experiment
+        facts = {"offline": run.offline, "group": run.group, "name": run.name, "dir": run.dir}
+        facts["seed"] = run.config["seed"]
+        wandb.finish()
+        return facts
+
+    run = started(make_logger(cfg, "ve", tmp_path))
+    assert run["offline"] and run["group"] == "exp1" and run["name"] == "ve" and run["seed"] == 3
+    assert pathlib.Path(run["dir"]).is_relative_to(tmp_path / "wandb"), run["dir"]
     for var in WANDB_DIR_VARS:
         assert os.environ[var].startswith(str(tmp_path / "wandb")), var
     monkeypatch.setenv("WANDB_MODE", "disabled")
     assert make_logger(cfg, "ve", tmp_path) is None
     cfg["wandb"]["group"] = "g2"
     monkeypatch.setenv("WANDB_MODE", "offline")
-    assert make_logger(cfg, "flow", tmp_path)._wandb_init["group"] == "g2"
+    assert started(make_logger(cfg, "flow", tmp_path))["group"] == "g2"
