@@ -26,8 +26,8 @@ import time
 
 import lightning.pytorch as pl
 import torch
-import yaml
 
+from difflab.config import compose, validate
 from difflab.data.datamodules import build_datamodule
 from difflab.training import build_module
 
@@ -69,6 +69,22 @@ class StepTimer(pl.Callback):
         now = _now()
         self.times.append((now[0] - self._t[0], now[1] - self._t[1]))
         self._t = now
+
+
+def training_config(denoiser: str, batch_size: int, gpu: bool) -> dict:
+    """Every section ``build_module`` reads, as ``make params`` composes it: the quick experiment (digits,
+    AdamW lr 1e-3 with 100 warmup steps, grad clip 1) with network ``denoiser`` (a conf/denoiser/*.yaml
+    name), class conditioning on 10 classes (label dropout 0.1) and ``batch_size``; with ``gpu`` the
+    data section is MNIST's (checked for its 1x28x28 shape, not loaded: ``Synthetic28`` stands in)."""
+    overrides = [
+        "experiment=quick",
+        *(["data=mnist"] if gpu else []),
+        f"denoiser={denoiser}",
+        f"data.batch_size={batch_size}",
+        "class_cond.num_classes=10",
+        "class_cond.label_dropout=0.1",
+    ]
+    return validate(compose(overrides))
 
 
 def make(cfg, dm):
@@ -141,15 +157,8 @@ def main():
     args = p.parse_args()
     DEVICE.update(gpu=args.gpu, compile=args.compile)
     torch.set_num_threads(args.threads)
-    cfg = {
-        "denoiser": yaml.safe_load(open(f"conf/denoiser/{args.denoiser}.yaml")),
-        "optim": {"lr": 1e-3, "warmup_steps": 100, "grad_clip": 1.0},
-        "class_cond": {"num_classes": 10, "label_dropout": 0.1},
-    }
-    if args.gpu:
-        dm = Synthetic28(args.batch_size)
-    else:
-        dm = build_datamodule({"name": "digits", "batch_size": args.batch_size}, seed=0)
+    cfg = training_config(args.denoiser, args.batch_size, args.gpu)
+    dm = Synthetic28(args.batch_size) if args.gpu else build_datamodule(cfg["data"], seed=0)
     plain, light, ratios = [], [], []
     for r in range(args.rounds):
         pl.seed_everything(r, verbose=False)

@@ -16,17 +16,17 @@ SCRIPT = textwrap.dedent(
     """
     import json, os, sys, torch
     torch.set_num_threads(1)
+    from difflab.config import compose, validate
     from difflab.training import train
     out = sys.argv[1]
-    cfg = {
-        "experiment": "ddp-test", "seed": 0,
-        "data": {"name": "toy2d", "toy": "gaussian_mixture", "n": 2048, "batch_size": 64},
-        "denoiser": {"name": "mlp", "width": 32, "depth": 2, "emb_dim": 16},
-        "optim": {"lr": 1e-3, "warmup_steps": 2},
-        "ema": {"decay": 0.9},
-        "trainer": {"max_steps": 12, "val_every_n_steps": 6, "accelerator": "cpu", "devices": 2,
-                    "strategy": "ddp", "log_every_n_steps": 3},
-    }
+    # every section in full, as `make params` composes it: the smoke experiment plus overrides
+    cfg = validate(compose([
+        "experiment=smoke", "data=toy2d", "data.n=2048", "data.batch_size=64",
+        "denoiser.width=32", "denoiser.emb_dim=16", "optim.lr=1e-3", "optim.warmup_steps=2",
+        "ema.decay=0.9", "trainer.max_steps=12", "trainer.val_every_n_steps=6",
+        "trainer.log_every_n_steps=3", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp",
+    ]))
+    cfg["experiment"] = "ddp-test"
     import lightning.pytorch as pl
 
     class Dump(pl.Callback):
