@@ -54,14 +54,59 @@ def add_device(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="torch device; auto = cuda when available, else cpu")
 
 
+_RANK_DEVICE: str | None = None  # this rank's device when the stage runs as several ranks
+
+
 def resolve_device(name: str) -> str:
-    """``auto`` -> cuda when available, else cpu; sets the CPU threads (see ``cpu_threads``)."""
+    """``auto`` -> this rank's GPU under several ranks, else cuda when available, else cpu; sets the
+    CPU threads (see ``cpu_threads``)."""
     import torch
 
     cpu_threads()
     if name != "auto":
         return name
+    if _RANK_DEVICE is not None:
+        return _RANK_DEVICE
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+NPROC_ENV = "DIFFLAB_NPROC"
+
+
+def _ranks_wanted() -> int:
+    """Processes for a stage that splits its work: ``$DIFFLAB_NPROC`` (e.g. 2 gloo ranks on CPU),
+    else every visible GPU (one process without CUDA or with one GPU)."""
+    if os.environ.get(NPROC_ENV):
+        n = int(os.environ[NPROC_ENV])
+        if n < 1:
+            raise ValueError(f"{NPROC_ENV}={n} must be an integer >= 1")
+        return n
+    from difflab.distributed import visible_devices
+
+    return visible_devices()
+
+
+def _launch_ranks(n: int) -> None:
+    """Run this stage again as ``n`` ranks under ``torch.distributed.run`` and exit with its status."""
+    import subprocess
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}"]
+    print(f"[{Path(sys.argv[0]).stem}] {n} ranks: {' '.join(cmd[1:])} ...", flush=True)
+    sys.exit(subprocess.run([*cmd, *sys.argv], check=False).returncode)
+
+
+def _join_ranks() -> None:
+    """Under ``torch.distributed.run``: join the process group and use this rank's device."""
+    global _RANK_DEVICE
+    from difflab.distributed import init_from_env
+
+    _RANK_DEVICE = init_from_env()
+
+
+def _is_main_rank() -> bool:
+    from difflab.distributed import is_main
+
+    return is_main()
 
 
 def cpu_threads() -> int:
@@ -77,11 +122,16 @@ def cpu_threads() -> int:
     return n
 
 
-def run(main, args, imports: tuple[str, ...] = ("torch",)) -> None:
+def run(main, args, imports: tuple[str, ...] = ("torch",), *, ranks: bool = False) -> None:
     """Import the stage's heavy modules (timed), then call ``main(args)``; a user error (a bad value:
     ``ValueError``, ``ConfigError``; a missing file: ``FileNotFoundError``) becomes one line on stderr
     and exit status 2, with no traceback and no output written. Any other exception is a programming
-    error and keeps its traceback. Prints the stage's wall and CPU time and, within them, its imports."""
+    error and keeps its traceback. Prints the stage's wall and CPU time and, within them, its imports.
+
+    ``ranks=True`` (stages that split their work by index: sample, reference, evaluate, nll): with
+    several visible GPUs (or ``$DIFFLAB_NPROC``) the stage runs itself as that many ranks under
+    ``torch.distributed.run``; every rank computes its share, rank 0 writes the outputs (the same
+    files one process writes)."""
     import importlib
 
     start = time.perf_counter()
@@ -89,11 +139,17 @@ def run(main, args, imports: tuple[str, ...] = ("torch",)) -> None:
         importlib.import_module(module)
     import_seconds = time.perf_counter() - start
     try:
+        if ranks and "RANK" not in os.environ and (n := _ranks_wanted()) > 1:
+            _launch_ranks(n)
+        if ranks:
+            _join_ranks()
         main(args)
     except (ValueError, FileNotFoundError) as e:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         print(f"error: {msg}", file=sys.stderr)
         sys.exit(2)
+    if not _is_main_rank():
+        return
     import resource
 
     usage = resource.getrusage(resource.RUSAGE_SELF)
@@ -155,6 +211,10 @@ def atomic_dir(final: str | os.PathLike):
     """Yield an empty temporary folder; on success replace ``final`` with it (rename), on any error
     or kill leave ``final`` absent. Stale temporaries of the same target are removed first."""
     final = Path(final)
+    if not _is_main_rank():  # other ranks compute their share; what they write here is discarded
+        with tempfile.TemporaryDirectory(dir=_tmp_root()) as scratch:
+            yield Path(scratch)
+        return
     root, prefix = _clear_target(final)
     tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=root))
     try:
@@ -208,10 +268,11 @@ def self_contained(folder: Path) -> None:
 
 
 def atomic_file(final: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` to ``final`` atomically (``difflab.io.atomic_write``)."""
+    """Write ``text`` to ``final`` atomically (``difflab.io.atomic_write``); rank 0 only."""
     from difflab.io import atomic_write
 
-    atomic_write(final, lambda tmp: tmp.write_text(text))
+    if _is_main_rank():
+        atomic_write(final, lambda tmp: tmp.write_text(text))
     return Path(final)
 
 

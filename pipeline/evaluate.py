@@ -46,16 +46,28 @@ def main(args):
     levels = meta["levels"]
     reference = levels_to_uint8_images(torch.from_numpy(np.load(f"{args.data}/train_images.npy")), levels)
     extractor = f"{args.features}/classifier.pt" if ev["feature_extractor"] == "classifier" else None
-    records, kept = [], {}
-    for solver in cfg["solvers"]:
-        records += _evaluate(args, cfg, solver, reference, extractor, levels, kept)
+    from difflab.distributed import gather, is_main, shard
+
+    jobs = [(solver, row) for solver in cfg["solvers"] for row in _rows(args, solver)]
+    mine = shard(list(enumerate(jobs)))  # several ranks: each scores every world-th row
+    done = [
+        (k, *_evaluate(args, cfg, solver, row, reference, extractor, levels)) for k, (solver, row) in mine
+    ]
+    done = sorted((item for part in gather(done) for item in part), key=lambda item: item[0])
+    records = [record for _, record, _ in done]
+    kept = {key: value for _, _, (key, value) in done}
     out = Path(args.out or f"evals/{args.schedule}/fid.json")
-    save_row_features(args.row_features or out.parent / "features.npz", kept, bootstrap_seed=cfg["seed"])
+    if is_main():
+        save_row_features(args.row_features or out.parent / "features.npz", kept, bootstrap_seed=cfg["seed"])
     atomic_file(out, json.dumps(records, indent=2) + "\n")
 
 
-def _evaluate(args, cfg, solver, reference, extractor, levels, kept: dict) -> list[dict]:
-    """The records of one solver's rows; their features and bootstrap replicates go into ``kept``."""
+def _rows(args, solver) -> list[dict]:
+    return read_json(f"{args.samples}/{solver}/{args.schedule}/rows.json")
+
+
+def _evaluate(args, cfg, solver, row, reference, extractor, levels) -> tuple[dict, tuple[str, dict]]:
+    """One row's record, and its features and bootstrap replicates keyed for pairing."""
     import numpy as np
 
     from difflab.metrics.fid import fid_kid
@@ -64,43 +76,40 @@ def _evaluate(args, cfg, solver, reference, extractor, levels, kept: dict) -> li
 
     ev = cfg["evaluate"]
     folder = f"{args.samples}/{solver}/{args.schedule}"
-    records = []
-    for row in read_json(f"{folder}/rows.json"):
-        images = levels_to_uint8_images(load_samples(f"{folder}/{row['file']}")["images"], levels)
-        scores = fid_kid(
-            images,
-            reference,
-            feature_extractor=ev["feature_extractor"],
-            extractor_path=extractor,
-            cache_dir=f"{args.features}/fid_cache",
-            bootstrap=ev["bootstrap"],
-            kid_subset_size=ev["kid_subset_size"],
-            seed=cfg["seed"],
-            device=resolve_device(args.device),
-            keep_features=True,
-        )
-        kept[row_key(solver, row["steps"])] = {
-            "features": scores["features"].numpy(),
-            "fid_bootstrap": scores["fid_bootstrap"],
-            "indices": np.arange(len(images)),  # generate() holds sample i at row i
-        }
-        record = {"schedule": args.schedule, "solver": solver, **{k: row[k] for k in ("steps", "nfe")}}
-        for key in ("fid", "fid_lo", "fid_hi", "kid_mean", "kid_std"):
-            record[key] = float(scores[key])
-        record.update(
-            solver_error=row["solver_error"],
-            seconds_per_sample=row["seconds_per_sample"],
-            n_samples=int(scores.get("n_samples", row["n_samples"])),
-            feature_extractor=scores.get("feature_extractor", ev["feature_extractor"]),
-            bootstrap=ev["bootstrap"],
-            bootstrap_seed=cfg["seed"],
-        )
-        records.append(record)
-        print(
-            f"{args.schedule} {solver} steps={row['steps']}: "
-            f"FID {record['fid']:.3f} [{record['fid_lo']:.3f}, {record['fid_hi']:.3f}]"
-        )
-    return records
+    images = levels_to_uint8_images(load_samples(f"{folder}/{row['file']}")["images"], levels)
+    scores = fid_kid(
+        images,
+        reference,
+        feature_extractor=ev["feature_extractor"],
+        extractor_path=extractor,
+        cache_dir=f"{args.features}/fid_cache",
+        bootstrap=ev["bootstrap"],
+        kid_subset_size=ev["kid_subset_size"],
+        seed=cfg["seed"],
+        device=resolve_device(args.device),
+        keep_features=True,
+    )
+    kept = {
+        "features": scores["features"].numpy(),
+        "fid_bootstrap": scores["fid_bootstrap"],
+        "indices": np.arange(len(images)),  # generate() holds sample i at row i
+    }
+    record = {"schedule": args.schedule, "solver": solver, **{k: row[k] for k in ("steps", "nfe")}}
+    for key in ("fid", "fid_lo", "fid_hi", "kid_mean", "kid_std"):
+        record[key] = float(scores[key])
+    record.update(
+        solver_error=row["solver_error"],
+        seconds_per_sample=row["seconds_per_sample"],
+        n_samples=int(scores.get("n_samples", row["n_samples"])),
+        feature_extractor=scores.get("feature_extractor", ev["feature_extractor"]),
+        bootstrap=ev["bootstrap"],
+        bootstrap_seed=cfg["seed"],
+    )
+    print(
+        f"{args.schedule} {solver} steps={row['steps']}: "
+        f"FID {record['fid']:.3f} [{record['fid_lo']:.3f}, {record['fid_hi']:.3f}]"
+    )
+    return record, (row_key(solver, row["steps"]), kept)
 
 
 if __name__ == "__main__":
@@ -113,4 +122,4 @@ if __name__ == "__main__":
         "--row-features", default=None, help="every row's features (default: features.npz beside OUT)"
     )
     add_device(p)
-    run(main, p.parse_args())
+    run(main, p.parse_args(), imports=("torch", "difflab.metrics.fid"), ranks=True)

@@ -56,4 +56,4 @@ if __name__ == "__main__":
     add_schedule_args(p)
     p.add_argument("--out", default=None)
     add_device(p)
-    run(main, p.parse_args(), imports=("torch", "difflab.sampling", "difflab.training"))
+    run(main, p.parse_args(), imports=("torch", "difflab.sampling", "difflab.training"), ranks=True)

@@ -101,4 +101,4 @@ if __name__ == "__main__":
     )
     p.add_argument("--out", default=None, help="output folder (default: samples/SOLVER)")
     add_device(p)
-    run(main, p.parse_args(), imports=("torch", "difflab.sampling", "difflab.training"))
+    run(main, p.parse_args(), imports=("torch", "difflab.sampling", "difflab.training"), ranks=True)

@@ -48,20 +48,8 @@ def test_stage_rejects_unknown_solver_before_any_work(tmp_path):
     cfg["solvers"] = ["euler", "rk4"]
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump(cfg))
-    out = tmp_path / "samples" / "vp_linear" / "rk4"
-    line = _error_line(
-        _run(
-            ROOT / "pipeline/sample.py",
-            "--params",
-            params,
-            "--schedule",
-            "vp_linear",
-            "--solver",
-            "rk4",
-            "--out",
-            out,
-        )
-    )
+    out = tmp_path / "samples" / "rk4"
+    line = _error_line(_run(ROOT / "pipeline/sample.py", "--params", params, "--solver", "rk4", "--out", out))
     assert "rk4" in line and "dpm_solver_2m" in line  # names the bad value and the allowed ones
     assert not (tmp_path / "samples").exists()
 
