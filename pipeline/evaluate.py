@@ -85,6 +85,7 @@ def _evaluate(args, cfg, solver, row, reference, extractor, levels) -> tuple[dic
         cache_dir=f"{args.features}/fid_cache",
         bootstrap=ev["bootstrap"],
         kid_subset_size=ev["kid_subset_size"],
+        kid_subsets=ev["kid_subsets"],
         seed=cfg["seed"],
         device=resolve_device(args.device),
         keep_features=True,

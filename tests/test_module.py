@@ -56,9 +56,11 @@ def tiny_cfg(**over) -> dict:
 
 
 def _fixed_val_loss(denoiser, data: torch.Tensor) -> float:
-    """The loss on fixed data, times and noise (a fixed generator): comparable before and after."""
+    """The schedule's own training loss (edm: lognormal levels, EDM weighting) on fixed data, times and
+    noise (a fixed generator): comparable before and after."""
+    loss = DiffusionLoss.for_schedule(denoiser.schedule)
     with torch.no_grad():
-        return float(DiffusionLoss()(denoiser, data, generator=torch.Generator().manual_seed(7)).mean())
+        return float(loss(denoiser, data, generator=torch.Generator().manual_seed(7)).mean())
 
 
 class _Oracle:

@@ -336,6 +336,7 @@ EVALUATE_KEYS = (
     "classifier_epochs",
     "bootstrap",
     "kid_subset_size",
+    "kid_subsets",
     "nll_images",
     "nll_divergence",
     "nll_probes",
@@ -356,6 +357,7 @@ def _check_evaluate(cfg: dict) -> None:
         raise ConfigError(
             f"params: evaluate.kid_subset_size={kid!r} must be null or an integer in 2..n_samples"
         )
+    _positive_int(cfg, "evaluate.kid_subsets")
     _positive_int(cfg, "evaluate.nll_images", minimum=0)
     _choice(cfg, "evaluate.nll_divergence", DIVERGENCES)
     _positive_int(cfg, "evaluate.nll_probes")
