@@ -55,7 +55,7 @@ params: setup  ## compose conf/ into params.yaml (EXPERIMENT=mnist, or OVERRIDES
 	$(RUN) python pipeline/compose.py $(if $(EXPERIMENT),experiment=$(EXPERIMENT)) $(OVERRIDES)
 
 repro: params  ## run the whole comparison with DVC (EXPERIMENT=mnist for the GPU experiment)
-	$(RUN) dvc repro
+	$(RUN) python pipeline/warm.py -- dvc repro
 
 report: setup  ## rebuild results/plots and results/report.html from results/comparison.csv
 	$(RUN) python pipeline/report.py --from-csv

@@ -23,6 +23,11 @@ _START = time.perf_counter()
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))  # run as `python pipeline/x.py` without an installed package too
 
+if os.environ.get("DIFFLAB_WARM"):  # under `make repro`: run in a fork of the warm server (warm.py)
+    from warm import delegate
+
+    delegate(os.environ["DIFFLAB_WARM"])
+
 
 def parser(description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
