@@ -35,8 +35,9 @@ from torch import Tensor
 
 from difflab.io import atomic_write
 
-FEATURE_EXTRACTORS = ("classifier", "inception")
+# our name -> torch-fidelity's registered feature extractor; the names are the registry's keys
 _TF_NAMES = {"classifier": "difflab-classifier", "inception": "inception-v3-compat"}
+FEATURE_EXTRACTORS = tuple(_TF_NAMES)
 KID_MIN_SAMPLES = 10
 KID_MAX_SUBSET = 1000
 _weights_digest_memo: dict[tuple, str] = {}
