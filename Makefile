@@ -52,10 +52,14 @@ bench: setup  ## the benchmarks in bench/ (results go to BENCHMARKS.md by hand)
 	$(RUN) python bench/solver_overhead.py
 
 params: setup  ## compose conf/ into params.yaml (EXPERIMENT=mnist, or OVERRIDES="seed=1 sample.n_samples=500")
-	$(RUN) python pipeline/compose.py $(if $(EXPERIMENT),experiment=$(EXPERIMENT)) $(OVERRIDES)
+	$(RUN) python pipeline/compose.py $(COMPOSE_ARGS)
 
-repro: params  ## run the whole comparison with DVC (EXPERIMENT=mnist for the GPU experiment)
-	$(RUN) python pipeline/warm.py -- dvc repro
+# `make params` then `dvc repro`, both under the warm-start server (pipeline/warm.py), which imports
+# torch, Lightning and torch-fidelity once for every stage
+repro: setup  ## run the whole comparison with DVC (EXPERIMENT=mnist for the GPU experiment)
+	$(RUN) python pipeline/warm.py -- bash -c 'python pipeline/compose.py $(COMPOSE_ARGS) && dvc repro'
+
+COMPOSE_ARGS = $(if $(EXPERIMENT),experiment=$(EXPERIMENT)) $(OVERRIDES)
 
 report: setup  ## rebuild results/plots and results/report.html from results/comparison.csv
 	$(RUN) python pipeline/report.py --from-csv

@@ -14,7 +14,7 @@ repeats:
   time of one network call. This is the overhead in % of a step, measured without differencing.
 
     uv run python bench/solver_overhead.py [--net mlp|unet] [--steps 20] [--repeats 15] [--batch 256]
-        [--threads 1]
+        [--threads 1] [--direct-only]
 """
 
 from __future__ import annotations
@@ -83,6 +83,36 @@ def bench(D, schedule, name: str, steps: int, repeats: int, noise: torch.Tensor,
     return {"nfe": calls, "bare": b, "run": r, "free": f, "side": 100 * (r - b) / b, "direct": 100 * f / b}
 
 
+def direct_only(D, schedule, noise, steps: int, repeats: int) -> None:
+    """The direct measurement alone, for networks whose calls take seconds on a CPU: the median time
+    of one network call (measured once), and each solver run with a free denoiser (float64)."""
+    x = noise.to(torch.float64)
+    t = torch.full((x.shape[0],), 0.5, dtype=torch.float64)
+    call = []
+    for _ in range(repeats + 1):
+        t0 = time.perf_counter()
+        D(x, t)
+        call.append(time.perf_counter() - t0)
+    t_call = statistics.median(call[1:])
+    x0 = D(x, t)
+    print(f"one network call (float64 input, batch {x.shape[0]}): {1e3 * t_call:.0f} ms (median)\n")
+    print("| solver | NFE | solver alone (ms) | overhead, direct (% of a step) |")
+    print("|---|---|---|---|")
+    for name in S.SOLVERS:
+        if S.get_spec(name).adaptive:
+            continue
+        solver, calls = S.get_solver(name), S.nfe(name, steps)
+        free_times = []
+        for _ in range(repeats + 1):
+            t0 = time.perf_counter()
+            solver(
+                lambda x, t, cond=None: x0, schedule, noise, steps, generator=torch.Generator().manual_seed(0)
+            )
+            free_times.append(time.perf_counter() - t0)
+        free = statistics.median(free_times[1:])
+        print(f"| {name} | {calls} | {1e3 * free:.2f} | {100 * free / (calls * t_call):.3f} |", flush=True)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=20)
@@ -90,6 +120,9 @@ def main():
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--net", choices=("mlp", "unet"), default="mlp")
+    p.add_argument(
+        "--direct-only", action="store_true", help="only the direct measurement (one call timed once)"
+    )
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -117,6 +150,10 @@ def main():
         f"{args.repeats} repeats, {args.threads} threads, {platform.processor() or platform.machine()}, "
         f"torch {torch.__version__}\n"
     )
+    if args.direct_only:
+        with torch.inference_mode():
+            direct_only(D, schedule, noise, args.steps, args.repeats)
+        return
     print(
         "| solver | integration dtype | NFE | bare calls (ms) | solver (ms) | side by side (%) "
         "| solver alone (ms) | overhead, direct (% of a step) |"
