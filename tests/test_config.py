@@ -229,3 +229,16 @@ def test_network_is_built_for_the_data_shape():
         with pytest.raises(ConfigError, match=re.escape(words)) as err:
             validate(compose(["experiment=mnist", override]))
         assert "\n" not in str(err.value)
+
+
+def test_only_the_report_stage_depends_on_report_code():
+    """Rewording the report re-runs only `report`: no other stage lists report code among its deps
+    (DVC re-runs a stage exactly when a dep changes), and the sample stage imports none of it."""
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    report_code = ("src/difflab/report", "pipeline/report.py")
+    for name, stage in stages.items():
+        deps = stage.get("deps", [])
+        uses = [d for d in deps if any(d == r or d.startswith(r + "/") for r in report_code)]
+        assert (name == "report") == bool(uses), (name, uses)
+    for script in ("sample", "reference", "train", "evaluate", "nll", "prepare"):
+        assert "difflab.report" not in (ROOT / f"pipeline/{script}.py").read_text(), script
