@@ -65,4 +65,4 @@ if __name__ == "__main__":
     add_schedule_args(p)
     p.add_argument("--out", default=None)
     add_device(p)
-    run(main, p.parse_args())
+    run(main, p.parse_args(), imports=("torch", "difflab.metrics.nll", "difflab.training"), ranks=True)

@@ -67,3 +67,32 @@ def test_two_gloo_ranks_write_what_one_process_writes(stage_inputs, solver):
         assert a["images"].float().std() > 0  # real samples, not a constant
     for png in sorted(one.glob("*.png")):
         assert png.read_bytes() == (two / png.name).read_bytes()
+
+
+@pytest.mark.slow
+def test_nll_as_two_gloo_ranks_equals_one_process(stage_inputs):
+    """The nll stage splits its batches across ranks; each batch's dequantization and probes come
+    from its own generator, so the bits/dim equal one process's."""
+    root = stage_inputs
+    levels = np.random.default_rng(0).integers(0, 17, size=(6, 1, 8, 8), dtype=np.uint8)
+    np.save(root / "data" / "heldout_images.npy", levels)
+    cfg = yaml.safe_load((root / "params.yaml").read_text())
+    cfg["evaluate"]["nll_images"], cfg["sample"]["batch_size"] = 6, 2
+    (root / "nll_params.yaml").write_text(yaml.safe_dump(cfg))
+    records = []
+    for nproc in (1, 2):
+        env = {**os.environ, "DIFFLAB_NPROC": str(nproc), "DIFFLAB_CPU_THREADS": "1"}
+        out = root / f"nll_{nproc}.json"
+        cmd = [sys.executable, str(ROOT / "pipeline/nll.py"), "--params", str(root / "nll_params.yaml")]
+        cmd += [
+            "--schedule",
+            SCHEDULE,
+            "--model",
+            str(root / "models" / SCHEDULE),
+            "--data",
+            str(root / "data"),
+        ]
+        r = subprocess.run([*cmd, "--out", str(out)], capture_output=True, text=True, env=env, timeout=300)
+        assert r.returncode == 0, r.stderr[-2000:]
+        records.append({k: v for k, v in json.loads(out.read_text()).items() if k != "seconds_per_image"})
+    assert records[0] == records[1] and records[0]["n_images"] == 6

@@ -52,11 +52,14 @@ def evaluate_bpd(
         raise ValueError(f"labels must be a tensor of shape [{levels_images.shape[0]}]")
     device = torch.device(device)
     n = levels_images.shape[0]
-    per_image, nfe_images = [], 0
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     start = time.perf_counter()
-    for b, lo in enumerate(range(0, n, batch_size)):
+    from difflab.distributed import gather, shard
+
+    batches = shard(list(enumerate(range(0, n, batch_size))))  # several ranks: every world-th batch
+    done = []
+    for b, lo in batches:
         x = levels_images[lo : lo + batch_size].to(device)
         cond = labels[lo : lo + batch_size].to(device) if labels is not None else None
         g = torch.Generator(device=device).manual_seed(int(seed) * 1_000_003 + b)
@@ -73,11 +76,12 @@ def evaluate_bpd(
             cond=cond,
             return_stats=True,
         )
-        per_image.append(bpd.detach().double().cpu())
-        nfe_images += int(stats["nfe"]) * x.shape[0]
+        done.append((b, bpd.detach().double().cpu(), int(stats["nfe"]) * x.shape[0]))
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    elapsed = time.perf_counter() - start
+    elapsed = max(gather(time.perf_counter() - start))  # the slowest rank
+    done = sorted((item for part in gather(done) for item in part), key=lambda item: item[0])
+    per_image, nfe_images = [bpd for _, bpd, _ in done], sum(nfe for _, _, nfe in done)
     bpds = torch.cat(per_image)
     if not torch.isfinite(bpds).all():
         raise FloatingPointError(f"bits/dim is not finite for {int((~torch.isfinite(bpds)).sum())} image(s)")
