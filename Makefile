@@ -56,8 +56,10 @@ params: setup  ## compose conf/ into params.yaml (EXPERIMENT=mnist, or OVERRIDES
 
 # `make params` then `dvc repro`, both under the warm-start server (pipeline/warm.py), which imports
 # torch, Lightning and torch-fidelity once for every stage
+# (WARM=0: every stage imports its libraries itself, as a plain `dvc repro` does)
+WARM ?= 1
 repro: setup  ## run the whole comparison with DVC (EXPERIMENT=mnist for the GPU experiment)
-	$(RUN) python pipeline/warm.py -- bash -c 'python pipeline/compose.py $(COMPOSE_ARGS) && dvc repro'
+	$(RUN) $(if $(filter 1,$(WARM)),python pipeline/warm.py --) bash -c 'python pipeline/compose.py $(COMPOSE_ARGS) && dvc repro'
 
 COMPOSE_ARGS = $(if $(EXPERIMENT),experiment=$(EXPERIMENT)) $(OVERRIDES)
 

@@ -182,7 +182,14 @@ def main(argv=None) -> int:
         listener.listen(8)
         server = os.fork()
         if server == 0:
+            # CUDA must not be initialised before a fork: torch.cuda.is_available() (which a library
+            # may call on import) then asks NVML instead of creating a driver context
+            os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] = "1"
             seconds = preload(modules)
+            torch = sys.modules.get("torch")
+            if torch is not None and torch.cuda.is_initialized():
+                print("[warm] CUDA was initialised while importing: stages start on their own", flush=True)
+                os._exit(0)  # nobody listens: every stage finds no server and runs by itself
             print(f"[warm] imported {', '.join(modules)} once: {seconds:.1f} s", flush=True)
             serve(listener)
         listener.close()
