@@ -210,47 +210,6 @@ def test_bad_extractor_and_missing_weights(ckpt, halves, tmp_path, monkeypatch):
         F.fid_kid(other[:20, :, :4], ref[:20], extractor_path=ckpt[0], cache_dir=tmp_path)
 
 
-@pytest.mark.slow
-def test_inception_fid_equals_torch_fidelity_and_torchmetrics(halves, tmp_path):
-    """Inception pool3 FID: ours = direct torch-fidelity = torchmetrics(antialias=False), same weights."""
-    import torch_fidelity
-    from torchmetrics.image.fid import FrechetInceptionDistance
-
-    from difflab.metrics import inception
-
-    weights = inception.find_weights()
-    if weights is None:
-        pytest.skip("no Inception weights here (run `make fid-weights`)")
-    ref, other = halves
-    ref, samples = ref[:12], _noisy(other[:12], 40.0)
-    with pytest.warns(UserWarning, match="strongly biased"):
-        ours = F.fid_kid(samples, ref, feature_extractor="inception", cache_dir=tmp_path, bootstrap=20)
-    assert ours["feature_dim"] == 2048 and ours["n_samples"] == 12
-    rgb = [x.expand(-1, 3, -1, -1).contiguous() for x in (samples, ref)]
-    direct = torch_fidelity.calculate_metrics(
-        input1=F._Images(rgb[0]),
-        input2=F._Images(rgb[1]),
-        fid=True,
-        kid=True,
-        kid_subset_size=12,
-        rng_seed=0,
-        feature_extractor="inception-v3-compat",
-        feature_extractor_weights_path=str(weights),
-        cuda=False,
-        cache=False,
-        save_cpu_ram=True,
-        verbose=False,
-    )
-    assert ours["fid"] == pytest.approx(direct["frechet_inception_distance"], abs=1e-3)
-    assert ours["kid_mean"] == pytest.approx(direct["kernel_inception_distance_mean"], abs=1e-6)
-    tm = FrechetInceptionDistance(feature=2048, feature_extractor_weights_path=str(weights), antialias=False)
-    tm.set_dtype(torch.float64)
-    tm.update(rgb[1], real=True)
-    tm.update(rgb[0], real=False)
-    assert float(tm.compute()) == pytest.approx(ours["fid"], abs=1e-3)
-    assert ours["fid"] > 1.0
-
-
 def test_batched_bootstrap_equals_naive_resampled_fid():
     """Each bootstrap replicate equals the textbook FID (scipy sqrtm) of the same resample of rows."""
     import scipy.linalg

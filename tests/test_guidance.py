@@ -34,15 +34,6 @@ N = 600  # 200 samples of each class
 SEED = 3
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The mixture's tensors are tiny: intra-op threads only add contention on a shared 2-core box."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def energy_distance(x: torch.Tensor, y: torch.Tensor) -> float:
     """Energy distance 2 E|X-Y| - E|X-X'| - E|Y-Y'| (zero iff equal laws)."""
     return (2 * torch.cdist(x, y).mean() - torch.cdist(x, x).mean() - torch.cdist(y, y).mean()).item()

@@ -22,16 +22,6 @@ from difflab.schedules import SCHEDULES, get_schedule
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """The ODE runs on a few rows: a second intra-op thread only adds wake-ups (10x slower when
-    the cores are shared), so these tests run single-threaded and restore the setting after."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def single_gaussian():
     return GaussianMixture(torch.tensor([[0.5, -0.3, 0.8]], dtype=F64), 0.6)
 

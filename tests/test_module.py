@@ -24,15 +24,6 @@ from difflab.schedules import get_schedule, schedule_class
 from difflab.training import load_denoiser, train
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Two cores shared by many processes: one intra-op thread is far faster than two spinning ones."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @functools.cache
 def _smoke() -> dict:
     return compose(["experiment=smoke"])

@@ -8,16 +8,6 @@ import torch
 
 from difflab.nets import MLP, DiT, UNet, build_net
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Two cores shared by many processes: one intra-op thread is far faster than two spinning ones."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 CASES = [
     ({"name": "mlp", "width": 64, "depth": 2, "emb_dim": 32}, (2,)),
     ({"name": "mlp", "width": 64, "depth": 2, "emb_dim": 32}, (1, 8, 8)),

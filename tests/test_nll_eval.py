@@ -17,15 +17,6 @@ LEVELS = 17
 SHAPE = (1, 2, 2)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny float64 problems: one thread avoids contention on the shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def toy():
     """A 4-D mixture on a 17-level grid, its exact denoiser, and 24 quantised draws."""

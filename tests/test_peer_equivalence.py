@@ -24,14 +24,6 @@ K = 10
 TIMESTEPS = list(range(999, 0, -N_TRAIN // K))  # 999, 899, ..., 99; the last step goes to index 0
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def trained_betas(schedule) -> np.ndarray:
     """DDPM betas of our schedule on t_i = i / 1000: 1 - alpha(t_i)^2 / alpha(t_{i-1})^2."""
     t = torch.arange(N_TRAIN + 1, dtype=torch.float64) / N_TRAIN

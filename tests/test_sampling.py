@@ -13,16 +13,6 @@ from difflab import sampling, solvers
 from difflab.data.toy import GaussianMixture
 from difflab.schedules import get_schedule
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny float64 problems: one thread avoids contention on the shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 SHAPE = (1, 2, 2)
 
 

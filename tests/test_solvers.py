@@ -14,15 +14,6 @@ STOCHASTIC = tuple(name for name in S.SOLVERS if S.get_spec(name).stochastic)
 ODE_FIXED = tuple(name for name in FIXED if not S.get_spec(name).stochastic)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The mixture's tensors are tiny: intra-op threads only add contention on a shared 2-core box."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def mixture(std=0.2) -> GaussianMixture:
     angle = torch.arange(4) * math.pi / 2
     means = torch.stack([angle.cos(), angle.sin()], dim=1)  # [4, 2] on the unit circle

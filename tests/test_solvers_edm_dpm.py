@@ -26,14 +26,6 @@ STEPS = 12
 TOL = 1e-9  # float64 on both sides: the measured differences are ~1e-15
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def K():
     return k_diffusion_sampling()

@@ -32,14 +32,6 @@ PEERS = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def mixture(std: float) -> GaussianMixture:
     angle = torch.arange(3) * 2 * math.pi / 3
     return GaussianMixture(torch.stack([angle.cos(), angle.sin(), 0.5 * angle.sin()], dim=1), std)

@@ -1,24 +1,11 @@
 """The solvers' shared machinery: the registry of specs, noise, the equations, time grids, set-up.
 
-Time runs from noise (t_max) to data (t_min); ``x_t = alpha(t) x0 + sigma(t) eps``. Every solver
-sees only the denoiser ``D(x, t, cond) ~ E[x0 | x_t = x]`` and the schedule, and has the signature
-
-    sample_<name>(denoiser, schedule, noise, steps, *, grid="uniform", generator=None, cond=None,
-                  **options) -> x0                                    # noise, x0: [B, ...]
-
-It starts at ``x(t_0) = sigma(t_0) noise``, integrates over the time grid ``t_0 > ... > t_K``
-(``get_grid``, or an explicit 1-D tensor) in float64 (option ``dtype``) whatever the network's
-dtype, and returns the final denoising ``D(x(t_K), t_K)`` (one evaluation) in ``noise.dtype``.
-The equations (Song et al. 2021), with ``score = (alpha D - x) / sigma^2`` (Tweedie):
-
-    PF-ODE        dx/dt = f x - g2/2 score = (sigma'/sigma) (x - alpha D) + alpha' D
-    reverse SDE   dx = [f x - g2 score] dt + g dW_bar
-    kernel        q(x_t | x_s) = N((alpha_t/alpha_s) x_s, (sigma_t^2 - (alpha_t/alpha_s)^2 sigma_s^2) I)
-
-The right-hand form of the PF-ODE stays finite where f and g2 diverge (flow at t = 1: (x - D)/t).
-Per-step coefficients are computed once per grid in float64 and kept as Python floats, and the state
-is updated in place (no allocation per step), so a step costs a few passes over x on top of its
-denoiser calls (bench/solver_overhead.py).
+The contract every solver keeps (signature, start, grid, float64, final denoising) is stated once, in
+``difflab.solvers``' docstring. Here: the PF-ODE drift in the form that stays finite where f and g2
+diverge (flow at t = 1: (x - D)/t), the reverse-SDE drift, EDM's variables, the grids, and ``_Run``,
+which checks a call and computes the per-grid-time coefficients once, in float64, as Python floats;
+solvers update their state in place (no allocation per step), so a step costs a few passes over x on
+top of its denoiser calls (bench/solver_overhead.py).
 """
 
 from __future__ import annotations
