@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from difflab import sampling, solvers
+from difflab import distributed, sampling, solvers
 from difflab.data.toy import GaussianMixture
 from difflab.schedules import get_schedule
 
@@ -51,7 +51,7 @@ def test_rank_split_reassembles_the_single_process_result(setup, monkeypatch):
 
     monkeypatch.setattr(torch.distributed, "all_gather_object", fake_all_gather_object)
     for rank in range(3):
-        monkeypatch.setattr(sampling, "_dist_info", lambda rank=rank: (rank, 3))
+        monkeypatch.setattr(distributed, "rank_and_world", lambda rank=rank: (rank, 3))
         res = sampling.generate(D, schedule, "euler_maruyama", 6, 11, SHAPE, seed=1, batch_size=2)
         assert res.x.shape == full.x.shape
     assert [obj[0] for obj in sent] == [list(range(r, 11, 3)) for r in range(3)]

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from difflab import distributed
 from difflab.io import atomic_write
 
 __all__ = [
@@ -71,12 +72,6 @@ def _row_seed(seed: int, index: int) -> int:
 def sample_generators(seed: int, indices, device="cpu") -> list[torch.Generator]:
     """One generator per sample index, seeded from ``(seed, index)``."""
     return [torch.Generator(device=device).manual_seed(_row_seed(seed, i)) for i in indices]
-
-
-def _dist_info() -> tuple[int, int]:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
 
 
 def _check_generate_args(solver, n, shape, batch_size, labels, guidance_scale, null_label):
@@ -151,8 +146,8 @@ def generate(
     _check_generate_args(solver, n, shape, batch_size, labels, guidance_scale, null_label)
     spec = S.get_spec(solver)  # ValueError listing the solvers for an unknown name
     D = guided(denoiser, float(guidance_scale), int(null_label)) if guidance_scale is not None else denoiser
-    rank, world = _dist_info()
-    indices = list(range(rank, n, world))
+    rank, world = distributed.rank_and_world()
+    indices = distributed.shard(range(n))
     batches = [indices[i : i + batch_size] for i in range(0, len(indices), batch_size)]
     if progress and rank == 0:
         from tqdm.auto import tqdm
@@ -172,7 +167,7 @@ def generate(
         options=dict(options or {}),
     )
     if world > 1:
-        x, nfe_sum, elapsed = _gather(n, shape, indices, x_local, nfe_sum, elapsed, world)
+        x, nfe_sum, elapsed = _gather(n, shape, indices, x_local, nfe_sum, elapsed)
     else:
         x = x_local
     return SampleResult(
@@ -211,11 +206,10 @@ def _sample_batches(spec, D, schedule, steps, shape, batches, *, grid, seed, dev
     return x_local, nfe_sum, elapsed
 
 
-def _gather(n, shape, indices, x_local, nfe_sum, elapsed, world):
+def _gather(n, shape, indices, x_local, nfe_sum, elapsed):
     """Every rank's samples put back in index order on every rank, the NFE summed over ranks and the
     slowest rank's seconds."""
-    gathered = [None] * world
-    torch.distributed.all_gather_object(gathered, (indices, x_local, nfe_sum, elapsed))
+    gathered = distributed.gather((indices, x_local, nfe_sum, elapsed))
     x = torch.zeros((n, *shape))
     nfe_sum, elapsed = 0.0, 0.0
     for idx, xr, nfe_r, el_r in gathered:
