@@ -15,6 +15,10 @@ bias, exactly as each row's own interval (``fid.bias_shifted_interval``); the p-
 standard deviation (200 replicates cannot resolve percentile p-values below 1/200, which a
 multiple-comparison correction needs). ``holm`` adjusts a family of them.
 
+Training replicates (``seed_combined``, ``seed_combined_difference``, ``seed_matrix_difference``)
+combine one row's K per-seed estimates by the one-way random-effects method of moments: the spread
+between trainings plus each seed's sampling noise, from the bootstrap replicates of every seed.
+
 The replicate arithmetic is numpy only; torch is imported where features are resampled.
 """
 
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from statistics import NormalDist
 
 import numpy as np
 
@@ -67,6 +72,114 @@ def replicate_matrix_difference(
     q = np.percentile(d, [tail, 100 - tail], axis=1)  # [2, R]
     shift = d.mean(1) - diff
     return {"fid_diff": diff, "diff_lo": q[0] - shift, "diff_hi": q[1] - shift}
+
+
+def _seed_moments(est: np.ndarray, reps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One-way random-effects method of moments over the last seed axis: ``est`` ``[..., K]``,
+    ``reps`` ``[..., K, B]`` -> ``(mean, var_of_mean)`` ``[...]``.
+
+    Model: ``est_k = mu + u_k + e_k`` with ``u_k`` the training replicate's offset (variance
+    ``sigma_seed^2``) and ``e`` the sampling errors with covariance ``Sigma`` ``[K, K]``, estimated by
+    the covariance of the replicates across seeds. ``E[s2] = sigma_seed^2 + w`` with
+    ``w = tr(Sigma (I - J/K)) / (K - 1)``, so ``sigma_seed^2 = max(0, s2 - w)`` and
+    ``Var(mean) = sigma_seed^2 / K + 1' Sigma 1 / K^2``. With uncorrelated seeds (``Sigma`` diagonal,
+    ``v`` its mean) ``w = v`` and ``Var(mean) = max(s2, v) / K``."""
+    k = est.shape[-1]
+    s2 = est.var(-1, ddof=1)
+    v_mean = reps.mean(-2).var(-1, ddof=1)  # 1' Sigma 1 / K^2: sampling variance of the seed mean
+    trace = reps.var(-1, ddof=1).sum(-1)  # tr Sigma
+    w = (trace - k * v_mean) / (k - 1)  # tr(Sigma (I - J/K)) / (K - 1) >= 0
+    return est.mean(-1), np.maximum(0.0, s2 - w) / k + v_mean
+
+
+def _seed_arrays(fids, boots, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """``fids`` as ``[K]`` and ``boots`` as ``[K, B]`` (``[B]`` is one seed), checked."""
+    f = np.atleast_1d(np.asarray(fids, np.float64))
+    b = np.atleast_2d(np.asarray(boots, np.float64))
+    if f.ndim != 1 or b.ndim != 2 or b.shape[0] != len(f) or b.shape[1] < 2:
+        raise ValueError(f"{name}: estimates {f.shape} need replicates [K, B] (B >= 2), got {b.shape}")
+    return f, b
+
+
+def seed_combined(fids, boots, *, level: float = LEVEL) -> dict:
+    """One row's FID over K training seeds: ``fids`` ``[K]`` the per-seed estimates, ``boots``
+    ``[K, B]`` their bootstrap replicates (drawn at the same resampled indices for every seed).
+    Returns ``dict(fid, fid_lo, fid_hi, se, seed_sd, n_seeds)``.
+
+    K = 1: the row's own bias-shifted percentile interval (``fid.bias_shifted_interval``), ``se`` the
+    replicates' standard deviation, ``seed_sd`` None. K >= 2: the mean over seeds
+    ``+/- z sqrt(Var(mean))`` by the one-way random-effects method of moments (``_seed_moments``):
+    with ``s2`` the between-seed sample variance and ``v`` the mean bootstrap variance,
+    ``sigma_seed^2 = max(0, s2 - v)`` and ``Var(mean) = (sigma_seed^2 + v) / K = max(s2, v) / K``
+    where the seeds' sampling errors are uncorrelated. Every seed samples from the same noise, so
+    they may be correlated; the part they share (the replicates' covariance across seeds) does not
+    show in ``s2`` and does not shrink with K, and ``_seed_moments`` counts it as such. ``seed_sd =
+    sqrt(s2)``.
+
+    ``z`` is the normal quantile. The seed variance is estimated with K - 1 degrees of freedom, so
+    with few seeds and the seed spread dominating the interval is optimistic (nominal 95% covers
+    about 88% at K = 5); a t quantile with K - 1 degrees of freedom would widen it by
+    ``t / z`` = 6.5 (K = 2), 2.2 (K = 3), 1.42 (K = 5), 1.15 (K = 10)."""
+    f, b = _seed_arrays(fids, boots, "seed_combined")
+    if len(f) == 1:
+        from difflab.metrics.fid import bias_shifted_interval
+
+        lo, hi = bias_shifted_interval(b[0], f[0], level)
+        se = float(b[0].std(ddof=1))
+        return {"fid": float(f[0]), "fid_lo": lo, "fid_hi": hi, "se": se, "seed_sd": None, "n_seeds": 1}
+    mean, var = _seed_moments(f, b)
+    se, z = math.sqrt(var), NormalDist().inv_cdf(0.5 + level / 2)
+    return {
+        "fid": float(mean),
+        "fid_lo": float(mean - z * se),
+        "fid_hi": float(mean + z * se),
+        "se": se,
+        "seed_sd": float(f.std(ddof=1)),
+        "n_seeds": len(f),
+    }
+
+
+def seed_combined_difference(fids_a, fids_b, boots_a, boots_b, *, level: float = LEVEL) -> dict:
+    """``FID(a) - FID(b)`` over K training seeds, seed ``k`` of ``a`` matched with seed ``k`` of ``b``
+    (the same sampling noise, different trainings): ``fids_*`` ``[K]``, ``boots_*`` ``[K, B]`` at the
+    same resampled indices. Returns ``dict(fid_diff, diff_lo, diff_hi, se, p_value)``.
+
+    K = 1: exactly ``paired_difference``. K >= 2: the random-effects method of moments of
+    ``seed_combined`` on the per-seed paired differences ``d_k = fid_a,k - fid_b,k`` with the
+    replicates ``boots_a,k - boots_b,k`` (the sampling noise of each seed's difference, paired
+    because the rows share noise): the mean ``+/- z se``, ``se^2 = max(s2, v) / K`` where the seeds'
+    sampling errors are uncorrelated; p-value ``2 Phi(-|d| / se)``. Optimistic with few seeds, as
+    ``seed_combined`` says."""
+    fa, ba = _seed_arrays(fids_a, boots_a, "seed_combined_difference")
+    fb, bb = _seed_arrays(fids_b, boots_b, "seed_combined_difference")
+    if ba.shape != bb.shape:
+        raise ValueError(f"seed_combined_difference: rows hold replicates {ba.shape} and {bb.shape}")
+    if len(fa) == 1:
+        return paired_difference(fa[0], fb[0], ba[0], bb[0], level=level)
+    diff, var = _seed_moments(fa - fb, ba - bb)
+    se, z = math.sqrt(var), NormalDist().inv_cdf(0.5 + level / 2)
+    diff = float(diff)
+    return {
+        "fid_diff": diff,
+        "diff_lo": diff - z * se,
+        "diff_hi": diff + z * se,
+        "se": se,
+        "p_value": _p_value(diff, se),
+    }
+
+
+def seed_matrix_difference(fids, boots, i: int, *, level: float = LEVEL) -> dict[str, np.ndarray]:
+    """``seed_combined_difference`` of row ``i`` against every row at once: ``fids`` ``[R, K]``,
+    ``boots`` ``[R, K, B]``; arrays ``[R]`` of ``fid_diff`` and its bounds (K = 1:
+    ``replicate_matrix_difference``)."""
+    fids, boots = np.asarray(fids, np.float64), np.asarray(boots, np.float64)
+    if fids.ndim != 2 or boots.shape[:2] != fids.shape or boots.ndim != 3:
+        raise ValueError(f"seed_matrix_difference: fids {fids.shape} need boots [R, K, B], got {boots.shape}")
+    if fids.shape[1] == 1:
+        return replicate_matrix_difference(fids[:, 0], boots[:, 0], i, level=level)
+    diff, var = _seed_moments(fids[i][None] - fids, boots[i][None] - boots)  # [R]
+    half = NormalDist().inv_cdf(0.5 + level / 2) * np.sqrt(var)
+    return {"fid_diff": diff, "diff_lo": diff - half, "diff_hi": diff + half}
 
 
 def _aligned(features_a, features_b, indices_a, indices_b):
