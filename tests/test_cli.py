@@ -69,6 +69,16 @@ BAD_OVERRIDES = [
     ("denoiser.width=0", ["denoiser.width=0", ">= 1"]),
     ("trainer.precision=17-mixed", ["trainer.precision='17-mixed'", "bf16-mixed"]),
     ("+optim.lrr=1", ["optim.lrr", "warmup_steps"]),
+    # round 2's axes: seeds, sampling schedules, grids, guidance (issues 10, 11)
+    ("seeds=[0,0]", ["seeds=[0, 0]", "twice"]),
+    ("seeds=[a]", ["seeds holds 'a'", "integers"]),
+    ("sample.grids=[logsnr,karras]", ["sample.grids holds 'karras'", "uniform, logsnr, edm"]),
+    ("sample.schedules=[vp_linear,vpp]", ["vpp", "sample.schedules", "edm"]),
+    ("sample.invariance_samples=-1", ["sample.invariance_samples=-1", ">= 0"]),
+    ("sample.guidance_scales=[2]", ["sample.guidance_scales=[2]", "class-conditional", "[null]"]),
+    ("experiment=digits_cfg sample.guidance_scales=[-1,2]", ["sample.guidance_scales holds -1", ">= 0"]),
+    ("experiment=digits_cfg sample.guidance_scales=[0,inf]", ["sample.guidance_scales holds inf", "finite"]),
+    ("experiment=digits_cfg class_cond.num_classes=11", ["class_cond.num_classes=11", "10 classes"]),
 ]
 
 

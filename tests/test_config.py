@@ -65,7 +65,7 @@ def test_experiments_override_only_what_differs(default, experiments):
         assert cfg["data"]["name"] == gpu
         assert cfg["denoiser"]["name"] == "unet" and cfg["trainer"]["accelerator"] == "gpu"
         assert cfg["evaluate"]["feature_extractor"] == "inception"
-        untouched = _diff(default, cfg) & {"seed", "schedules", "solvers", "sample.grid", "sample.steps"}
+        untouched = _diff(default, cfg) & {"seed", "seeds", "schedules", "solvers", "sample.grids", "sample.steps"}
         assert not untouched
 
 
@@ -87,7 +87,11 @@ def test_group_options_compose():
         ("sample.steps", [10.5], ["10.5"]),
         ("sample.steps", [], ["sample.steps"]),
         ("sample.n_samples", 0, ["n_samples"]),
-        ("sample.grid", "cosine", ["cosine", "logsnr"]),
+        ("sample.grids", ["cosine"], ["cosine", "logsnr"]),
+        ("sample.grids", [], ["sample.grids", "non-empty"]),
+        ("sample.schedules", ["vp_linear", "vp_linear"], ["sample.schedules", "twice"]),
+        ("sample.guidance_scales", [None, float("nan")], ["sample.guidance_scales holds nan", "finite"]),
+        ("seeds", [], ["seeds", "non-empty"]),
         ("evaluate.feature_extractor", "clip", ["clip", "inception"]),
         ("schedule.ve.params", {"sigma_max": -1.0}, ["sigma_max"]),
         ("schedule.flow.prediction", "noise", ["noise", "velocity"]),
@@ -114,7 +118,7 @@ def test_group_options_compose():
         ("wandb.projekt", "x", ["wandb.projekt", "entity"]),
         ("sample.seeed", 1, ["sample.seeed", "n_samples"]),
         ("typo", 1, ["unknown key typo", "evaluate"]),
-        ("sample.guidance_scale", 2.0, ["class_cond"]),
+        ("sample.guidance_scales", [2.0], ["class_cond"]),
     ],
 )
 def test_bad_values_fail_with_one_line(default, key, value, words):
@@ -173,10 +177,18 @@ def _lookup(cfg, dotted):
 def test_dvc_stages_declare_resolvable_and_minimal_params(default):
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
     assert {"prepare", "train", "reference", "sample", "evaluate", "nll", "report"} <= set(stages)
-    assert stages["train"]["matrix"] == {"schedule": "${schedules}"}
-    assert stages["sample"]["matrix"] == {"solver": "${solvers}"}  # one stage per solver, all schedules
+    assert stages["train"]["matrix"] == {"schedule": "${schedules}", "seed": "${seeds}"}
+    # one stage per solver x grid, looping over the networks, sampling schedules and guidance scales
+    assert stages["sample"]["matrix"] == {"solver": "${solvers}", "grid": "${sample.grids}"}
+    assert "sample.grids" not in stages["sample"]["params"]  # a new grid re-runs only its own stages
     for stage in stages.values():
-        items = [{"schedule": s, "solver": v} for s in default["schedules"] for v in default["solvers"]]
+        items = [
+            {"schedule": s, "solver": v, "seed": k, "grid": g}
+            for s in default["schedules"]
+            for v in default["solvers"]
+            for k in default["seeds"]
+            for g in default["sample"]["grids"]
+        ]
         for item in items:
             for p in stage.get("params", []):
                 _lookup(default, _expand(p, item))  # KeyError if a declared param is missing

@@ -157,6 +157,7 @@ def _ask(cfg: dict, section: str, checker: Callable) -> dict:
 SECTIONS = (
     "experiment",
     "seed",
+    "seeds",
     "data",
     "denoiser",
     "trainer",
@@ -179,6 +180,20 @@ def _check_run(cfg: dict) -> None:
         raise ConfigError(f"params: experiment={experiment!r} must be a non-empty name")
     if not _is_int(_need(cfg, "seed")):
         raise ConfigError(f"params: seed={cfg['seed']!r} must be an integer")
+    _distinct_list(cfg, "seeds", _is_int, "integers (training seeds)")
+
+
+def _distinct_list(cfg: dict, key: str, ok: Callable, what: str) -> list:
+    """``key`` is a non-empty list of distinct values, each passing ``ok``."""
+    values = _need(cfg, key)
+    if not isinstance(values, list) or not values:
+        raise ConfigError(f"params: {key}={values!r} must be a non-empty list of {what}")
+    for v in values:
+        if not ok(v):
+            raise ConfigError(f"params: {key} holds {v!r}; allowed: {what}")
+    if len(set(map(repr, values))) != len(values):
+        raise ConfigError(f"params: {key}={values} lists a value twice")
+    return values
 
 
 def _check_data(cfg: dict) -> tuple[tuple[int, ...], int | None]:
@@ -287,11 +302,13 @@ def _check_solvers(cfg: dict) -> None:
 SAMPLE_KEYS = (
     "options",
     "steps",
-    "grid",
+    "grids",
+    "schedules",
+    "guidance_scales",
     "n_samples",
     "batch_size",
     "seed",
-    "guidance_scale",
+    "invariance_samples",
     "solver_error_samples",
     "reference",
 )
@@ -310,10 +327,13 @@ def _check_sample(cfg: dict) -> None:
             raise ConfigError(f"params: sample.steps holds {s!r}; every step count must be an integer > 0")
     if len(set(steps)) != len(steps):
         raise ConfigError(f"params: sample.steps={steps} lists a step count twice")
-    _choice(cfg, "sample.grid", GRIDS)
+    _distinct_list(cfg, "sample.grids", lambda g: g in GRIDS, f"grids {', '.join(GRIDS)}")
+    _check_sample_schedules(cfg)
+    _check_guidance(cfg)
     _positive_int(cfg, "sample.n_samples")
     _positive_int(cfg, "sample.batch_size")
     _positive_int(cfg, "sample.solver_error_samples", minimum=0)
+    _positive_int(cfg, "sample.invariance_samples", minimum=0)
     if not _is_int(_need(cfg, "sample.seed")):
         raise ConfigError(f"params: sample.seed={cfg['sample']['seed']!r} must be an integer")
     reference = _mapping(cfg, "sample.reference")
@@ -321,14 +341,45 @@ def _check_sample(cfg: dict) -> None:
         get_spec("rk45").check_options(reference)
     except ValueError as e:
         raise _owner_error("sample.reference", e, reference) from None
-    guidance = _need(cfg, "sample.guidance_scale")
-    if guidance is not None:
-        if not _is_number(guidance):
-            raise ConfigError(f"params: sample.guidance_scale={guidance!r} must be null or a number")
-        if cfg["class_cond"]["num_classes"] == 0:
+
+
+def _check_sample_schedules(cfg: dict) -> None:
+    """``sample.schedules``: null, or distinct registered schedules with a ``schedule.<name>`` section
+    whose log-SNR range overlaps every trained schedule's (``sampling.sampling_schedules``)."""
+    from difflab.sampling import sampling_schedules
+    from difflab.schedules import schedule_names
+
+    names = _need(cfg, "sample.schedules")
+    if names is None:
+        return
+    registered = schedule_names()
+    _names(cfg, "sample.schedules", registered, "schedule")
+    for name in names:
+        _need(cfg, f"schedule.{name}")
+    for trained in cfg["schedules"]:
+        try:
+            sampling_schedules(cfg, trained)
+        except ValueError as e:
             raise ConfigError(
-                "params: sample.guidance_scale needs a class-conditional model (class_cond.num_classes > 0)"
-            )
+                f"params: sample.schedules={names} under training schedule {trained!r}: {e}"
+            ) from None
+
+
+def _check_guidance(cfg: dict) -> None:
+    """``sample.guidance_scales``: distinct values, each null (unconditional) or a finite number >= 0;
+    a number needs a class-conditional model."""
+    scales = _distinct_list(
+        cfg,
+        "sample.guidance_scales",
+        lambda w: w is None or (_is_number(w) and math.isfinite(w) and w >= 0),
+        "null (unconditional) or finite numbers >= 0",
+    )
+    guided = [w for w in scales if w is not None]
+    if guided and cfg["class_cond"]["num_classes"] == 0:
+        raise ConfigError(
+            f"params: sample.guidance_scales={scales} needs a class-conditional model "
+            "(class_cond.num_classes > 0); allowed with an unconditional one: [null]"
+        )
 
 
 EVALUATE_KEYS = (

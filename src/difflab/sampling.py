@@ -27,6 +27,9 @@ __all__ = [
     "SampleResult",
     "conditioning",
     "generate",
+    "sampling_schedules",
+    "invariance_schedules",
+    "row_stem",
     "sample_generators",
     "to_levels",
     "levels_to_uint8_images",
@@ -110,6 +113,45 @@ def conditioning(denoiser, n: int, guidance_scale: float | None) -> dict:
         "guidance_scale": guidance_scale,
         "null_label": num_classes,
     }
+
+
+def _restricted(cfg: dict, trained: str, names) -> dict:
+    """``{name: schedule}`` for ``names``, each restricted to the log-SNR range that they and the
+    ``trained`` schedule all cover (``schedules.common_log_snr_range``; ``ValueError`` if none)."""
+    from difflab.schedules import common_log_snr_range, schedule_from_config
+
+    names = list(dict.fromkeys(names))
+    built = {name: schedule_from_config(cfg, name) for name in names}
+    lo, hi = common_log_snr_range(schedule_from_config(cfg, trained), *built.values())
+    return {name: s.with_log_snr_range(lo, hi) for name, s in built.items()}
+
+
+def sampling_schedules(cfg: dict, trained: str) -> dict:
+    """The sampling-time schedules of the network trained on ``trained`` (config ``sample.schedules``),
+    ``{name: Schedule}``: null gives the training schedule alone, over its own interval; a list gives
+    every listed schedule restricted to the one log-SNR range that all of them and ``trained`` cover,
+    so that the rows under them integrate the same noise levels and can be compared."""
+    from difflab.schedules import schedule_from_config
+
+    names = cfg["sample"]["schedules"]
+    if names is None:
+        return {trained: schedule_from_config(cfg, trained)}
+    return _restricted(cfg, trained, names)
+
+
+def invariance_schedules(cfg: dict, trained: str) -> dict:
+    """The schedules a schedule-invariant solver's rows are redrawn under to check the invariance on a
+    trained network: the training schedule first, then every other trained and sampling schedule of
+    the config, all restricted to their common log-SNR range (``{name: Schedule}``)."""
+    names = [trained, *cfg["schedules"], *(cfg["sample"]["schedules"] or ())]
+    return _restricted(cfg, trained, names)
+
+
+def row_stem(sample_schedule: str, guidance_scale: float | None, steps: int) -> str:
+    """The file stem of one row's samples in a model's sample folder (``<stem>.npz``, ``<stem>.png``):
+    ``"<sample_schedule>_<uncond|w<w>>_<steps:03d>"``."""
+    guidance = "uncond" if guidance_scale is None else f"w{float(guidance_scale):g}"
+    return f"{sample_schedule}_{guidance}_{int(steps):03d}"
 
 
 @torch.no_grad()

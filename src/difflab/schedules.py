@@ -458,6 +458,11 @@ def common_log_snr_range(*schedules: Schedule) -> tuple[float, float]:
     return lo, hi
 
 
+def schedule_from_config(cfg: dict, name: str) -> Schedule:
+    """The schedule ``name`` built with the composed config's ``schedule.<name>.params``."""
+    return get_schedule(name, **dict((cfg["schedule"][name] or {}).get("params") or {}))
+
+
 def get_schedule(name: str, **params) -> Schedule:
     """Build a schedule by name: one of ``SCHEDULES``. Unknown names/parameters raise ``ValueError``."""
     cls = schedule_class(name)

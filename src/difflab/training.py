@@ -22,7 +22,7 @@ from difflab.io import atomic_write
 from difflab.losses import DiffusionLoss
 from difflab.nets import build_net
 from difflab.parametrization import Denoiser
-from difflab.schedules import get_schedule, schedule_class
+from difflab.schedules import get_schedule, schedule_class, schedule_from_config
 
 log = logging.getLogger(__name__)
 
@@ -155,8 +155,7 @@ def build_module(
     from difflab.module import DiffusionModule
 
     schedule_class(schedule_name)  # ValueError listing the schedules for an unknown name
-    sched_cfg = dict(cfg["schedule"][schedule_name])
-    schedule = get_schedule(schedule_name, **dict(sched_cfg.get("params") or {}))
+    schedule = schedule_from_config(cfg, schedule_name)
     loss = DiffusionLoss.for_schedule(schedule, **cfg["loss"])
     net_cfg = _plain(dict(cfg["denoiser"]))
     net = build_net(net_cfg, data_shape, num_classes)
@@ -171,7 +170,7 @@ def build_module(
         net,
         schedule,
         loss,
-        prediction=prediction_of(schedule_name, sched_cfg),
+        prediction=prediction_of(schedule_name, dict(cfg["schedule"][schedule_name])),
         **optimizer,
         num_classes=num_classes,
         label_dropout=cfg["class_cond"]["label_dropout"],
@@ -179,10 +178,13 @@ def build_module(
     )
 
 
-def build_trainer(cfg: dict, schedule_name: str, out_dir: pathlib.Path, callbacks: list):
+def build_trainer(
+    cfg: dict, schedule_name: str, out_dir: pathlib.Path, callbacks: list, seed: int | None = None
+):
     """The Lightning ``Trainer`` of ``cfg["trainer"]`` with the EMA, checkpoint (``last.ckpt`` and
     ``best.ckpt`` beside ``model.pt``), sample-grid and non-finite-loss callbacks after ``callbacks``,
-    and the W&B logger (None when ``WANDB_MODE=disabled``). Returns ``(trainer, sample_grid, logger)``."""
+    and the W&B logger (run ``<schedule>-seed<seed>``; None when ``WANDB_MODE=disabled``). Returns
+    ``(trainer, sample_grid, logger)``."""
     import lightning.pytorch as pl
     from lightning.pytorch.callbacks import ModelCheckpoint
 
@@ -203,8 +205,11 @@ def build_trainer(cfg: dict, schedule_name: str, out_dir: pathlib.Path, callback
         t["sample_grid"],
     )
     sched_params = dict(cfg["schedule"][schedule_name].get("params") or {})
+    seed = cfg["seed"] if seed is None else seed
     logger = make_logger(
-        {**cfg, "schedule_name": schedule_name, "schedule_params": sched_params}, schedule_name, out_dir
+        {**cfg, "schedule_name": schedule_name, "schedule_params": sched_params, "train_seed": seed},
+        f"{schedule_name}-seed{seed}",
+        out_dir,
     )
     trainer = pl.Trainer(
         max_steps=t["max_steps"],
@@ -253,7 +258,9 @@ def save_model(out_dir: pathlib.Path, module, metrics: dict) -> None:
     atomic_write(out_dir / "train_metrics.json", lambda p: p.write_text(json.dumps(metrics, indent=2) + "\n"))
 
 
-def train(cfg: dict, schedule_name: str, out_dir, *, callbacks: list | None = None) -> dict:
+def train(
+    cfg: dict, schedule_name: str, out_dir, *, seed: int | None = None, callbacks: list | None = None
+) -> dict:
     """Train the denoiser of ``schedule_name`` on ``cfg["data"]``; write ``out_dir/model.pt`` (EMA weights
     + plain hparams), ``out_dir/train_metrics.json``, ``out_dir/{last,best}.ckpt`` and
     ``out_dir/samples/*.png``; return the metrics.
@@ -263,7 +270,10 @@ def train(cfg: dict, schedule_name: str, out_dir, *, callbacks: list | None = No
     (``check_optim``), ``ema`` (``callbacks.EMA``), ``class_cond.{num_classes, label_dropout}``
     (num_classes 0 = unconditional; otherwise it must match the data's), ``trainer``
     (``check_trainer``), ``wandb.{project, entity, group}``; every section in full, as composed from
-    conf/. ``callbacks``: extra Lightning callbacks, run before the built-in ones.
+    conf/. ``seed``: the training seed (the network's initialisation, the batches' order and the
+    diffusion noise; one replicate of the ``seeds`` axis); default ``cfg["seed"]``, which always draws
+    the data split, so replicates differ in training only. ``callbacks``: extra Lightning callbacks,
+    run before the built-in ones.
     Resumes from ``out_dir/last.ckpt`` when it exists. Bad input raises ``ValueError``
     before anything is written; a non-finite loss raises ``NonFiniteLossError`` keeping the checkpoints.
     """
@@ -273,9 +283,9 @@ def train(cfg: dict, schedule_name: str, out_dir, *, callbacks: list | None = No
 
     cfg = _plain(cfg)  # a plain deep copy (OmegaConf resolved): what is logged and saved
     out_dir = pathlib.Path(out_dir)
-    seed = cfg["seed"]
+    seed = cfg["seed"] if seed is None else int(seed)
+    dm = build_datamodule(cfg["data"], cfg["seed"])
     pl.seed_everything(seed, workers=True, verbose=False)
-    dm = build_datamodule(cfg["data"], seed)
     num_classes = cfg["class_cond"]["num_classes"]
     if num_classes not in (0, dm.num_classes):
         raise ValueError(
@@ -285,13 +295,13 @@ def train(cfg: dict, schedule_name: str, out_dir, *, callbacks: list | None = No
     data_info = {"name": dm.name, "levels": dm.levels, "n_train": len(dm.train_levels()[0])}
     if getattr(dm, "offline_split", False):  # MNIST offline: the 10k test split, split again
         data_info["offline_split"] = True
-    extra = {"data": data_info, "seed": seed, "schedule_name": schedule_name}
+    extra = {"data": data_info, "seed": seed, "schedule_name": schedule_name}  # seed: the training seed
     module = build_module(cfg, schedule_name, dm.data_shape, num_classes, extra)
     if cfg["trainer"]["channels_last"]:
         module.net.to(memory_format=torch.channels_last)
     if cfg["trainer"]["compile"]:
         module.net.compile()
-    trainer, grids, logger = build_trainer(cfg, schedule_name, out_dir, callbacks or [])
+    trainer, grids, logger = build_trainer(cfg, schedule_name, out_dir, callbacks or [], seed)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     start_step, seconds = fit_or_resume(trainer, module, dm, out_dir)
@@ -301,6 +311,7 @@ def train(cfg: dict, schedule_name: str, out_dir, *, callbacks: list | None = No
     steps = int(trainer.global_step)
     metrics = {
         "schedule": schedule_name,
+        "seed": seed,
         "train_loss": None if train_loss is None else float(train_loss),
         "val_loss": float(val[0]["val/loss"]) if val else None,
         "steps": steps,

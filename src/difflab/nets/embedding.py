@@ -59,7 +59,8 @@ class LabelEmbedding(nn.Module):
         if class_labels is None:
             class_labels = torch.full((batch,), self.num_classes, dtype=torch.long, device=device)
         labels = class_labels.long()
-        if labels.numel() and (labels.min() < 0 or labels.max() > self.num_classes):
+        checkable = labels.numel() and labels.device.type != "meta"  # meta: shapes only, no values
+        if checkable and (labels.min() < 0 or labels.max() > self.num_classes):
             raise ValueError(
                 f"class label out of range: got {labels.min().item()}..{labels.max().item()}, "
                 f"allowed 0..{self.num_classes} ({self.num_classes} = the null label)"
