@@ -38,5 +38,15 @@ def sample_rk45(
     def rhs(u_now, y):
         return edm_ode_velocity(denoiser, schedule, y, u_now, cond)
 
-    y = odeint(rhs, x / run.a[0], u, rtol=run.opts["rtol"], atol=run.opts["atol"], method="dopri5")[-1]
+    # step_t at the end: the last step lands on it instead of stepping past it and interpolating back,
+    # so the denoiser is never asked beyond the schedule's t_min (a reparametrized one would refuse)
+    y = odeint(
+        rhs,
+        x / run.a[0],
+        u,
+        rtol=run.opts["rtol"],
+        atol=run.opts["atol"],
+        method="dopri5",
+        options={"step_t": u[-1:]},
+    )[-1]
     return run.finish(run.a[-1] * y)
