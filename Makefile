@@ -63,7 +63,7 @@ repro: setup  ## run the whole comparison with DVC (EXPERIMENT=mnist for the GPU
 
 COMPOSE_ARGS = $(if $(EXPERIMENT),experiment=$(EXPERIMENT)) $(OVERRIDES)
 
-report: setup  ## rebuild results/plots and results/report.html from results/comparison.csv
+report: setup  ## rebuild results/plots and results/report.html from results/seeds.csv
 	$(RUN) python pipeline/report.py --from-csv
 
 fid-weights: setup  ## Inception weights for FID/KID on mnist/cifar10 (download, or rebuilt offline)

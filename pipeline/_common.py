@@ -41,8 +41,11 @@ def add_schedule_args(p: argparse.ArgumentParser, *, model: bool = True, data: b
     """The arguments of a per-schedule stage: ``--schedule`` and, where the stage reads them, the
     trained model folder and the prepare stage's folder."""
     p.add_argument("--schedule", required=True, help="one of the params' schedules")
+    p.add_argument("--seed", type=int, default=0, help="one of the params' training seeds (default: 0)")
     if model:
-        p.add_argument("--model", default=None, help="trained model folder (default: models/SCHEDULE)")
+        p.add_argument(
+            "--model", default=None, help="trained model folder (default: models/SCHEDULE/seed_SEED)"
+        )
     if data:
         p.add_argument(
             "--data", default="data/prepared", help="the prepare stage's folder (default: %(default)s)"
@@ -53,6 +56,18 @@ def check_schedule(cfg: dict, schedule: str) -> None:
     """A per-stage ``--schedule`` must be one of the params' schedules."""
     if schedule not in cfg["schedules"]:
         raise ValueError(f"--schedule {schedule!r} is not in params schedules {cfg['schedules']}")
+
+
+def check_seed(cfg: dict, seed: int) -> None:
+    """A per-stage ``--seed`` must be one of the params' training seeds."""
+    if seed not in cfg["seeds"]:
+        raise ValueError(f"--seed {seed!r} is not in params seeds {cfg['seeds']}")
+
+
+def model_dir(schedule: str, seed: int, root: str = "models") -> str:
+    """The folder of one trained network (the train stage's output; dvc.yaml names the same paths),
+    and below ``references/``, ``evals/`` and ``samples/<solver>/<grid>/`` the folder of its rows."""
+    return f"{root}/{schedule}/seed_{seed}"
 
 
 def add_device(p: argparse.ArgumentParser) -> None:

@@ -5,9 +5,11 @@ Writes OUT/ (default data/prepared), byte-identical for the same data params:
                                         the held-out split (bits/dim), with their labels
   meta.json        dataset name, shape, levels, classes, split sizes
 and FEATURES/ (default data/features):
-  classifier.pt    the feature classifier (evaluate.feature_extractor: classifier)
+  classifier.pt    the dataset classifier: FID features (evaluate.feature_extractor: classifier) and,
+                   for a class-conditional model, the judge of class accuracy
   fid_cache/       reference features for the feature extractor
-  floor.json       FID/KID of the held-out split against the reference: the real-data floor
+  floor.json       FID/KID of the held-out split against the reference: the real-data floor; for a
+                   class-conditional model also the classifier's held-out accuracy (the ceiling)
 """
 
 from _common import add_device, atomic_dir, load_cfg, parser, resolve_device, run, write_json
@@ -47,13 +49,18 @@ def main(args):
     with atomic_dir(args.features) as out:
         info = {"feature_extractor": ev["feature_extractor"]}
         extractor_path = None
-        if ev["feature_extractor"] == "classifier":
+        conditional = cfg["class_cond"]["num_classes"] > 0
+        if ev["feature_extractor"] == "classifier" or conditional:
             from difflab.metrics.classifier import train_classifier
 
-            extractor_path = out / "classifier.pt"
+            classifier = out / "classifier.pt"  # FID features, and the judge of class accuracy
             info["classifier"] = train_classifier(
-                train_x, train_y, dm.levels, extractor_path, seed=cfg["seed"], epochs=ev["classifier_epochs"]
+                train_x, train_y, dm.levels, classifier, seed=cfg["seed"], epochs=ev["classifier_epochs"]
             )
+            if ev["feature_extractor"] == "classifier":
+                extractor_path = classifier
+            if conditional:
+                info["classifier_ceiling"] = _ceiling(classifier, held_x, held_y, dm.levels, args.device)
         from difflab.metrics.fid import fid_kid
 
         # The held-out split against the reference: the FID a perfect model would reach at this size.
@@ -70,6 +77,19 @@ def main(args):
         info["data_floor"] = {k: v for k, v in floor.items() if isinstance(v, (int, float, str))}
         write_json(out / "floor.json", info)
     print(f"prepared {meta['dataset']}: {meta['n_train']} reference + {meta['n_heldout']} held-out images")
+
+
+def _ceiling(classifier, images, labels, levels, device) -> dict:
+    """The classifier's accuracy on the held-out split (95% Wilson interval): the class accuracy a
+    perfect class-conditional model would reach."""
+    from difflab.metrics.classifier import classifier_logits
+    from difflab.metrics.conditional import classifier_ceiling
+    from difflab.sampling import levels_to_uint8_images
+
+    logits = classifier_logits(
+        classifier, levels_to_uint8_images(images, levels), device=resolve_device(device)
+    )
+    return classifier_ceiling(logits, labels)
 
 
 if __name__ == "__main__":

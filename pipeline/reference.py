@@ -1,8 +1,11 @@
-"""Stage `reference`: a high-accuracy PF-ODE solution per schedule (rk45 at sample.reference's
-tolerances) from the same noise as every solver's first `sample.solver_error_samples` samples, so
-`solver_error` measures a solver's discretization error apart from the network's error.
+"""Stage `reference`: a high-accuracy PF-ODE solution per trained network (schedule x seed) and
+guidance scale (rk45 at sample.reference's tolerances) from the same noise as every solver's first
+`sample.solver_error_samples` samples, so `solver_error` measures a solver's discretization error
+apart from the network's error. With ``sample.schedules`` it integrates the log-SNR range the rows
+share (the PF-ODE's solution in EDM's variables does not depend on the schedule).
 
-Writes OUT/ (default references/SCHEDULE): reference.npz (float `x`, measured `nfe`).
+Writes OUT/ (default references/SCHEDULE/seed_SEED): <stem>.npz per guidance scale (float `x`,
+measured `nfe`; <stem> = sampling.row_stem(SCHEDULE, w, 0)).
 """
 
 from _common import (
@@ -10,7 +13,9 @@ from _common import (
     add_schedule_args,
     atomic_dir,
     check_schedule,
+    check_seed,
     load_cfg,
+    model_dir,
     parser,
     read_json,
     resolve_device,
@@ -21,34 +26,39 @@ from _common import (
 def main(args):
     cfg = load_cfg(args)
     check_schedule(cfg, args.schedule)
+    check_seed(cfg, args.seed)
     s = cfg["sample"]
     meta = read_json(f"{args.data}/meta.json")
     n = min(s["solver_error_samples"], s["n_samples"])
     device = resolve_device(args.device)
-    with atomic_dir(args.out or f"references/{args.schedule}") as out:
-        if n > 0:
-            from difflab.sampling import conditioning, generate, save_samples
-            from difflab.training import load_denoiser
+    with atomic_dir(args.out or model_dir(args.schedule, args.seed, "references")) as out:
+        if n == 0:
+            (out / "SKIPPED").write_text("sample.solver_error_samples = 0\n")
+            return
+        from difflab.sampling import conditioning, generate, row_stem, sampling_schedules, save_samples
+        from difflab.training import load_denoiser
 
-            D = load_denoiser(args.model or f"models/{args.schedule}", device)
+        D = load_denoiser(args.model or model_dir(args.schedule, args.seed), device)
+        shared = next(iter(sampling_schedules(cfg, args.schedule).values())).log_snr_range()
+        schedule = D.schedule.with_log_snr_range(*shared)
+        for w in s["guidance_scales"]:
             result = generate(
                 D,
-                D.schedule,
+                schedule,
                 "rk45",
                 0,
                 n,
                 tuple(meta["shape"]),
-                grid=s["grid"],
                 seed=s["seed"],
                 batch_size=s["batch_size"],
                 device=device,
-                **conditioning(D, n, s["guidance_scale"]),
+                **conditioning(D, n, w),
                 options=dict(s["reference"]),
             )
-            save_samples(out / "reference.npz", result, levels=meta["levels"], save_x=True)
-            print(f"reference {args.schedule}: {n} samples, {result.nfe:.0f} NFE")
-        else:
-            (out / "SKIPPED").write_text("sample.solver_error_samples = 0\n")
+            save_samples(
+                out / f"{row_stem(args.schedule, w, 0)}.npz", result, levels=meta["levels"], save_x=True
+            )
+            print(f"reference {args.schedule} seed {args.seed} w={w}: {n} samples, {result.nfe:.0f} NFE")
 
 
 if __name__ == "__main__":

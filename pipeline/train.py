@@ -1,6 +1,7 @@
-"""Stage `train`: one denoiser per schedule (difflab.training.train), EMA weights to OUT/model.pt.
+"""Stage `train`: one denoiser per schedule x training seed (difflab.training.train), EMA weights to
+OUT/model.pt.
 
-Writes OUT/ (default models/SCHEDULE): model.pt, last.ckpt, train_metrics.json and the offline
+Writes OUT/ (default models/SCHEDULE/seed_SEED): model.pt, last.ckpt, train_metrics.json and the offline
 W&B training run (group = the experiment). A run killed mid-way resumes from its last.ckpt the
 next time (the work folder under outputs/tmp is keyed by the params this stage reads and the code).
 """
@@ -8,9 +9,11 @@ next time (the work folder under outputs/tmp is keyed by the params this stage r
 from _common import (
     add_schedule_args,
     check_schedule,
+    check_seed,
     content_key,
     cpu_threads,
     load_cfg,
+    model_dir,
     parser,
     resumable_dir,
     run,
@@ -27,15 +30,17 @@ def main(args):
 
     cpu_threads()
 
+    check_seed(cfg, args.seed)
     read = {k: cfg.get(k) for k in TRAIN_KEYS} | {"schedule": cfg["schedule"][args.schedule]}
-    with resumable_dir(args.out or f"models/{args.schedule}", content_key(args.schedule, read)) as out:
-        metrics = train(cfg, args.schedule, out)
+    key = content_key(args.schedule, args.seed, read)
+    with resumable_dir(args.out or model_dir(args.schedule, args.seed), key) as out:
+        metrics = train(cfg, args.schedule, out, seed=args.seed)
     shown = {k: v for k, v in (metrics or {}).items() if isinstance(v, (int, float))}
-    print(f"trained {args.schedule}: {shown}")
+    print(f"trained {args.schedule} seed {args.seed}: {shown}")
 
 
 if __name__ == "__main__":
     p = parser(__doc__)
     add_schedule_args(p, model=False, data=False)
-    p.add_argument("--out", default=None, help="output folder (default: models/SCHEDULE)")
+    p.add_argument("--out", default=None, help="output folder (default: models/SCHEDULE/seed_SEED)")
     run(main, p.parse_args())

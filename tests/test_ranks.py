@@ -28,7 +28,7 @@ def stage_inputs(tmp_path_factory):
     cfg["schedules"], cfg["solvers"] = [SCHEDULE], ["ddpm", "euler"]
     cfg["sample"].update(steps=[2, 5], n_samples=13, batch_size=4, solver_error_samples=0)
     (root / "params.yaml").write_text(yaml.safe_dump(cfg))
-    save_dir = root / "models" / SCHEDULE
+    save_dir = root / "models" / SCHEDULE / "seed_0"
     save_dir.mkdir(parents=True)
     save_model(save_dir, build_module(cfg, SCHEDULE, (1, 8, 8), 0), {})
     (root / "data").mkdir()
@@ -52,7 +52,7 @@ def test_two_gloo_ranks_write_what_one_process_writes(stage_inputs, solver):
     _sample(root, solver, f"one_{solver}", 1)
     log = _sample(root, solver, f"two_{solver}", 2)
     assert "2 ranks" in log  # it did run as two processes
-    one, two = root / f"one_{solver}" / SCHEDULE, root / f"two_{solver}" / SCHEDULE
+    one, two = (root / name / SCHEDULE / "seed_0" for name in (f"one_{solver}", f"two_{solver}"))
     assert sorted(p.name for p in one.iterdir()) == sorted(p.name for p in two.iterdir())
     timing = {"seconds_per_sample"}  # wall-clock time: the one thing allowed to differ
     rows_one, rows_two = (json.loads((d / "rows.json").read_text()) for d in (one, two))
@@ -88,7 +88,7 @@ def test_nll_as_two_gloo_ranks_equals_one_process(stage_inputs):
             "--schedule",
             SCHEDULE,
             "--model",
-            str(root / "models" / SCHEDULE),
+            str(root / "models" / SCHEDULE / "seed_0"),
             "--data",
             str(root / "data"),
         ]

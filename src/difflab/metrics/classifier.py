@@ -174,6 +174,31 @@ def load_classifier(path, device="cpu") -> tuple[DigitClassifier, dict]:
     return model.to(device).eval().requires_grad_(False), hp
 
 
+@torch.no_grad()
+def classifier_logits(path, images: Tensor, *, device="cpu", batch_size: int = 1024) -> Tensor:
+    """The classifier's logits ``[N, num_classes]`` (float32, CPU) of uint8 ``images`` ``[N, C, H, W]``
+    of the size and channels it was trained on: what ``metrics.conditional.class_accuracy`` scores."""
+    model, hp = load_classifier(path, device)
+    if (
+        images.dtype != torch.uint8
+        or images.ndim != 4
+        or list(images.shape[1:])
+        != [
+            hp["in_channels"],
+            *hp["image_size"],
+        ]
+    ):
+        raise ValueError(
+            f"the classifier takes uint8 images [N, {hp['in_channels']}, {hp['image_size'][0]}, "
+            f"{hp['image_size'][1]}], got {images.dtype} {tuple(images.shape)}"
+        )
+    parts = [
+        model(_uint8_to_model(images[i : i + batch_size].to(device))).float().cpu()
+        for i in range(0, len(images), batch_size)
+    ]
+    return torch.cat(parts) if parts else torch.zeros(0, hp["num_classes"])
+
+
 class FeatureExtractorClassifier(FeatureExtractorBase):
     """torch-fidelity feature extractor around ``DigitClassifier``: features ``"features"``
     (128-d penultimate pre-activations, FID/KID) and ``"logits"``. Input uint8 ``[B, C, H, W]``."""
