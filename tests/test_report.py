@@ -170,37 +170,48 @@ def test_schedule_matrix_pairs_schedules_per_ode_solver_with_holm():
 
 
 def test_replicates_load_from_the_evaluate_stage_files(tmp_path):
+    seeded = [{**r, "seed": 0} for r in ROWS]
     for schedule in ("s1", "s2"):
         rows = {
-            f"{r['solver']}/{r['steps']}": {
+            analysis.row_id(r): {
                 "features": np.zeros((4, 2)),
                 "fid_bootstrap": REPS[analysis.row_id(r)],
                 "indices": np.arange(4),
             }
-            for r in ROWS
+            for r in seeded
             if r["schedule"] == schedule
         }
-        save_row_features(tmp_path / schedule / "features.npz", rows, bootstrap_seed=0)
-    got = load_replicates(tmp_path, ROWS)
-    assert set(got) == set(REPS) and np.array_equal(got["s1/rk45/adaptive"], REPS["s1/rk45/adaptive"])
-    with pytest.raises(FileNotFoundError, match="s3/features.npz not found"):
-        load_replicates(tmp_path, [{**A, "schedule": "s3"}])
-    with pytest.raises(FileNotFoundError, match="has no row euler/50"):
-        load_replicates(tmp_path, [{**A, "steps": 50}])
+        save_row_features(tmp_path / schedule / "seed_0" / "features.npz", rows, bootstrap_seed=0)
+    got = load_replicates(tmp_path, seeded)
+    assert set(got) == {f"{k}/seed=0" for k in REPS}
+    assert np.array_equal(got["s1/rk45/adaptive/seed=0"], REPS["s1/rk45/adaptive"])
+    a, c = seeded[0], seeded[2]
+    with pytest.raises(FileNotFoundError, match="s3/seed_0/features.npz not found"):
+        load_replicates(tmp_path, [{**a, "schedule": "s3"}])
+    with pytest.raises(FileNotFoundError, match="has no row s1/euler/50"):
+        load_replicates(tmp_path, [{**a, "steps": 50}])
     save_row_features(
-        tmp_path / "s2" / "features.npz",
-        {"euler/10": {"features": np.zeros((4, 2)), "fid_bootstrap": np.zeros(3), "indices": np.arange(4)}},
+        tmp_path / "s2" / "seed_0" / "features.npz",
+        {
+            "s2/euler/10": {
+                "features": np.zeros((4, 2)),
+                "fid_bootstrap": np.zeros(3),
+                "indices": np.arange(4),
+            }
+        },
         bootstrap_seed=1,
     )
     with pytest.raises(ValueError, match="different seeds"):
-        load_replicates(tmp_path, [A, C])
+        load_replicates(tmp_path, [a, c])
 
 
 def test_collect_names_a_missing_nll_file(tmp_path):
-    (tmp_path / "s1").mkdir()
-    (tmp_path / "s1" / "fid.json").write_text(json.dumps([{"schedule": "s1", "solver": "euler"}]))
-    with pytest.raises(FileNotFoundError, match="s1/nll.json not found"):
-        collect(tmp_path, ["s1"], ["euler"])
+    (tmp_path / "s1" / "seed_0").mkdir(parents=True)
+    (tmp_path / "s1" / "seed_0" / "fid.json").write_text(json.dumps([{"schedule": "s1", "solver": "euler"}]))
+    with pytest.raises(FileNotFoundError, match="s1/seed_0/nll.json not found"):
+        collect(tmp_path, ["s1"], [0], ["euler"])
+    with pytest.raises(FileNotFoundError, match="s1/seed_1/fid.json not found"):
+        collect(tmp_path, ["s1"], [1], ["euler"])
     with pytest.raises(ValueError, match="no NLL record for schedule 's1'"):
         analysis.build_table([dict(A)], {})
 

@@ -333,9 +333,23 @@ def holm_adjusted(p_values: Sequence[float]) -> list[float]:
     return adj.tolist()
 
 
-def row_key(solver: str, steps: int) -> str:
-    """A row's key in a feature file: ``"<solver>/<steps>"`` (rk45: steps 0)."""
-    return f"{solver}/{int(steps)}"
+ADAPTIVE_STEPS = 0  # rk45 rows: steps = 0 means adaptive
+
+
+def row_key(r: dict) -> str:
+    """A row's id, its key in a feature file and in the report:
+    ``"<schedule>[@<sample_schedule>]/<solver>/<steps|adaptive>[/<grid>][/w=<w>]"`` (the ``@`` part only
+    where the sampling schedule differs from the training one, the grid where the row names one,
+    ``w=`` where it is guided). One home, read by the evaluate stage and ``report.analysis.row_id``."""
+    steps = "adaptive" if r["steps"] == ADAPTIVE_STEPS else str(r["steps"])
+    sample_schedule = r.get("sample_schedule") or r["schedule"]
+    head = r["schedule"] + ("" if sample_schedule == r["schedule"] else f"@{sample_schedule}")
+    text = f"{head}/{r['solver']}/{steps}"
+    if r.get("grid"):
+        text += f"/{r['grid']}"
+    if r.get("guidance_scale") is not None:
+        text += f"/w={float(r['guidance_scale']):g}"
+    return text
 
 
 def save_row_features(path, rows: dict[str, dict], *, bootstrap_seed: int) -> None:

@@ -20,9 +20,11 @@ from __future__ import annotations
 import csv
 import io
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
+
+from difflab.metrics.paired import ADAPTIVE_STEPS, row_key  # rk45: steps 0 (adaptive), nfe measured
 
 # SPEC's columns of results/comparison.csv, in order; `nll_bpd_se` is extra (the standard error).
 COLUMNS = (
@@ -41,19 +43,41 @@ COLUMNS = (
     "n_samples",
     "feature_extractor",
 )
-EXTRA_COLUMNS = ("nll_bpd_se",)
-ADAPTIVE_STEPS = 0  # rk45 rows: steps = 0 means adaptive; nfe is the measured count
+# The axes of a row beside (schedule, solver, steps) and round 2's metrics (SPEC), then the extras.
+AXIS_COLUMNS = ("sample_schedule", "grid", "seed", "guidance_scale")
+METRIC_COLUMNS = ("class_accuracy", "precision", "recall")
+EXTRA_COLUMNS = (
+    "nll_bpd_se",
+    *AXIS_COLUMNS,
+    *METRIC_COLUMNS,
+    "n_seeds",
+    "fid_seed_sd",
+    "class_accuracy_lo",
+    "class_accuracy_hi",
+    "precision_lo",
+    "precision_hi",
+    "recall_lo",
+    "recall_hi",
+    "invariance_error",
+)
+TEXT_COLUMNS = ("schedule", "solver", "feature_extractor", "sample_schedule", "grid", "seed")
 
 
 def build_table(records: Iterable[dict], nll: dict[str, dict]) -> list[dict]:
-    """Rows of the comparison: every evaluate record joined with its schedule's NLL record
-    (``nll[schedule]`` with ``bpd``, ``bpd_se``; a schedule without one is an error)."""
+    """Per-seed rows of the comparison: every evaluate record joined with its network's NLL record
+    (``nll[schedule][seed]``, or ``nll[schedule]`` for every seed, with ``bpd``, ``bpd_se``; a
+    network without one is an error)."""
     rows = []
     for rec in records:
-        row = {c: rec.get(c) for c in COLUMNS}
-        if rec.get("schedule") not in nll:
-            raise ValueError(f"no NLL record for schedule {rec.get('schedule')!r}; run the nll stage")
-        n = nll[rec["schedule"]]
+        row = {c: rec.get(c) for c in COLUMNS + EXTRA_COLUMNS}
+        row["sample_schedule"] = row["sample_schedule"] or rec.get("schedule")
+        row["n_seeds"] = 1
+        n = nll.get(rec.get("schedule"))
+        if n is not None and "bpd" not in n:  # by seed
+            n = n.get(rec.get("seed"))
+        if n is None:
+            where = f"schedule {rec.get('schedule')!r} seed {rec.get('seed')!r}"
+            raise ValueError(f"no NLL record for {where}; run the nll stage")
         row["nll_bpd"] = n.get("bpd")
         row["nll_bpd_se"] = n.get("bpd_se")
         missing = [
@@ -102,8 +126,9 @@ def to_csv(rows: Sequence[dict]) -> str:
 
 
 def read_csv(path) -> list[dict]:
-    """Rows of a comparison CSV with numbers parsed (empty cells -> None)."""
-    ints, texts = {"steps", "n_samples"}, {"schedule", "solver", "feature_extractor"}
+    """Rows of a comparison CSV with numbers parsed (empty cells -> None; ``seed`` stays text, the
+    seeds a row averages)."""
+    ints, texts = {"steps", "n_samples", "n_seeds"}, set(TEXT_COLUMNS)
     rows = []
     with open(path, newline="") as fh:
         for rec in csv.DictReader(fh):
@@ -119,25 +144,65 @@ def read_csv(path) -> list[dict]:
     return rows
 
 
+def _axis_keys(rows: Sequence[dict]) -> list[tuple[str, Callable]]:
+    """The axes (beside schedule, solver, steps) on which ``rows`` take more than one value, with
+    each one's key text in ``nested_metrics``."""
+    axes = (
+        ("sample_schedule", lambda r: f"sample={r.get('sample_schedule') or r['schedule']}"),
+        ("grid", lambda r: f"grid={r.get('grid')}"),
+        (
+            "guidance_scale",
+            lambda r: "w=none" if r.get("guidance_scale") is None else f"w={r['guidance_scale']:g}",
+        ),
+    )
+
+    def varies(name, key):
+        if name == "sample_schedule":  # a level where some network is sampled under several schedules
+            return len({(r["schedule"], key(r)) for r in rows}) > len({r["schedule"] for r in rows})
+        return len({key(r) for r in rows}) > 1
+
+    return [(name, key) for name, key in axes if varies(name, key)]
+
+
 def nested_metrics(rows: Sequence[dict], nll: dict[str, dict] | None = None) -> dict:
-    """``schedule -> solver -> steps -> {nfe, fid, ...}`` for ``dvc metrics show`` (rk45's steps key
-    is ``adaptive``), plus ``schedule -> nll_bpd``."""
+    """``schedule -> [sample=S ->] [grid=G ->] [w=W ->] solver -> steps -> {nfe, fid, ...}`` for ``dvc
+    metrics show`` (an axis level only where the rows take several values on it; rk45's steps key is
+    ``adaptive``), plus ``schedule -> nll_bpd``."""
     out: dict = {}
-    numeric = [c for c in COLUMNS[3:] if c != "feature_extractor"]
+    numeric = [c for c in COLUMNS[3:] + EXTRA_COLUMNS if c not in TEXT_COLUMNS and c != "nll_bpd_se"]
+    axes = _axis_keys(rows)
     for r in rows:
         key = "adaptive" if r["steps"] == ADAPTIVE_STEPS else str(r["steps"])
         cell = {c: r[c] for c in numeric if r.get(c) is not None}
-        out.setdefault(r["schedule"], {}).setdefault(r["solver"], {})[key] = cell
+        node = out.setdefault(r["schedule"], {})
+        for _, axis_key in axes:
+            node = node.setdefault(axis_key(r), {})
+        node.setdefault(r["solver"], {})[key] = cell
     for schedule, rec in (nll or {}).items():
         if schedule in out and rec.get("bpd") is not None:
             out[schedule]["nll_bpd"] = rec["bpd"]
     return out
 
 
+def main_slice(rows: Sequence[dict], cfg: dict) -> list[dict]:
+    """The rows of the schedule x solver x steps comparison: every network under its own training
+    schedule (the diagonal), on the first of ``sample.grids`` and at the first of
+    ``sample.guidance_scales``; the other values of those axes have their own report sections."""
+    s = cfg.get("sample", {})
+    grid = (s.get("grids") or [None])[0]
+    scale = (s.get("guidance_scales") or [None])[0]
+
+    def keep(r):
+        on_grid = grid is None or r.get("grid") in (None, grid)
+        own = (r.get("sample_schedule") or r["schedule"]) == r["schedule"]
+        return own and on_grid and r.get("guidance_scale") == scale
+
+    return [r for r in rows if keep(r)]
+
+
 def row_id(r: dict) -> str:
-    """A row's readable id, ``"<schedule>/<solver>/<steps>"`` (rk45: ``.../adaptive``)."""
-    steps = "adaptive" if r["steps"] == ADAPTIVE_STEPS else str(r["steps"])
-    return f"{r['schedule']}/{r['solver']}/{steps}"
+    """A row's readable id (``difflab.metrics.paired.row_key``, its one home)."""
+    return row_key(r)
 
 
 class Pairing:
@@ -442,9 +507,10 @@ def invariance_sentence(rows: Sequence[dict], families: dict[str, dict]) -> str:
         return "No solver here is schedule-invariant: every row's schedule enters through the solver too."
     text = (
         f"Identical by schedule invariance: {', '.join(inv)} step in log-SNR or in EDM's variables, so for "
-        "the same exact denoiser and log-SNR grid their rows at the same steps hold the same samples under "
-        "every schedule (the same noise); across schedules those rows differ only through training "
-        "(each schedule trains its own network)."
+        "the same exact denoiser, log-SNR range and a grid set in log-SNR (logsnr, edm; not uniform, which "
+        "is uniform in t) their rows at the same steps hold the same samples under every schedule (the same "
+        "noise); across schedules those rows differ only through training (each schedule trains its own "
+        "network) and the range's end points. invariance_error measures it on the trained networks."
     )
     if other:
         text += f" {', '.join(other)} step in t: their rows differ through the schedule's discretization too."

@@ -561,7 +561,9 @@ def figures(
     draw (``FIGURES``)."""
     out_dir = Path(out_dir)
     drawn = {
-        "loss_weights": loss_weight_plot(cfg, out_dir / FIGURES["loss_weights"][0]),
+        "loss_weights": loss_weight_plot(cfg, out_dir / FIGURES["loss_weights"][0])
+        if cfg["schedules"]
+        else None,
         "cross_schedule": cross_heatmap(rows, out_dir / FIGURES["cross_schedule"][0], families),
         "grid_effect": grid_effect_plot(rows, out_dir / FIGURES["grid_effect"][0], families),
     }

@@ -182,12 +182,18 @@ def render(
     families: dict[str, dict] | None = None,
     data_meta: dict | None = None,
     grids: dict[str, str | Path] | None = None,
+    seeds: Sequence[str] = (),
+    sections: Sequence[str] = (),
+    every_row: Sequence[dict] | None = None,
     title: str = "difflab: noise schedules x reverse solvers",
 ) -> str:
     """The report's HTML text. ``summary``: ``analysis.budget_summary`` with a pairing;
     ``frontier``: ``analysis.plausible_frontier``; ``matrix``: ``analysis.schedule_matrix``;
     ``ties``: ``analysis.tie_counts``; ``families``: ``analysis.solver_families``; ``figures``: name ->
-    (png path, caption); ``grids``: caption -> png."""
+    (png path, caption); ``grids``: caption -> png; ``seeds``: sentences on what survives training
+    noise; ``sections``: further HTML sections (training or sampling?, guidance) placed after the
+    figures. ``rows``: the main slice (``analysis.main_slice``); ``every_row``: all rows of the table
+    (default ``rows``)."""
     best_ids = {id(s["best"]) for s in summary if s["best"] is not None}
     plaus_ids = {id(r) for r in frontier}
     classes = {i: "plaus" for i in plaus_ids}
@@ -215,6 +221,12 @@ def render(
         + "".join(f"<li>{html.escape(s)}</li>" for s in summary_sentences(summary))
         + "</ul>",
     ]
+    if seeds:
+        parts.append(
+            "<h3>Training seeds</h3><ul class='sum'>"
+            + "".join(f"<li>{html.escape(t)}</li>" for t in seeds)
+            + "</ul>"
+        )
     if families:
         groups: dict[str, list[str]] = {}
         for name, f in families.items():
@@ -260,17 +272,26 @@ def render(
             f"<figure id='{html.escape(key)}'><img alt='{html.escape(caption)}' src='{data_uri(png)}'>"
             f"<figcaption>{html.escape(caption)}</figcaption></figure>"
         )
+    parts += list(sections)
     nll_rows = [{"schedule": s, **v} for s, v in nll.items()]
     if nll_rows:
         parts += [
             "<h2>Negative log-likelihood (bits/dim, held-out)</h2>",
-            _table(nll_rows, ["schedule", "bpd", "bpd_se", "n_images", "nfe_per_image", "divergence"]),
+            _table(
+                nll_rows, ["schedule", "bpd", "bpd_se", "n_seeds", "n_images", "nfe_per_image", "divergence"]
+            ),
         ]
     parts += [
         "<h2>Every row</h2>",
         "<p>steps = adaptive: rk45 (its NFE is measured). solver_error: mean RMS distance to a high-accuracy "
         "rk45 solution from the same noise, in model space [-1, 1]; empty for stochastic solvers.</p>",
-        _table(rows, COLUMNS + ("nll_bpd_se",), classes),
+        _table(
+            every_row or rows,
+            COLUMNS
+            + ("nll_bpd_se", "sample_schedule", "grid", "guidance_scale", "seed", "precision", "recall")
+            + ("class_accuracy", "invariance_error"),
+            classes,
+        ),
     ]
     if grids:
         parts.append("<h2>Samples</h2>")
