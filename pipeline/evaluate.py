@@ -1,5 +1,5 @@
 """Stage `evaluate`: FID and KID (95% bootstrap interval), precision and recall (torch-fidelity's
-`prc` on the same features) and, for guided rows, the class accuracy of every row of one trained
+`prc` on the same features; `evaluate.precision_recall`) and, for guided rows, the class accuracy of every row of one trained
 network (schedule x seed: every solver x grid x sampling schedule x guidance scale x step count)
 against the prepared reference, with the prepared feature extractor.
 
@@ -128,9 +128,9 @@ def _evaluate(ctx: _Context, solver, grid, row) -> tuple[dict, tuple[str, dict]]
     record.update(solver=solver, steps=row["steps"], nfe=row["nfe"])
     for key in ("fid", "fid_lo", "fid_hi", "kid_mean", "kid_std"):
         record[key] = float(scores[key])
-    pr = precision_recall(scores["features"], ctx.reference_features)
+    pr = precision_recall(scores["features"], ctx.reference_features) if ev["precision_recall"] else {}
     for key in ("precision", "precision_lo", "precision_hi", "recall", "recall_lo", "recall_hi"):
-        record[key] = float(pr[key])
+        record[key] = float(pr[key]) if key in pr else None
     record.update(_class_accuracy(ctx, images, loaded.get("labels")))
     record.update(
         solver_error=row["solver_error"],

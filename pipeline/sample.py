@@ -5,7 +5,7 @@ distance to the network's high-accuracy reference from the same noise (``solver_
 deterministic solvers only) and, for schedule-invariant solvers, ``invariance_error``: the largest
 difference of the row's first ``sample.invariance_samples`` samples from those under every other
 schedule (the other sampling schedules' rows; with one sampling schedule, redrawn under every schedule
-of the config, over their common log-SNR range).
+of the config, over their common log-SNR range, at the first step count).
 
 One process per solver x grid: a changed solver option or a new grid re-runs only its stages, and
 every stage pays torch's import and DVC's start-up once.
@@ -113,7 +113,9 @@ def _sample_model(args, cfg, spec, options, schedule, seed, meta, device, out) -
                     f"{schedule} seed {seed} -> {name} {spec.name} {args.grid} w={w} steps={steps}: "
                     f"nfe={result.nfe:.0f} error={err}"
                 )
-            if n_check:
+            # redrawn at the first step count only (the invariance does not depend on it; the redraws
+            # of small batches cost as much per step as a full row)
+            if n_check and (redraw is None or steps == ([0] if spec.adaptive else s["steps"])[0]):
                 pool = firsts  # every sampling schedule's first samples, or redrawn under every schedule
                 if redraw is not None:
                     cond_n = conditioning(D, n_check, w)

@@ -388,6 +388,7 @@ EVALUATE_KEYS = (
     "bootstrap",
     "kid_subset_size",
     "kid_subsets",
+    "precision_recall",
     "nll_images",
     "nll_divergence",
     "nll_probes",
@@ -409,6 +410,10 @@ def _check_evaluate(cfg: dict) -> None:
             f"params: evaluate.kid_subset_size={kid!r} must be null or an integer in 2..n_samples"
         )
     _positive_int(cfg, "evaluate.kid_subsets")
+    if not isinstance(_need(cfg, "evaluate.precision_recall"), bool):
+        raise ConfigError(
+            f"params: evaluate.precision_recall={cfg['evaluate']['precision_recall']!r} must be true or false"
+        )
     _positive_int(cfg, "evaluate.nll_images", minimum=0)
     _choice(cfg, "evaluate.nll_divergence", DIVERGENCES)
     _positive_int(cfg, "evaluate.nll_probes")
