@@ -1,7 +1,7 @@
 """Stage `evaluate`: FID and KID (95% bootstrap interval), precision and recall (torch-fidelity's
-`prc` on the same features; `evaluate.precision_recall`) and, for guided rows, the class accuracy of every row of one trained
-network (schedule x seed: every solver x grid x sampling schedule x guidance scale x step count)
-against the prepared reference, with the prepared feature extractor.
+`prc` on the same features; `evaluate.precision_recall`) and, for guided rows, the class accuracy of
+every row of one trained network (schedule x seed: every solver x grid x sampling schedule x
+guidance scale x step count) against the prepared reference, with the prepared feature extractor.
 
 One process per network, not per solver: starting the feature extractor (torch-fidelity imports
 torchvision) costs seconds, which one process per row would pay again and again.
