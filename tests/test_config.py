@@ -65,7 +65,14 @@ def test_experiments_override_only_what_differs(default, experiments):
         assert cfg["data"]["name"] == gpu
         assert cfg["denoiser"]["name"] == "unet" and cfg["trainer"]["accelerator"] == "gpu"
         assert cfg["evaluate"]["feature_extractor"] == "inception"
-        untouched = _diff(default, cfg) & {"seed", "seeds", "schedules", "solvers", "sample.grids", "sample.steps"}
+        untouched = _diff(default, cfg) & {
+            "seed",
+            "seeds",
+            "schedules",
+            "solvers",
+            "sample.grids",
+            "sample.steps",
+        }
         assert not untouched
 
 
