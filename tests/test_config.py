@@ -99,6 +99,8 @@ def test_group_options_compose():
         ("sample.schedules", ["vp_linear", "vp_linear"], ["sample.schedules", "twice"]),
         ("sample.guidance_scales", [None, float("nan")], ["sample.guidance_scales holds nan", "finite"]),
         ("seeds", [], ["seeds", "non-empty"]),
+        ("evaluate.precision_recall", "yes", ["evaluate.precision_recall='yes'", "true or false"]),
+        ("sample.invariance_samples", -1, ["sample.invariance_samples=-1", ">= 0"]),
         ("evaluate.feature_extractor", "clip", ["clip", "inception"]),
         ("schedule.ve.params", {"sigma_max": -1.0}, ["sigma_max"]),
         ("schedule.flow.prediction", "noise", ["noise", "velocity"]),
