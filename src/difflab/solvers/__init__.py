@@ -20,34 +20,17 @@ Each solver's ``SolverSpec`` (``get_spec(name)``) says whether it is stochastic 
 order, its options with defaults and ranges, its NFE rule and whether it is schedule-invariant:
 steppers in log-SNR or in EDM's variables give the same samples under every schedule for the same
 exact denoiser and log-SNR grid; steppers in t (euler, heun, euler_maruyama, pc) do not.
-A new solver is one function with ``@register(name, stochastic=..., order=..., options=...)`` in a
-module imported below. Modules: ``classic`` (steppers in t, ddpm, ddim), ``dpm`` (DPM-Solver++),
-``edm`` (EDM's Heun and stochastic sampler, Euler ancestral), ``unipc``, ``deis``, ``adaptive``
-(rk45); ``_core`` holds the registry, grids, noise and the shared set-up.
+A new solver is one function ``sample_<name>`` with ``@register(stochastic=..., order=..., options=...)``
+in a module imported below (registered as ``<name>``). Modules: ``classic`` (steppers in t, ddpm, ddim),
+``dpm`` (DPM-Solver++), ``edm`` (EDM's Heun and stochastic sampler, Euler ancestral), ``unipc``,
+``deis``, ``adaptive`` (rk45); the machinery: ``registry`` (specs and options), ``grids`` (time
+grids), ``equations`` (drifts, EDM's variables, noise, counting) and ``run`` (the per-call set-up).
 """
 
 # isort: off
 from difflab.solvers import classic, dpm, edm, unipc, deis, adaptive  # noqa: F401  (each registers its solvers)
 
 # isort: on
-from difflab.solvers._core import (
-    EDM_RHO,
-    GRIDS,
-    CountingDenoiser,
-    Option,
-    SolverSpec,
-    edm_ode_velocity,
-    get_grid,
-    get_solver,
-    get_spec,
-    nfe,
-    pf_ode_drift,
-    randn_like,
-    register,
-    reverse_sde_drift,
-    solver_names,
-    unregister,
-)
 from difflab.solvers.adaptive import sample_rk45
 from difflab.solvers.classic import (
     sample_ddim,
@@ -65,6 +48,24 @@ from difflab.solvers.dpm import (
     sample_dpm_solver_3m_sde,
 )
 from difflab.solvers.edm import sample_edm_stochastic, sample_euler_ancestral, sample_heun_edm
+from difflab.solvers.equations import (
+    CountingDenoiser,
+    edm_ode_velocity,
+    pf_ode_drift,
+    randn_like,
+    reverse_sde_drift,
+)
+from difflab.solvers.grids import EDM_RHO, GRIDS, get_grid
+from difflab.solvers.registry import (
+    Option,
+    SolverSpec,
+    get_solver,
+    get_spec,
+    nfe,
+    register,
+    solver_names,
+    unregister,
+)
 from difflab.solvers.unipc import sample_unipc
 
 __all__ = [

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import torch
 
-from difflab.solvers._core import Option, _Run, edm_ode_velocity, register
+from difflab.solvers.equations import edm_ode_velocity
+from difflab.solvers.registry import Option, register
+from difflab.solvers.run import Run
 
 _TOLERANCE = dict(kind=float, low=0.0, low_open=True)
 
 
 @register(
-    "rk45",
     stochastic=False,
     adaptive=True,
     order=5,
@@ -31,7 +32,7 @@ def sample_rk45(
     """
     from torchdiffeq import odeint
 
-    run = _Run("rk45", denoiser, schedule, noise, steps, grid, cond, options)
+    run = Run(sample_rk45, denoiser, schedule, noise, steps, grid, cond, options)
     x = run.x
     u = torch.tensor([-run.lam[0] / 2, -run.lam[-1] / 2], dtype=x.dtype, device=x.device)  # decreasing
 

@@ -13,23 +13,17 @@ import math
 import torch
 from torch import Tensor
 
-from difflab.solvers._core import (
-    Option,
-    _axpby_,
-    _kernel_ratio,
-    _pf_coefficients,
-    _Run,
-    _sde_coefficients,
-    register,
-)
+from difflab.solvers.equations import _pf_coefficients, _sde_coefficients
+from difflab.solvers.registry import Option, register
+from difflab.solvers.run import Run, _axpby_, _kernel_ratio
 
 
-@register("euler_maruyama", stochastic=True, order=1, summary="Euler-Maruyama on the reverse SDE in t")
+@register(stochastic=True, order=1, summary="Euler-Maruyama on the reverse SDE in t")
 def sample_euler_maruyama(
     denoiser, schedule, noise, steps, *, grid="uniform", generator=None, cond=None, **options
 ):
     """Euler-Maruyama on the reverse SDE in t: ``x' = x - h [f x - g2 score] + sqrt(g2 h) z``, h = t - t'."""
-    run = _Run("euler_maruyama", denoiser, schedule, noise, steps, grid, cond, options)
+    run = Run(sample_euler_maruyama, denoiser, schedule, noise, steps, grid, cond, options)
     c_x, c_D = (c.tolist() for c in _sde_coefficients(schedule, run.ts))
     g2 = schedule.g2(run.ts).tolist()
     x = run.x
@@ -41,10 +35,10 @@ def sample_euler_maruyama(
     return run.finish(x)
 
 
-@register("euler", stochastic=False, order=1, summary="Euler on the PF-ODE in t")
+@register(stochastic=False, order=1, summary="Euler on the PF-ODE in t")
 def sample_euler(denoiser, schedule, noise, steps, *, grid="uniform", generator=None, cond=None, **options):
     """Euler on the PF-ODE in t: ``x' = x + (t' - t) (c_x x + c_D D)``."""
-    run = _Run("euler", denoiser, schedule, noise, steps, grid, cond, options)
+    run = Run(sample_euler, denoiser, schedule, noise, steps, grid, cond, options)
     c_x, c_D = (c.tolist() for c in _pf_coefficients(schedule, run.ts))
     x = run.x
     for i in range(run.K):
@@ -56,7 +50,6 @@ def sample_euler(denoiser, schedule, noise, steps, *, grid="uniform", generator=
 
 
 @register(
-    "heun",
     stochastic=False,
     order=2,
     nfe_rule=lambda steps, options: 2 * steps + 1,
@@ -67,7 +60,7 @@ def sample_heun(denoiser, schedule, noise, steps, *, grid="uniform", generator=N
 
     Every step is corrected (the last one ends at t_min > 0, not at sigma = 0): 2 K + 1 evaluations.
     """
-    run = _Run("heun", denoiser, schedule, noise, steps, grid, cond, options)
+    run = Run(sample_heun, denoiser, schedule, noise, steps, grid, cond, options)
     c_x, c_D = (c.tolist() for c in _pf_coefficients(schedule, run.ts))
     x = run.x
     d, x_pred = torch.empty_like(x), torch.empty_like(x)
@@ -83,7 +76,7 @@ def sample_heun(denoiser, schedule, noise, steps, *, grid="uniform", generator=N
     return run.finish(x)
 
 
-def _ddim_step(run: _Run, i: int, x: Tensor, D: Tensor, eta: float, generator) -> Tensor:
+def _ddim_step(run: Run, i: int, x: Tensor, D: Tensor, eta: float, generator) -> Tensor:
     """Generalised DDIM (Song et al. 2021): ``x_s = a_s D + sqrt(s_s^2 - c^2) eps_hat + c z``,
     ``c = eta * s_s sqrt(1 - exp(lam_t - lam_s))``; eta = 1 is the posterior ``q(x_s | x_t, D)``."""
     a_t, s_t, a_s, s_s = run.a[i], run.s[i], run.a[i + 1], run.s[i + 1]
@@ -96,7 +89,6 @@ def _ddim_step(run: _Run, i: int, x: Tensor, D: Tensor, eta: float, generator) -
 
 
 @register(
-    "ddpm",
     stochastic=True,
     order=1,
     schedule_invariant=True,
@@ -108,7 +100,7 @@ def sample_ddpm(denoiser, schedule, noise, steps, *, grid="uniform", generator=N
     With ``r = exp(lam_t - lam_s) = (alpha_t/alpha_s)^2 sigma_s^2 / sigma_t^2``:
     mean = ``alpha_s (1 - r) D + (alpha_t sigma_s^2 / (alpha_s sigma_t^2)) x_t``, var = ``sigma_s^2 (1 - r)``.
     """
-    run = _Run("ddpm", denoiser, schedule, noise, steps, grid, cond, options)
+    run = Run(sample_ddpm, denoiser, schedule, noise, steps, grid, cond, options)
     x = run.x
     for i in range(run.K):
         D = run.D(x, i)
@@ -121,7 +113,6 @@ def sample_ddpm(denoiser, schedule, noise, steps, *, grid="uniform", generator=N
 
 
 @register(
-    "ddim",
     stochastic=False,
     order=1,
     schedule_invariant=True,
@@ -131,7 +122,7 @@ def sample_ddpm(denoiser, schedule, noise, steps, *, grid="uniform", generator=N
 )
 def sample_ddim(denoiser, schedule, noise, steps, *, grid="uniform", generator=None, cond=None, **options):
     """DDIM (Song, Meng & Ermon 2021); option ``eta`` in [0, 1] (0: deterministic, 1: ddpm's posterior)."""
-    run = _Run("ddim", denoiser, schedule, noise, steps, grid, cond, options)
+    run = Run(sample_ddim, denoiser, schedule, noise, steps, grid, cond, options)
     eta = run.opts["eta"]
     x = run.x
     for i in range(run.K):
@@ -142,7 +133,6 @@ def sample_ddim(denoiser, schedule, noise, steps, *, grid="uniform", generator=N
 
 
 @register(
-    "pc",
     stochastic=True,
     order=1,
     nfe_rule=lambda steps, options: steps * (1 + options["n_corrector"]) + 1,
@@ -165,7 +155,7 @@ def sample_pc(denoiser, schedule, noise, steps, *, grid="uniform", generator=Non
     ``x_s = (2 - r) x_t + v score(x_t, t) + sqrt(v) z``
     (for VP: Song's ``(2 - sqrt(1 - beta)) x + beta score``).
     """
-    run = _Run("pc", denoiser, schedule, noise, steps, grid, cond, options)
+    run = Run(sample_pc, denoiser, schedule, noise, steps, grid, cond, options)
     snr, n_corrector = run.opts["snr"], run.opts["n_corrector"]
     x = run.x
     for i in range(run.K):

@@ -6,7 +6,8 @@ import math
 
 import torch
 
-from difflab.solvers._core import Option, _Run, register
+from difflab.solvers.registry import Option, register
+from difflab.solvers.run import Run
 from difflab.solvers.unipc import _phi
 
 _LOWER_ORDER_FINAL_BELOW = 15  # diffusers: lower orders on the last two steps only for K < 15
@@ -47,7 +48,6 @@ def _order(p: int, j: int, K: int) -> int:
 
 
 @register(
-    "deis",
     stochastic=False,
     order=2,
     schedule_invariant=True,
@@ -76,7 +76,7 @@ def sample_deis(denoiser, schedule, noise, steps, *, grid="uniform", generator=N
     default 2 (diffusers' ``solver_order=2``); q = ``min(order, j + 1)``, and for K < 15 steps q = 1 on
     the last step and q <= 2 on the one before, as diffusers does.
     """
-    run = _Run("deis", denoiser, schedule, noise, steps, grid, cond, options)
+    run = Run(sample_deis, denoiser, schedule, noise, steps, grid, cond, options)
     p, K = run.opts["order"], run.K
     lam = [lam / 2 for lam in run.lam]
     plan = [_deis_step(lam, run.a, run.s, j, _order(p, j, K)) for j in range(K)]

@@ -6,11 +6,11 @@ import math
 
 from torch import Tensor
 
-from difflab.solvers._core import Option, _axpby_, _Run, register
+from difflab.solvers.registry import Option, register
+from difflab.solvers.run import Run, _axpby_
 
 
 @register(
-    "dpm_solver_2m",
     stochastic=False,
     order=2,
     schedule_invariant=True,
@@ -23,7 +23,7 @@ def sample_dpm_solver_2m(
     with alpha: ``lambda = log(alpha/sigma)``, ``h = lambda_s - lambda_t``,
     ``x_s = (sigma_s/sigma_t) x_t - alpha_s expm1(-h) D'`` with ``D' = (1 + 1/(2r)) D_t - 1/(2r) D_prev``,
     ``r = h_prev / h`` (first step: ``D' = D_t``)."""
-    run = _Run("dpm_solver_2m", denoiser, schedule, noise, steps, grid, cond, options)
+    run = Run(sample_dpm_solver_2m, denoiser, schedule, noise, steps, grid, cond, options)
     half = [lam / 2 for lam in run.lam]  # lambda = log(alpha / sigma)
     x, D_prev = run.x, None
     for i in range(run.K):
@@ -74,9 +74,9 @@ def _multistep_coefficients(h: float, eta: float, h_1: float | None, h_2: float 
     return [phi_1 + A / r0, B / r1 - A / r0, -B / r1]
 
 
-def _dpm_3m(name, denoiser, schedule, noise, steps, grid, generator, cond, options) -> Tensor:
+def _dpm_3m(solver, denoiser, schedule, noise, steps, grid, generator, cond, options) -> Tensor:
     """DPM-Solver++(3M) with noise ``eta`` (0: the ODE solver), shared by the two registrations."""
-    run = _Run(name, denoiser, schedule, noise, steps, grid, cond, options)
+    run = Run(solver, denoiser, schedule, noise, steps, grid, cond, options)
     eta = run.opts.get("eta", 0.0)
     half = [lam / 2 for lam in run.lam]  # lambda = log(alpha / sigma)
     x = run.x
@@ -99,7 +99,6 @@ def _dpm_3m(name, denoiser, schedule, noise, steps, grid, generator, cond, optio
 
 
 @register(
-    "dpm_solver_3m",
     stochastic=False,
     order=3,
     schedule_invariant=True,
@@ -120,14 +119,13 @@ def sample_dpm_solver_3m(
     d2 by half its exact integral, so it converges at second order asymptotically
     (``_multistep_coefficients``).
     """
-    return _dpm_3m("dpm_solver_3m", denoiser, schedule, noise, steps, grid, generator, cond, options)
+    return _dpm_3m(sample_dpm_solver_3m, denoiser, schedule, noise, steps, grid, generator, cond, options)
 
 
 _ETA = {"eta": Option(1.0, low=0.0, high=1.0, doc="0: the ODE solver; 1: the reverse SDE")}
 
 
 @register(
-    "dpm_solver_2m_sde",
     stochastic=True,
     order=2,
     schedule_invariant=True,
@@ -147,7 +145,7 @@ def sample_dpm_solver_2m_sde(
     eta = 1 is the reverse SDE's exponential integrator (diffusers' ``sde-dpmsolver++``), eta = 0 is
     ``dpm_solver_2m``.
     """
-    run = _Run("dpm_solver_2m_sde", denoiser, schedule, noise, steps, grid, cond, options)
+    run = Run(sample_dpm_solver_2m_sde, denoiser, schedule, noise, steps, grid, cond, options)
     eta = run.opts["eta"]
     half = [lam / 2 for lam in run.lam]  # lambda = log(alpha / sigma)
     x, D_prev, h_prev = run.x, None, None
@@ -168,7 +166,6 @@ def sample_dpm_solver_2m_sde(
 
 
 @register(
-    "dpm_solver_3m_sde",
     stochastic=True,
     order=3,
     schedule_invariant=True,
@@ -189,4 +186,4 @@ def sample_dpm_solver_3m_sde(
     eta = 0 is ``dpm_solver_3m``. diffusers' third-order ``sde-dpmsolver++`` step weights d2 by
     ``(1 - e^-H - H)/H^2 - 1/2``, not ``-phi_3 = (1 - e^-H - H)/H^2 + 1/2``: it agrees for two steps only.
     """
-    return _dpm_3m("dpm_solver_3m_sde", denoiser, schedule, noise, steps, grid, generator, cond, options)
+    return _dpm_3m(sample_dpm_solver_3m_sde, denoiser, schedule, noise, steps, grid, generator, cond, options)

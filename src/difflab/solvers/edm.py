@@ -16,7 +16,9 @@ import math
 import torch
 from torch import Tensor
 
-from difflab.solvers._core import Option, _axpby_, _call, _kernel_ratio, _Run, register
+from difflab.solvers.equations import _call
+from difflab.solvers.registry import Option, register
+from difflab.solvers.run import Run, _axpby_, _kernel_ratio
 
 
 class _NoiseLevel(Option):
@@ -31,13 +33,13 @@ class _NoiseLevel(Option):
         return super().check(solver, key, value)
 
 
-def _denoise(run: _Run, x: Tensor, t_batch: Tensor) -> Tensor:
+def _denoise(run: Run, x: Tensor, t_batch: Tensor) -> Tensor:
     """The denoiser at a time off the grid (``t_batch`` ``[B]``), never sharing memory with ``x``."""
     out = _call(run.denoiser, x, t_batch, run.cond)
     return out.clone() if out.untyped_storage().data_ptr() == x.untyped_storage().data_ptr() else out
 
 
-def _heun_step_(run: _Run, i: int, x: Tensor, D: Tensor, a: float, s: float, x_pred: Tensor) -> Tensor:
+def _heun_step_(run: Run, i: int, x: Tensor, D: Tensor, a: float, s: float, x_pred: Tensor) -> Tensor:
     """One Heun step in y over s from ``(alpha, s) = (a, s)`` (``x = a y``, ``D`` there) to grid time
     ``t_{i+1}``, in place; ``x_pred`` is a buffer. With ``h = s' - s``, ``r = alpha'/a``:
 
@@ -58,7 +60,6 @@ def _heun_step_(run: _Run, i: int, x: Tensor, D: Tensor, a: float, s: float, x_p
 
 
 @register(
-    "heun_edm",
     stochastic=False,
     order=2,
     nfe_rule=lambda steps, options: 2 * steps + 1,
@@ -74,7 +75,7 @@ def sample_heun_edm(
     final denoising is EDM's closing Euler step to ``s = 0`` (``y + (0 - s_K)(y - D)/s_K = D``), so the
     sample equals k-diffusion's ``sample_heun`` on sigmas ``[s_0, ..., s_K, 0]``: 2 K + 1 evaluations.
     """
-    run = _Run("heun_edm", denoiser, schedule, noise, steps, grid, cond, options)
+    run = Run(sample_heun_edm, denoiser, schedule, noise, steps, grid, cond, options)
     x = run.x
     x_pred = torch.empty_like(x)
     for i in range(run.K):
@@ -85,7 +86,6 @@ def sample_heun_edm(
 
 
 @register(
-    "edm_stochastic",
     stochastic=True,
     order=2,
     nfe_rule=lambda steps, options: 2 * steps + 1,
@@ -119,7 +119,7 @@ def sample_edm_stochastic(
     s_min = 0.002 < s_tmin either), so where ``s_K`` lies outside ``[s_tmin, s_tmax]`` the sample equals
     k-diffusion's ``sample_heun`` on sigmas ``[s_0, ..., s_K, 0]`` given the same noise.
     """
-    run = _Run("edm_stochastic", denoiser, schedule, noise, steps, grid, cond, options)
+    run = Run(sample_edm_stochastic, denoiser, schedule, noise, steps, grid, cond, options)
     o = run.opts
     gamma = min(o["s_churn"] / (run.K + 1), math.sqrt(2) - 1)
     s = [sig / a for sig, a in zip(run.s, run.a)]
@@ -153,7 +153,6 @@ def sample_edm_stochastic(
 
 
 @register(
-    "euler_ancestral",
     stochastic=True,
     order=1,
     schedule_invariant=True,
@@ -174,7 +173,7 @@ def sample_euler_ancestral(
     which is DDIM with the same eta (eta = 1: ddpm's posterior). The last step to s = 0 is our final
     denoising, so the sample equals k-diffusion's on sigmas ``[s_0, ..., s_K, 0]`` with the same noise.
     """
-    run = _Run("euler_ancestral", denoiser, schedule, noise, steps, grid, cond, options)
+    run = Run(sample_euler_ancestral, denoiser, schedule, noise, steps, grid, cond, options)
     eta = run.opts["eta"]
     x = run.x
     for i in range(run.K):

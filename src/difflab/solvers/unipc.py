@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import math
 
-from difflab.solvers._core import Option, _Run, register
+from difflab.solvers.registry import Option, register
+from difflab.solvers.run import Run
 
 
 def _phi(k: int, z: float) -> float:
@@ -88,7 +89,6 @@ def _plan(lam: list[float], s: list[float], a: list[float], p: int) -> list[tupl
 
 
 @register(
-    "unipc",
     stochastic=False,
     order=3,
     schedule_invariant=True,
@@ -118,7 +118,7 @@ def sample_unipc(denoiser, schedule, noise, steps, *, grid="uniform", generator=
     (warm-up, and diffusers' ``lower_order_final``). Option ``order`` = p in 1..3, default 2
     (diffusers' ``solver_order=2``).
     """
-    run = _Run("unipc", denoiser, schedule, noise, steps, grid, cond, options)
+    run = Run(sample_unipc, denoiser, schedule, noise, steps, grid, cond, options)
     lam = [lam / 2 for lam in run.lam]  # log(alpha / sigma)
     plan = _plan(lam, run.s, run.a, run.opts["order"])
     x, history = run.x, []  # history: D_i, D_{i-1}, ... (newest first)

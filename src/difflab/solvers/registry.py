@@ -1,0 +1,178 @@
+"""The solver registry: one ``SolverSpec`` per solver, its options (``Option``) and its NFE rule.
+
+``SOLVERS`` (``difflab.solvers``) is this registry's keys; validation, sampling, the pipeline and the
+report read a solver's spec, never a copy of it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+
+# -- the registry: one spec per solver -----------------------------------------------------------
+@dataclass(frozen=True)
+class Option:
+    """A solver option: its default and what is allowed (``kind`` ``float``, ``int`` or ``bool``;
+    bounds ``low``/``high``, open where ``low_open``/``high_open``; or a tuple of ``choices``)."""
+
+    default: Any
+    kind: type = float
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    choices: tuple | None = None
+    doc: str = ""
+
+    def allowed(self) -> str:
+        if self.choices is not None:
+            return "one of " + ", ".join(repr(c) for c in self.choices)
+        what = {float: "a finite number", int: "an integer", bool: "true or false"}[self.kind]
+        if self.low is not None and self.high is not None:
+            lo, hi = "(" if self.low_open else "[", ")" if self.high_open else "]"
+            return f"{what} in {lo}{self.low}, {self.high}{hi}"
+        if self.low is not None:
+            return f"{what} {'>' if self.low_open else '>='} {self.low}"
+        if self.high is not None:
+            return f"{what} {'<' if self.high_open else '<='} {self.high}"
+        return what
+
+    def check(self, solver: str, key: str, value):
+        """``value`` if allowed (ints accepted as floats), else ``ValueError`` naming it."""
+        if self.choices is not None:
+            ok = value in self.choices
+        elif self.kind is bool:
+            ok = isinstance(value, bool)
+        elif self.kind is int:
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        else:
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        if ok and self.low is not None:
+            ok = value > self.low if self.low_open else value >= self.low
+        if ok and self.high is not None:
+            ok = value < self.high if self.high_open else value <= self.high
+        if not ok:
+            raise ValueError(f"{solver}: option {key}={value!r} is not allowed; must be {self.allowed()}")
+        return float(value) if self.kind is float else value
+
+
+def _one_per_step(steps: int, options: dict) -> int:
+    return steps + 1
+
+
+@dataclass(frozen=True)
+class SolverSpec:
+    """What a solver is, for its callers: ``fn`` (the ``sample_*`` function), ``stochastic`` (draws
+    noise after the start with its default options; ``stochastic_if(options)`` decides where an
+    option switches it), ``adaptive`` (``steps`` ignored, NFE measured), ``order`` (of the
+    deterministic update, or strong order for SDE steppers), ``options`` (name -> ``Option``),
+    ``nfe_rule(steps, options)`` (evaluations, the final denoising included), ``schedule_invariant``
+    (steps in log-SNR or EDM's variables, so the samples do not depend on the schedule for the same
+    exact denoiser and log-SNR grid), and a one-line ``summary``."""
+
+    name: str
+    fn: Callable
+    stochastic: bool
+    order: int
+    adaptive: bool = False
+    options: Mapping[str, Option] = field(default_factory=dict)
+    nfe_rule: Callable[[int, dict], int] | None = _one_per_step
+    schedule_invariant: bool = False
+    stochastic_if: Callable[[dict], bool] | None = None
+    summary: str = ""
+
+    @property
+    def family(self) -> str:
+        """``"sde"`` for solvers that draw noise along the way, else ``"ode"``."""
+        return "sde" if self.stochastic else "ode"
+
+    def defaults(self) -> dict:
+        return {key: opt.default for key, opt in self.options.items()}
+
+    def check_options(self, options: Mapping | None = None, also_allowed: Sequence[str] = ()) -> dict:
+        """The solver's options with defaults filled in; an unknown key or a bad value -> ValueError
+        (``also_allowed``: further names the caller handles, listed in the message)."""
+        options = dict(options or {})
+        for key in options:
+            if key not in self.options:
+                allowed = ", ".join(sorted({*self.options, *also_allowed})) or "none"
+                raise ValueError(f"{self.name}: unknown option {key!r}; allowed: {allowed}")
+        return {
+            key: opt.check(self.name, key, options.get(key, opt.default)) for key, opt in self.options.items()
+        }
+
+    def is_stochastic(self, options: Mapping | None = None) -> bool:
+        """Whether the solver draws noise after the start with these options."""
+        if self.stochastic_if is None:
+            return self.stochastic
+        return bool(self.stochastic_if(self.check_options(options)))
+
+    def nfe(self, steps: int, options: Mapping | None = None) -> int:
+        """Denoiser evaluations for ``steps`` steps (ValueError for an adaptive solver)."""
+        if self.adaptive or self.nfe_rule is None:
+            raise ValueError(
+                f"{self.name} is adaptive: its NFE is not a function of steps; measure the actual "
+                "count with CountingDenoiser"
+            )
+        check_steps(steps)
+        return int(self.nfe_rule(steps, self.check_options(options)))
+
+
+_REGISTRY: dict[str, SolverSpec] = {}
+
+
+def register(name: str | None = None, /, **spec) -> Callable[[Callable], Callable]:
+    """Decorator: register ``fn`` with the ``SolverSpec`` fields in ``spec``, under ``name`` or, by
+    default, its function name less ``sample_``.
+
+    ``@register(stochastic=False, order=1)`` above ``def sample_euler(...)`` is all a new solver needs
+    (registered as ``"euler"``); validation, sampling, the pipeline and the report read the spec, and
+    ``fn.spec`` is the spec, which the solver's own ``Run`` reads.
+    """
+
+    def add(fn: Callable) -> Callable:
+        key = name or fn.__name__.removeprefix("sample_")
+        if key in _REGISTRY and _REGISTRY[key].fn is not fn:
+            raise ValueError(f"solver {key!r} is already registered")
+        _REGISTRY[key] = SolverSpec(name=key, fn=fn, **spec)
+        fn.spec = _REGISTRY[key]
+        return fn
+
+    return add
+
+
+def unregister(name: str) -> None:
+    """Remove a solver registered at run time (tests, notebooks)."""
+    _REGISTRY.pop(name, None)
+
+
+def solver_names() -> tuple[str, ...]:
+    """The registered solver names, in registration order (= ``difflab.solvers.SOLVERS``)."""
+    return tuple(_REGISTRY)
+
+
+def get_spec(name: str) -> SolverSpec:
+    """The spec of solver ``name``; unknown name -> ValueError listing the valid ones."""
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown solver {name!r}; valid solvers: {', '.join(_REGISTRY)}")
+    return _REGISTRY[name]
+
+
+def get_solver(name: str) -> Callable:
+    """The solver function called ``name`` (one of ``SOLVERS``)."""
+    return get_spec(name).fn
+
+
+def nfe(name: str, steps: int, **options) -> int:
+    """Denoiser evaluations a fixed-step solver makes for ``steps`` steps, the final denoising included
+    (the spec's rule, e.g. K + 1 for ddim, 2K + 1 for heun). rk45 is adaptive: it raises."""
+    return get_spec(name).nfe(steps, options)
+
+
+def check_steps(steps) -> None:
+    """``steps`` must be a positive int (ValueError otherwise)."""
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps={steps!r} must be a positive int")
