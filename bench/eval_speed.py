@@ -191,7 +191,7 @@ def main(argv=None) -> int:
     }
     for name, steps in ours_steps.items():
         fns[name] = lambda name=name, steps=steps: sampling.generate(
-            D, schedule, name, steps, args.n, (1, 8, 8), batch_size=args.n, device=dev, options=opts
+            D, schedule, name, steps, sampling.Draw(args.n, (1, 8, 8), 0, args.n, dev), options=opts
         )
     sec = timed_round_robin(fns, args.repeats, dev)
     for name, steps in ours_steps.items():
@@ -205,7 +205,7 @@ def main(argv=None) -> int:
             f"| difflab {name} | {steps} | {S.nfe(name, steps)} | {args.n / sec[name]:,.0f} | {versus} |"
         )
     res = sampling.generate(
-        D, schedule, "rk45", 1, args.n, (1, 8, 8), batch_size=args.n, device=dev, options=opts
+        D, schedule, "rk45", 1, sampling.Draw(args.n, (1, 8, 8), 0, args.n, dev), options=opts
     )
     rate = 1 / res.seconds_per_sample
     rows.append(f"| difflab rk45 (rtol=atol=1e-5) | adaptive | {res.nfe:.0f} | {rate:,.0f} | - |")

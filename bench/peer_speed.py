@@ -144,7 +144,7 @@ def main(argv=None) -> int:
     for name, (_, peer, steps) in peers.items():
         fns[f"peer:{name}"] = peer
         fns[name] = lambda name=name, steps=steps: sampling.generate(
-            D, schedule, name, steps, n, SHAPE, batch_size=n, device=dev, options=opts
+            D, schedule, name, steps, sampling.Draw(n, SHAPE, 0, n, dev), options=opts
         )
     with torch.inference_mode():
         sec = timed_round_robin(fns, args.repeats, dev)

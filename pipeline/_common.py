@@ -23,11 +23,6 @@ _START = time.perf_counter()
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))  # run as `python pipeline/x.py` without an installed package too
 
-if os.environ.get("DIFFLAB_WARM"):  # under `make repro`: run in a fork of the warm server (warm.py)
-    from warm import delegate
-
-    delegate(os.environ["DIFFLAB_WARM"])
-
 
 def parser(description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -142,8 +137,19 @@ def cpu_threads() -> int:
     return n
 
 
+def hand_off() -> None:
+    """Under ``make repro`` ($DIFFLAB_WARM set): run this stage in a fork of the warm-start server
+    (``warm.delegate``), which has the heavy libraries imported, and exit with its status; else
+    return and run here."""
+    if os.environ.get("DIFFLAB_WARM"):
+        from warm import delegate
+
+        delegate(os.environ["DIFFLAB_WARM"])
+
+
 def run(main, args, imports: tuple[str, ...] = ("torch",), *, ranks: bool = False) -> None:
-    """Import the stage's heavy modules (timed), then call ``main(args)``; a user error (a bad value:
+    """Hand the stage to the warm-start server where one runs (``hand_off``); else import the stage's
+    heavy modules (timed), then call ``main(args)``; a user error (a bad value:
     ``ValueError``, ``ConfigError``; a missing file: ``FileNotFoundError``) becomes one line on stderr
     and exit status 2, with no traceback and no output written. Any other exception is a programming
     error and keeps its traceback. Prints the stage's wall and CPU time and, within them, its imports.
@@ -154,6 +160,7 @@ def run(main, args, imports: tuple[str, ...] = ("torch",), *, ranks: bool = Fals
     files one process writes)."""
     import importlib
 
+    hand_off()
     start = time.perf_counter()
     for module in imports:
         importlib.import_module(module)

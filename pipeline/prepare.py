@@ -20,7 +20,7 @@ def main(args):
     import numpy as np
 
     from difflab.data.datamodules import build_datamodule
-    from difflab.sampling import levels_to_uint8_images
+    from difflab.images import levels_to_uint8_images
 
     dm = build_datamodule(cfg["data"], seed=cfg["seed"])
     train_x, train_y = dm.train_levels()
@@ -82,9 +82,9 @@ def main(args):
 def _ceiling(classifier, images, labels, levels, device) -> dict:
     """The classifier's accuracy on the held-out split (95% Wilson interval): the class accuracy a
     perfect class-conditional model would reach."""
+    from difflab.images import levels_to_uint8_images
     from difflab.metrics.classifier import classifier_logits
     from difflab.metrics.conditional import classifier_ceiling
-    from difflab.sampling import levels_to_uint8_images
 
     logits = classifier_logits(
         classifier, levels_to_uint8_images(images, levels), device=resolve_device(device)

@@ -5,7 +5,7 @@ apart from the network's error. With ``sample.schedules`` it integrates the log-
 share (the PF-ODE's solution in EDM's variables does not depend on the schedule).
 
 Writes OUT/ (default references/SCHEDULE/seed_SEED): <stem>.npz per guidance scale (float `x`,
-measured `nfe`; <stem> = sampling.row_stem(SCHEDULE, w, 0)).
+measured `nfe`; <stem> = the rk45 ``Row.stem`` under SCHEDULE).
 """
 
 from _common import (
@@ -35,29 +35,21 @@ def main(args):
         if n == 0:
             (out / "SKIPPED").write_text("sample.solver_error_samples = 0\n")
             return
-        from difflab.sampling import conditioning, generate, row_stem, sampling_schedules, save_samples
+        from difflab.images import save_samples
+        from difflab.results import ADAPTIVE_STEPS, Row
+        from difflab.sampling import Conditioning, Draw, generate
+        from difflab.sweep import sampling_schedules
         from difflab.training import load_denoiser
 
         D = load_denoiser(args.model or model_dir(args.schedule, args.seed), device)
         shared = next(iter(sampling_schedules(cfg, args.schedule).values())).log_snr_range()
         schedule = D.schedule.with_log_snr_range(*shared)
+        draw = Draw(n, tuple(meta["shape"]), s["seed"], s["batch_size"], device)
         for w in s["guidance_scales"]:
-            result = generate(
-                D,
-                schedule,
-                "rk45",
-                0,
-                n,
-                tuple(meta["shape"]),
-                seed=s["seed"],
-                batch_size=s["batch_size"],
-                device=device,
-                **conditioning(D, n, w),
-                options=dict(s["reference"]),
-            )
-            save_samples(
-                out / f"{row_stem(args.schedule, w, 0)}.npz", result, levels=meta["levels"], save_x=True
-            )
+            cond = Conditioning.balanced(D, n, w)
+            result = generate(D, schedule, "rk45", ADAPTIVE_STEPS, draw, cond=cond, options=s["reference"])
+            stem = Row(args.schedule, "rk45", ADAPTIVE_STEPS, args.schedule, guidance_scale=w).stem
+            save_samples(out / f"{stem}.npz", result, levels=meta["levels"], save_x=True)
             print(f"reference {args.schedule} seed {args.seed} w={w}: {n} samples, {result.nfe:.0f} NFE")
 
 
@@ -66,4 +58,4 @@ if __name__ == "__main__":
     add_schedule_args(p)
     p.add_argument("--out", default=None)
     add_device(p)
-    run(main, p.parse_args(), imports=("torch", "difflab.sampling", "difflab.training"), ranks=True)
+    run(main, p.parse_args(), imports=("torch", "difflab.sweep", "difflab.training"), ranks=True)

@@ -9,7 +9,7 @@ runs `dvc repro` under this server:
 
 It imports the libraries in PRELOAD (never difflab itself, so edited code is always fresh), listens
 on a Unix socket named by $DIFFLAB_WARM in the environment of the command it runs, and exits with that
-command's status. A stage script started by DVC finds $DIFFLAB_WARM when it imports `_common` and
+command's status. A stage script started by DVC finds $DIFFLAB_WARM in `_common.run` (`hand_off`) and
 hands its command line, working directory, environment and standard output/error (the file
 descriptors themselves) to the server, which forks a child with the libraries already imported; the
 child runs the script exactly as `python SCRIPT ARGS` would and reports its exit status. DVC still

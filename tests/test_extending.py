@@ -14,7 +14,7 @@ from difflab import solvers as S
 from difflab.config import ConfigError, compose, validate
 from difflab.data.toy import small_mixture
 from difflab.likelihood import pf_ode_nll
-from difflab.sampling import generate
+from difflab.sampling import Draw, generate
 
 F64 = torch.float64
 
@@ -129,15 +129,15 @@ def test_new_solver_samples_as_euler_on_the_new_schedule(extended):
             mine, S.sample_euler(D, schedule, noise, 12, grid=grid), rtol=0, atol=1e-12
         )
     # through generate: the same images as euler, NFE counted = the spec's rule
-    kw = dict(n=32, shape=(2,), grid="logsnr", seed=3, batch_size=10)
-    ours = generate(D, schedule, "my_euler", 12, **kw)
-    ref = generate(D, schedule, "euler", 12, **kw)
+    draw = Draw(32, (2,), seed=3, batch_size=10)
+    ours = generate(D, schedule, "my_euler", 12, draw, grid="logsnr")
+    ref = generate(D, schedule, "euler", 12, draw, grid="logsnr")
     torch.testing.assert_close(ours.x, ref.x, rtol=0, atol=1e-6)
     assert ours.nfe == S.nfe("my_euler", 12) == 13
-    raw = generate(D, schedule, "my_euler", 12, options={"final_denoise": False}, **kw)
+    raw = generate(D, schedule, "my_euler", 12, draw, grid="logsnr", options={"final_denoise": False})
     assert raw.nfe == 12 and not torch.allclose(raw.x, ours.x)
     # and the samples are the mixture's: the first two moments within sampling error
-    many = generate(D, schedule, "my_euler", 40, n=2000, shape=(2,), grid="logsnr", seed=0, batch_size=2000)
+    many = generate(D, schedule, "my_euler", 40, Draw(2000, (2,), batch_size=2000), grid="logsnr")
     truth = gm.sample(200_000, torch.Generator().manual_seed(1))
     assert (many.x.double().mean(0) - truth.mean(0)).abs().max() < 4 * truth.std(0).max() / math.sqrt(2000)
     assert (many.x.double().std(0) / truth.std(0) - 1).abs().max() < 0.08

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
+from difflab.images import levels_to_uint8_images
 from difflab.metrics import classifier as C
 from difflab.metrics import fid as F
-from difflab.sampling import levels_to_uint8_images
 
 
 @pytest.fixture(scope="module")

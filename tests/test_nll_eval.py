@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from difflab.data.toy import GaussianMixture
+from difflab.images import to_levels
 from difflab.likelihood import dequantize
 from difflab.metrics.nll import evaluate_bpd
-from difflab.sampling import to_levels
 from difflab.schedules import get_schedule
 
 LEVELS = 17

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from difflab.config import compose
-from difflab.sampling import load_samples
+from difflab.images import load_samples
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
 SCHEDULE = "flow"

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
+from difflab.images import save_grid
 from difflab.metrics.paired import save_row_features
 from difflab.report import analysis
 from difflab.report.build import collect, load_replicates, nll_from_rows, write_results
-from difflab.sampling import save_grid
 
 
 def _row(schedule, solver, steps, nfe, fid, lo, hi, err=None):

@@ -10,7 +10,8 @@ ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
 STAGE = """
 import sys, time
 sys.path.insert(0, {pipeline!r})
-import _common  # under $DIFFLAB_WARM this hands the command to the server
+import _common
+_common.hand_off()  # under $DIFFLAB_WARM: the command runs in a fork of the server
 import os
 print("pid", os.getpid(), "args", sys.argv[1:], "warm" if "DIFFLAB_WARM" in os.environ else "plain")
 mode = sys.argv[1]

@@ -74,7 +74,7 @@ class NonFiniteLossGuard(pl.Callback):
 class SampleGrid(pl.Callback):
     """Every ``every_n_epochs`` epochs (and at the end of training) draw ``n`` samples of the EMA weights
     with a cheap solver (``difflab.solvers`` ``solver``, ``steps`` steps on the ``grid`` time grid,
-    fixed noise), save ``out_dir/samples/step_XXXXXX.png`` (``difflab.sampling.save_grid``) and log
+    fixed noise), save ``out_dir/samples/step_XXXXXX.png`` (``difflab.images.save_grid``) and log
     the grid to W&B as ``samples/grid``. Image data only (``[C, H, W]``); ``every_n_epochs = 0``: only
     at the end."""
 
@@ -91,7 +91,7 @@ class SampleGrid(pl.Callback):
         self.draw(trainer, pl_module)
 
     def draw(self, trainer, pl_module):
-        from difflab.sampling import save_grid, tile_grid, to_levels
+        from difflab.images import save_grid, tile_grid, to_levels
         from difflab.solvers import get_solver
 
         shape = pl_module.net.data_shape

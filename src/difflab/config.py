@@ -345,9 +345,9 @@ def _check_sample(cfg: dict) -> None:
 
 def _check_sample_schedules(cfg: dict) -> None:
     """``sample.schedules``: null, or distinct registered schedules with a ``schedule.<name>`` section
-    whose log-SNR range overlaps every trained schedule's (``sampling.sampling_schedules``)."""
-    from difflab.sampling import sampling_schedules
+    whose log-SNR range overlaps every trained schedule's (``sweep.sampling_schedules``)."""
     from difflab.schedules import schedule_names
+    from difflab.sweep import sampling_schedules
 
     names = _need(cfg, "sample.schedules")
     if names is None:

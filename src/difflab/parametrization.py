@@ -111,6 +111,12 @@ class Denoiser(nn.Module):
         _check_prediction(prediction)
         self.net, self.schedule, self.prediction, self.sigma_data = net, schedule, prediction, sigma_data
 
+    @property
+    def num_classes(self) -> int:
+        """The network's classes (0: unconditional; when conditional, label ``num_classes`` is the null
+        label of classifier-free guidance)."""
+        return int(getattr(self.net, "num_classes", 0))
+
     def c_in(self, t: Tensor) -> Tensor:
         a, s = self.schedule.alpha(t), self.schedule.sigma(t)
         return (a**2 * self.sigma_data**2 + s**2).rsqrt()

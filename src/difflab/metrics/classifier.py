@@ -9,7 +9,7 @@ the same FID/KID as ``difflab.metrics.fid.fid_kid``.
 
 Checkpoint: a plain dict ``{"state_dict", "hparams", "acc"}`` (loadable with ``weights_only=True``).
 Input to the extractor: uint8 images ``[B, C, H, W]`` in 0..255 (levels already spread by
-``difflab.sampling.levels_to_uint8_images``), the size the classifier was trained on; three equal
+``difflab.images.levels_to_uint8_images``), the size the classifier was trained on; three equal
 channels are averaged for a one-channel classifier.
 """
 
@@ -108,7 +108,7 @@ def train_classifier(
 def _train(
     levels_images, labels, levels, out_path, seed, epochs, batch_size, lr, val_fraction, device
 ) -> dict:
-    from difflab.sampling import levels_to_uint8_images
+    from difflab.images import levels_to_uint8_images
 
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)

@@ -62,7 +62,7 @@ def _check_images(name: str, images) -> Tensor:
     if images.dtype != torch.uint8:
         raise ValueError(
             f"{name} must be uint8 images in 0..255 [N, C, H, W], got dtype {images.dtype} "
-            "(convert model-space samples with difflab.sampling.to_levels + levels_to_uint8_images)"
+            "(convert model-space samples with difflab.images.to_levels + levels_to_uint8_images)"
         )
     if images.ndim != 4 or images.shape[1] not in (1, 3):
         raise ValueError(f"{name} must have shape [N, C, H, W] with C = 1 or 3, got {tuple(images.shape)}")

@@ -1,0 +1,228 @@
+"""The result of one setting: a typed ``Row``, its one key, and its CSV and JSON round trips.
+
+A row is one network sampled one way: the identity (``model``: the network, its training
+``schedule``, the training ``seed``\\ s, the ``sample_schedule``, ``grid``, ``guidance_scale``,
+``solver`` and ``steps``; ``steps = 0`` for an adaptive solver) and then the measurements, each
+``None`` until the stage that measures it has run (the sample stage fills NFE, time and the solver's
+distance to the reference; evaluate the FID, KID, precision/recall and class accuracy; the report the
+NLL, the seed aggregation and the comparison with the network's converged solution). Every stage
+passes rows, never bare dicts; ``Row.key`` names a setting everywhere (feature files, pairing, the
+report), ``Row.seed_key`` one network's row of it.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+ADAPTIVE_STEPS = 0  # an adaptive solver's row: its steps are chosen by the solver, its NFE measured
+
+
+@dataclass(frozen=True)
+class Row:
+    """One setting of one network (or, aggregated, of every training seed of it) and what was measured.
+
+    ``seed`` holds the training seeds the row covers (one for a per-seed row); ``fid_by_seed`` the
+    per-seed FIDs of an aggregated row (not a CSV column: ``seeds.csv`` holds them as rows)."""
+
+    # identity
+    schedule: str
+    solver: str
+    steps: int
+    sample_schedule: str
+    grid: str | None = None
+    guidance_scale: float | None = None
+    seed: tuple[int, ...] = (0,)
+    model: str = ""
+    # measurements
+    nfe: float | None = None
+    fid: float | None = None
+    fid_lo: float | None = None
+    fid_hi: float | None = None
+    kid_mean: float | None = None
+    kid_std: float | None = None
+    nll_bpd: float | None = None
+    solver_error: float | None = None
+    seconds_per_sample: float | None = None
+    n_samples: int | None = None
+    feature_extractor: str | None = None
+    nll_bpd_se: float | None = None
+    class_accuracy: float | None = None
+    precision: float | None = None
+    recall: float | None = None
+    n_seeds: int = 1
+    fid_seed_sd: float | None = None
+    class_accuracy_lo: float | None = None
+    class_accuracy_hi: float | None = None
+    precision_lo: float | None = None
+    precision_hi: float | None = None
+    recall_lo: float | None = None
+    recall_hi: float | None = None
+    invariance_error: float | None = None
+    vs_converged: float | None = None
+    vs_converged_lo: float | None = None
+    vs_converged_hi: float | None = None
+    beats_converged: bool | None = None
+    fid_by_seed: tuple[float, ...] | None = None
+
+    def __post_init__(self):
+        if not self.model:  # a network difflab trained is named by its training schedule
+            object.__setattr__(self, "model", self.schedule)
+        object.__setattr__(self, "seed", tuple(int(s) for s in self.seed))
+
+    @property
+    def key(self) -> str:
+        """The setting's id, its key in a feature file and in the report:
+        ``"<model>[@<sample_schedule>]/<solver>/<steps|adaptive>[/<grid>][/w=<w>]"`` (the ``@`` part
+        only where the sampling schedule differs from the network's training one, the grid where the
+        row names one, ``w=`` where it is guided)."""
+        steps = "adaptive" if self.steps == ADAPTIVE_STEPS else str(self.steps)
+        own = self.sample_schedule == self.schedule
+        text = f"{self.model}{'' if own else '@' + self.sample_schedule}/{self.solver}/{steps}"
+        if self.grid:
+            text += f"/{self.grid}"
+        if self.guidance_scale is not None:
+            text += f"/w={float(self.guidance_scale):g}"
+        return text
+
+    @property
+    def seed_key(self) -> str:
+        """A per-seed row's key: ``key + "/seed=<k>"``."""
+        (seed,) = self.seed
+        return f"{self.key}/seed={seed}"
+
+    @property
+    def on_diagonal(self) -> bool:
+        """Sampled under the network's own training schedule."""
+        return self.sample_schedule == self.schedule
+
+    @property
+    def stem(self) -> str:
+        """The file stem of the row's samples in its network's sample folder (``<stem>.npz``,
+        ``<stem>.png``): ``"<sample_schedule>_<uncond|w<w>>_<steps:03d>"``."""
+        guidance = "uncond" if self.guidance_scale is None else f"w{float(self.guidance_scale):g}"
+        return f"{self.sample_schedule}_{guidance}_{int(self.steps):03d}"
+
+    def replace(self, **changes) -> Row:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        """JSON-able fields (``seed`` and ``fid_by_seed`` as lists)."""
+        out = dataclasses.asdict(self)
+        out["seed"] = list(self.seed)
+        if self.fid_by_seed is not None:
+            out["fid_by_seed"] = list(self.fid_by_seed)
+        return out
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Row:
+        """A row from ``to_dict``'s output; an unknown key is an error naming it."""
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"unknown row fields {unknown}; a Row has {sorted(names)}")
+        d = dict(d)
+        seed = d.get("seed", (0,))
+        d["seed"] = (seed,) if isinstance(seed, int) else tuple(seed)
+        if d.get("fid_by_seed") is not None:
+            d["fid_by_seed"] = tuple(d["fid_by_seed"])
+        return cls(**d)
+
+
+# results/comparison.csv: SPEC's columns in order, then the others; `fid_by_seed` is not a column.
+CSV_COLUMNS = tuple(f.name for f in fields(Row) if f.name not in ("fid_by_seed",))
+_FIRST = (
+    "schedule",
+    "solver",
+    "steps",
+    "nfe",
+    "fid",
+    "fid_lo",
+    "fid_hi",
+    "kid_mean",
+    "kid_std",
+    "nll_bpd",
+    "solver_error",
+    "seconds_per_sample",
+    "n_samples",
+    "feature_extractor",
+    "nll_bpd_se",
+    "sample_schedule",
+    "grid",
+    "seed",
+    "guidance_scale",
+    "class_accuracy",
+    "precision",
+    "recall",
+    "n_seeds",
+    "fid_seed_sd",
+    "class_accuracy_lo",
+    "class_accuracy_hi",
+    "precision_lo",
+    "precision_hi",
+    "recall_lo",
+    "recall_hi",
+    "invariance_error",
+)
+CSV_COLUMNS = _FIRST + tuple(c for c in CSV_COLUMNS if c not in _FIRST)
+_TEXT = {"schedule", "solver", "feature_extractor", "sample_schedule", "grid", "model"}
+_INTS = {"steps", "n_samples", "n_seeds"}
+
+
+def _cell(v) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return ""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, tuple):
+        return " ".join(str(x) for x in v)
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    return str(v)
+
+
+def to_csv(rows: Iterable[Row]) -> str:
+    """CSV text with ``CSV_COLUMNS``; a value not measured is an empty cell."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    for r in rows:
+        writer.writerow([_cell(getattr(r, c)) for c in CSV_COLUMNS])
+    return buf.getvalue()
+
+
+def _parse(column: str, text: str):
+    if column in _TEXT:
+        return text or None
+    if text == "":
+        return None
+    if column == "seed":
+        return tuple(int(s) for s in text.split())
+    if column == "beats_converged":
+        return text == "true"
+    return int(float(text)) if column in _INTS else float(text)
+
+
+def read_csv(path: str | Path) -> list[Row]:
+    """The rows of a ``to_csv`` file (``comparison.csv``, ``seeds.csv``)."""
+    with open(path, newline="") as fh:
+        return [
+            Row(**{k: _parse(k, v) for k, v in rec.items() if k in CSV_COLUMNS}) for rec in csv.DictReader(fh)
+        ]
+
+
+def sort_rows(rows: Sequence[Row], models: Sequence[str] = (), solvers: Sequence[str] = ()) -> list[Row]:
+    """Rows by network (in ``models``' order, then by name), solver (in ``solvers``' order) and steps."""
+
+    def rank(seq, v):
+        return seq.index(v) if v in seq else len(seq)
+
+    models, solvers = list(models), list(solvers)
+    return sorted(
+        rows, key=lambda r: (rank(models, r.model), r.model, rank(solvers, r.solver), r.solver, r.steps)
+    )

@@ -1,0 +1,182 @@
+"""The sweep of a sample stage: one solver on one time grid, for one network, under every sampling-time
+schedule, guidance scale and step count, with each row's measurements.
+
+A network trained on one schedule is sampled under another through ``reparametrize``; every
+sampling schedule of a network is restricted to the one log-SNR range that they and its training
+schedule share, so its rows integrate the same noise levels. Besides NFE and time, each row records
+``solver_error`` (the mean distance of its first samples to the network's adaptive reference from the
+same noise, deterministic solvers only) and, for schedule-invariant solvers, ``invariance_error``: the
+largest difference of its first ``invariance_samples`` samples from those under every other schedule
+(the other sampling schedules' rows; with one sampling schedule, redrawn under every schedule of the
+config at the first step count).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from difflab.images import save_grid, save_samples
+from difflab.results import ADAPTIVE_STEPS, Row
+from difflab.sampling import Conditioning, Draw, SampleResult, generate
+
+
+def _restricted(cfg: dict, trained: str, names) -> dict:
+    """``{name: schedule}`` for ``names``, each restricted to the log-SNR range that they and the
+    ``trained`` schedule all cover (``schedules.common_log_snr_range``; ``ValueError`` if none)."""
+    from difflab.schedules import common_log_snr_range, schedule_from_config
+
+    names = list(dict.fromkeys(names))
+    built = {name: schedule_from_config(cfg, name) for name in names}
+    lo, hi = common_log_snr_range(schedule_from_config(cfg, trained), *built.values())
+    return {name: s.with_log_snr_range(lo, hi) for name, s in built.items()}
+
+
+def sampling_schedules(cfg: dict, trained: str) -> dict:
+    """The sampling-time schedules of the network trained on ``trained`` (config ``sample.schedules``),
+    ``{name: Schedule}``: null gives the training schedule alone, over its own interval; a list gives
+    every listed schedule restricted to the one log-SNR range that all of them and ``trained`` cover,
+    so that the rows under them integrate the same noise levels and can be compared."""
+    from difflab.schedules import schedule_from_config
+
+    names = cfg["sample"]["schedules"]
+    if names is None:
+        return {trained: schedule_from_config(cfg, trained)}
+    return _restricted(cfg, trained, names)
+
+
+def invariance_schedules(cfg: dict, trained: str) -> dict:
+    """The schedules a schedule-invariant solver's rows are redrawn under to check the invariance on a
+    trained network: the training schedule first, then every other trained and sampling schedule of
+    the config, all restricted to their common log-SNR range (``{name: Schedule}``)."""
+    names = [trained, *cfg["schedules"], *(cfg["sample"]["schedules"] or ())]
+    return _restricted(cfg, trained, names)
+
+
+@dataclass(frozen=True)
+class Network:
+    """One network to sample: its name (``model``), training schedule and seed, its denoiser, the
+    sampling schedules (``targets``, ``{name: Schedule}``), where the invariance is checked by
+    redrawing the schedules to redraw under (``redraw``), and its reference samples by guidance scale
+    (``references``, float ``[m, ...]``; empty: no solver error)."""
+
+    model: str
+    schedule: str
+    seed: int
+    denoiser: Callable
+    targets: Mapping
+    redraw: Mapping | None = None
+    references: Mapping = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """What one sample stage sweeps for every network: the solver's ``spec`` and checked ``options``,
+    the ``grid``, the step counts (``[0]`` for an adaptive solver), the guidance scales, the draw
+    (samples, shape, seed, batch, device), the image ``levels`` and how many samples the invariance
+    check compares (0: none)."""
+
+    spec: object
+    options: dict
+    grid: str
+    steps: tuple[int, ...]
+    guidance_scales: tuple
+    draw: Draw
+    levels: int = 256
+    invariance_samples: int = 0
+
+    @property
+    def step_counts(self) -> tuple[int, ...]:
+        return (ADAPTIVE_STEPS,) if self.spec.adaptive else tuple(self.steps)
+
+
+def draw_samples(net: Network, sweep: Sweep, name: str, steps: int, n: int, cond) -> SampleResult:
+    """``n`` samples of ``net`` served under its sampling schedule ``name`` (``reparametrize``)."""
+    from difflab.parametrization import reparametrize
+
+    target = {**net.targets, **(net.redraw or {})}[name]
+    D = reparametrize(net.denoiser, net.denoiser.schedule, target)
+    draw = Draw(n, sweep.draw.shape, sweep.draw.seed, sweep.draw.batch_size, sweep.draw.device)
+    return generate(
+        D, target, sweep.spec.name, steps, draw, grid=sweep.grid, cond=cond, options=sweep.options
+    )
+
+
+def invariance_errors(pool: Mapping[str, torch.Tensor]) -> dict[str, float | None]:
+    """For each schedule's samples in ``pool``, the largest ``|dx|`` from the same samples under every
+    other schedule (``None`` with only one schedule)."""
+    out = {}
+    for name, x in pool.items():
+        others = [v for other, v in pool.items() if other != name]
+        out[name] = max(float((v - x).abs().max()) for v in others) if others else None
+    return out
+
+
+def sweep_network(net: Network, sweep: Sweep, out: Path) -> list[Row]:
+    """Every row of one network: its samples (``out/<stem>.npz`` and ``.png``) under every sampling
+    schedule, guidance scale and step count, and the rows describing them."""
+    rows = []
+    for w in sweep.guidance_scales:
+        cond = Conditioning.balanced(net.denoiser, sweep.draw.n, w)
+        for steps in sweep.step_counts:
+            rows += _sweep_steps(net, sweep, w, steps, cond, out)
+    return rows
+
+
+def _sweep_steps(net: Network, sweep: Sweep, w, steps: int, cond, out: Path) -> list[Row]:
+    """The rows of one guidance scale and step count, one per sampling schedule."""
+    from difflab.metrics.solver_error import solver_error
+
+    n_check = min(sweep.invariance_samples, sweep.draw.n) if sweep.spec.schedule_invariant else 0
+    reference = None if sweep.spec.is_stochastic(sweep.options) else net.references.get(w)
+    rows, firsts = [], {}
+    for name in net.targets:
+        result = draw_samples(net, sweep, name, steps, sweep.draw.n, cond)
+        row = Row(net.schedule, sweep.spec.name, steps, name, sweep.grid, w, (net.seed,), net.model)
+        images = save_samples(out / f"{row.stem}.npz", result, levels=sweep.levels)
+        save_grid(out / f"{row.stem}.png", images[:64], 8, levels=sweep.levels, min_side=256)
+        err = None if reference is None else solver_error(result.x[: len(reference)].numpy(), reference)
+        firsts[name] = result.x[:n_check]
+        rows.append(
+            row.replace(
+                nfe=float(result.nfe),
+                seconds_per_sample=float(result.seconds_per_sample),
+                solver_error=err,
+                n_samples=sweep.draw.n,
+            )
+        )
+        print(f"{net.model} seed {net.seed} -> {name} {row.key}: nfe={result.nfe:.0f} error={err}")
+    pool = _invariance_pool(net, sweep, w, steps, firsts) if n_check else None
+    if pool is None:
+        return rows
+    errors = invariance_errors(pool)
+    return [r.replace(invariance_error=errors[r.sample_schedule]) for r in rows]
+
+
+def _invariance_pool(net: Network, sweep: Sweep, w, steps: int, firsts: dict) -> dict | None:
+    """The samples the invariance is checked on: every sampling schedule's first samples or, with one
+    sampling schedule, samples redrawn under every schedule of ``net.redraw`` at the first step count
+    only (the invariance does not depend on it; the redraws of small batches cost as much per step as
+    a full row)."""
+    if net.redraw is None:
+        return firsts
+    if steps != sweep.step_counts[0]:
+        return None
+    n = min(sweep.invariance_samples, sweep.draw.n)
+    cond = Conditioning.balanced(net.denoiser, n, w)
+    return {name: draw_samples(net, sweep, name, steps, n, cond).x for name in net.redraw}
+
+
+def load_references(folder: str | Path, schedule: str, guidance_scales: Sequence) -> dict:
+    """The reference stage's samples of one network by guidance scale (float ``x`` ``[m, ...]``)."""
+    from difflab.images import load_samples
+
+    out = {}
+    for w in guidance_scales:
+        stem = Row(schedule, "rk45", ADAPTIVE_STEPS, schedule, guidance_scale=w).stem
+        out[w] = np.asarray(load_samples(Path(folder) / f"{stem}.npz")["x"])
+    return out
