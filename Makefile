@@ -18,7 +18,7 @@ export WANDB_SILENT ?= true
 # Offline test data (the MNIST test split) when ../shared is beside the checkout.
 export DIFFLAB_MNIST_ROOT ?= $(if $(wildcard $(CURDIR)/../shared/data/mnist),$(CURDIR)/../shared/data/mnist,)
 
-.PHONY: help setup test test-all lint format clean params repro report fid-weights wandb-sync wandb-report bench spec-check
+.PHONY: help setup test test-all test-reliability lint format clean params repro report fid-weights wandb-sync wandb-report bench spec-check
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -47,6 +47,15 @@ test: lint spec-check  ## lint + the fast test tier (at most 10 minutes on 2 CPU
 
 test-all: lint spec-check  ## every test, slow end-to-end runs included
 	$(RUN) pytest -q
+
+# The slow tests that guard against lost work (CI runs them after `make test`): the smallest end-to-end
+# repro, a second repro doing nothing, kill -9 mid-stage, resume of a killed training, the NaN guard,
+# and two ranks writing what one process writes.
+RELIABILITY := tests/test_pipeline.py tests/test_ranks.py \
+	tests/test_module.py::test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint \
+	tests/test_sampling.py::test_torch_distributed_two_ranks_match_one_process
+test-reliability: setup  ## the slow reliability subset: kill -9, resume, NaN guard, 2 ranks, smallest repro
+	$(RUN) pytest -q $(RELIABILITY)
 
 bench: setup  ## the benchmarks in bench/ (results go to BENCHMARKS.md by hand)
 	$(RUN) python bench/solver_overhead.py

@@ -104,7 +104,7 @@ def test_one_solver_option_reruns_only_its_stages_and_survives_sigkill(smoke):
     schedules = params["schedules"]
     # only rk45's sampling and the report (which reads every solver's options: ddim with eta > 0 is
     # stochastic) read rk45's options
-    assert _stale(repo, env) == {"sample@rk45", "report"}
+    assert _stale(repo, env) == {"sample@rk45-logsnr", "report"}
 
     lock_before = (repo / "dvc.lock").read_text()
     proc = subprocess.Popen(
@@ -118,16 +118,16 @@ def test_one_solver_option_reruns_only_its_stages_and_survives_sigkill(smoke):
     assert proc.poll() is None, "dvc repro ended before sample started"
     os.killpg(proc.pid, signal.SIGKILL)  # kill dvc and the stage mid-way
     proc.wait()
-    assert not (repo / "samples" / "rk45").exists()  # nothing partial in place
+    assert not (repo / "samples" / "rk45" / "logsnr").exists()  # nothing partial in place
     lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
     old = yaml.safe_load(lock_before)["stages"]
-    assert lock["sample@rk45"] == old["sample@rk45"]  # the killed stage was not recorded
+    assert lock["sample@rk45-logsnr"] == old["sample@rk45-logsnr"]  # the killed stage was not recorded
     (repo / ".dvc" / "tmp" / "rwlock").unlink(missing_ok=True)  # a killed DVC leaves its lock behind
     (repo / ".dvc" / "tmp" / "lock").unlink(missing_ok=True)
 
     log = _run(["dvc", "repro"], repo, env)
     ran = set(re.findall(r"Running stage '([^']+)'", log))
-    assert ran == {"sample@rk45"} | {f"evaluate@{s}" for s in schedules} | {"report"}
+    assert ran == {"sample@rk45-logsnr"} | {f"evaluate@{s}-0" for s in schedules} | {"report"}
     assert _stale(repo, env) == set()
     with (repo / "results" / "comparison.csv").open() as fh:
         assert len(list(csv.DictReader(fh))) > 0
