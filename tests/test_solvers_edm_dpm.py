@@ -401,7 +401,7 @@ def test_options_defaults_and_bad_values():
     assert edm.check_options({"s_tmax": math.inf})["s_tmax"] == math.inf
     for name in ("euler_ancestral", "dpm_solver_2m_sde", "dpm_solver_3m_sde"):
         assert S.get_spec(name).defaults() == {"eta": 1.0}
-    assert S.get_spec("dpm_solver_3m").defaults() == {}
+    assert S.get_spec("dpm_solver_3m").defaults() == {"third_order": False}
     names = ("heun_edm", "edm_stochastic", "euler_ancestral", "dpm_solver_3m")
     assert [S.nfe(name, 7) for name in names] == [15, 15, 8, 8]
     schedule = get_schedule("flow")

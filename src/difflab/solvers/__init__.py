@@ -22,13 +22,15 @@ steppers in log-SNR or in EDM's variables give the same samples under every sche
 exact denoiser and log-SNR grid; steppers in t (euler, heun, euler_maruyama, pc) do not.
 A new solver is one function ``sample_<name>`` with ``@register(stochastic=..., order=..., options=...)``
 in a module imported below (registered as ``<name>``). Modules: ``classic`` (steppers in t, ddpm, ddim),
-``dpm`` (DPM-Solver++), ``edm`` (EDM's Heun and stochastic sampler, Euler ancestral), ``unipc``,
-``deis``, ``adaptive`` (rk45); the machinery: ``registry`` (specs and options), ``grids`` (time
-grids), ``equations`` (drifts, EDM's variables, noise, counting) and ``run`` (the per-call set-up).
+``dpm`` (DPM-Solver++ multistep), ``edm`` (EDM's Heun and stochastic sampler, Euler ancestral),
+``unipc``, ``deis``, ``singlestep`` (DPM-Solver++ singlestep, k-diffusion's DPM-Solver-2 and fast),
+``multistep`` (iPNDM, LMS, PNDM, SA-Solver), ``adaptive`` (rk45, dpm_adaptive), ``fitted`` (GITS and
+DMN grids); the machinery: ``registry`` (specs and options), ``grids`` (time grids), ``equations``
+(drifts, EDM's variables, noise, counting) and ``run`` (the per-call set-up).
 """
 
 # isort: off
-from difflab.solvers import classic, dpm, edm, unipc, deis, adaptive  # noqa: F401  (each registers its solvers)
+from difflab.solvers import classic, dpm, edm, unipc, deis, singlestep, multistep, adaptive  # noqa: F401  (each registers its solvers)
 
 # isort: on
 from difflab.solvers.adaptive import sample_rk45
@@ -55,6 +57,7 @@ from difflab.solvers.equations import (
     randn_like,
     reverse_sde_drift,
 )
+from difflab.solvers.fitted import FIT_METHODS, fit_grid
 from difflab.solvers.grids import EDM_RHO, GRIDS, get_grid
 from difflab.solvers.registry import (
     Option,
@@ -70,12 +73,14 @@ from difflab.solvers.unipc import sample_unipc
 
 __all__ = [
     "EDM_RHO",
+    "FIT_METHODS",
     "GRIDS",
     "SOLVERS",
     "CountingDenoiser",
     "Option",
     "SolverSpec",
     "edm_ode_velocity",
+    "fit_grid",
     "get_grid",
     "get_solver",
     "get_spec",

@@ -40,23 +40,26 @@ def sample_dpm_solver_2m(
     return run.finish(x)
 
 
-def _multistep_coefficients(h: float, eta: float, h_1: float | None, h_2: float | None) -> list[float]:
+def _multistep_coefficients(
+    h: float, eta: float, h_1: float | None, h_2: float | None, third_order: bool = False
+) -> list[float]:
     """The DPM-Solver++(3M) SDE weights ``[w_D, w_D1, w_D2]`` of ``D_t, D_prev, D_prev2`` (in units of
     alpha_s) for a step of ``h`` in lambda after steps ``h_1, h_2`` (None: not taken yet), with
     ``H = (1 + eta) h``, ``phi_1 = 1 - e^-H``, ``phi_2 = 1 - phi_1 / H``, ``phi_3 = phi_2 / H - 1/2``:
 
         first step   phi_1 D
         second step  phi_1 D + phi_2 d,   d = (D - D1) / r,  r = h_1 / h
-        later        phi_1 D + phi_2 d1 - phi_3 d2,  with r0 = h_1/h, r1 = h_2/h,
+        later        phi_1 D + phi_2 d1 - c phi_3 d2,  with r0 = h_1/h, r1 = h_2/h,
                      d1_0 = (D - D1)/r0, d1_1 = (D1 - D2)/r1,
                      d1 = d1_0 + r0/(r0 + r1) (d1_0 - d1_1), d2 = (d1_0 - d1_1)/(r0 + r1)
 
     (k-diffusion's ``sample_dpmpp_3m_sde``). Against ``(1 + eta) e^{-(1 + eta)(lambda_s - lambda)}`` the
-    weights integrate constants and lines in lambda exactly, but the quadratic term ``d2 = h^2 D''/2``
-    with half its weight (exact: ``-2 phi_3``), as in Lu et al.'s multistep reference code, diffusers
-    and k-diffusion: kept for parity, so the local error is O(h^3) and the measured convergence is
-    second order once the steps are fine (on the std-0.5 test mixture: error / 10, 5.5, 4.4 per doubling
-    from 8 log-SNR steps).
+    weights integrate constants and lines in lambda exactly; the quadratic term ``d2 = h^2 D''/2`` enters
+    only through ``c phi_3 d2`` (d1 vanishes on it), and its exact weight is ``-2 phi_3`` (c = 2,
+    ``third_order=True``: local error O(h^4), third-order convergence). With c = 1 (the default) it gets
+    half its weight, as in Lu et al.'s multistep reference code, diffusers and k-diffusion: kept for
+    parity, so the local error is O(h^3) and the measured convergence is second order once the steps are
+    fine (on the std-0.5 test mixture: error / 10, 5.5, 4.4 per doubling from 8 log-SNR steps).
     """
     H = (1 + eta) * h
     phi_1 = -math.expm1(-H)
@@ -66,7 +69,7 @@ def _multistep_coefficients(h: float, eta: float, h_1: float | None, h_2: float 
     if h_2 is None:
         w = phi_2 * h / h_1  # phi_2 / r
         return [phi_1 + w, -w, 0.0]
-    phi_3 = phi_2 / H - 0.5
+    phi_3 = (phi_2 / H - 0.5) * (2 if third_order else 1)  # c phi_3
     r0, r1 = h_1 / h, h_2 / h
     q = r0 / (r0 + r1)
     A = phi_2 * (1 + q) - phi_3 / (r0 + r1)  # weight of d1_0
@@ -77,7 +80,7 @@ def _multistep_coefficients(h: float, eta: float, h_1: float | None, h_2: float 
 def _dpm_3m(solver, denoiser, schedule, noise, steps, grid, generator, cond, options) -> Tensor:
     """DPM-Solver++(3M) with noise ``eta`` (0: the ODE solver), shared by the two registrations."""
     run = Run(solver, denoiser, schedule, noise, steps, grid, cond, options)
-    eta = run.opts.get("eta", 0.0)
+    eta, third_order = run.opts.get("eta", 0.0), run.opts.get("third_order", False)
     half = [lam / 2 for lam in run.lam]  # lambda = log(alpha / sigma)
     x = run.x
     D_1 = D_2 = h_1 = h_2 = None
@@ -85,7 +88,7 @@ def _dpm_3m(solver, denoiser, schedule, noise, steps, grid, generator, cond, opt
         D = run.D(x, i)
         h = half[i + 1] - half[i]
         a_next = run.a[i + 1]
-        w_D, w_1, w_2 = _multistep_coefficients(h, eta, h_1, h_2)
+        w_D, w_1, w_2 = _multistep_coefficients(h, eta, h_1, h_2, third_order)
         _axpby_(x, run.s[i + 1] / run.s[i] * math.exp(-eta * h), a_next * w_D, D)
         if D_1 is not None:
             x.add_(D_1, alpha=a_next * w_1)
@@ -102,22 +105,31 @@ def _dpm_3m(solver, denoiser, schedule, noise, steps, grid, generator, cond, opt
     stochastic=False,
     order=3,
     schedule_invariant=True,
-    summary="DPM-Solver++(3M), data prediction, multistep (orders 1, 2 on the first two steps)",
+    options={
+        "third_order": Option(
+            False,
+            kind=bool,
+            doc="weight d2 by the exact -2 phi_3 (third order); false: -phi_3 as the peers (second order)",
+        )
+    },
+    summary="DPM-Solver++(3M), data prediction, multistep (order 3 with third_order, else 2 as its peers)",
 )
 def sample_dpm_solver_3m(
     denoiser, schedule, noise, steps, *, grid="uniform", generator=None, cond=None, **options
 ):
     """DPM-Solver++(3M) (Lu et al. 2022), data prediction, multistep: with ``h = lambda_s - lambda_t``,
 
-        x_s = (sigma_s/sigma_t) x_t + alpha_s [phi_1 D_t + phi_2 d1 - phi_3 d2],
+        x_s = (sigma_s/sigma_t) x_t + alpha_s [phi_1 D_t + phi_2 d1 - c phi_3 d2],
 
     ``phi_1 = 1 - e^-h``, ``phi_2 = 1 - phi_1/h``, ``phi_3 = phi_2/h - 1/2`` and the divided differences
     ``d1, d2`` of the last three D (``_multistep_coefficients``); first step first order, second step
-    second order (``phi_2 (D_t - D_prev) / r``, diffusers' ``solver_type="heun"``). Equals k-diffusion's
-    ``sample_dpmpp_3m_sde`` with eta = 0 and diffusers' ``DPMSolverMultistepScheduler(solver_order=3,
-    algorithm_type="dpmsolver++", solver_type="heun", lower_order_final=False)``; like them it weights
-    d2 by half its exact integral, so it converges at second order asymptotically
-    (``_multistep_coefficients``).
+    second order (``phi_2 (D_t - D_prev) / r``, diffusers' ``solver_type="heun"``).
+
+    Option ``third_order`` (default False): c = 2, the exact weight of d2, so the solver converges at
+    third order. With c = 1 (default) it equals k-diffusion's ``sample_dpmpp_3m_sde`` with eta = 0 and
+    diffusers' ``DPMSolverMultistepScheduler(solver_order=3, algorithm_type="dpmsolver++",
+    solver_type="heun", lower_order_final=False)``; like them it then weights d2 by half its exact
+    integral and converges at second order asymptotically. The spec's order (3) is the option's.
     """
     return _dpm_3m(sample_dpm_solver_3m, denoiser, schedule, noise, steps, grid, generator, cond, options)
 

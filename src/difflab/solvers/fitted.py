@@ -1,0 +1,300 @@
+"""Time grids fitted to a model or to a schedule: GITS (Chen et al. 2024) and DMN (Xue et al. 2024).
+
+``fit_grid(method, denoiser, schedule, solver, steps, noise, *, cond=None, **options)`` returns
+``steps + 1`` float64 times strictly decreasing from ``schedule.t_max`` to ``schedule.t_min``, an explicit
+grid for ``solver(..., grid=ts)``:
+
+- ``"gits"``: dynamic programming over a fine teacher's trajectories from ``noise`` (uses the denoiser);
+- ``"dmn"``: model-free, from alpha(t) and sigma(t) alone (``denoiser``, ``noise`` and ``cond`` unused).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from difflab.schedules import Schedule
+from difflab.solvers.grids import GRIDS, get_grid
+from difflab.solvers.registry import Option, check_steps, get_solver, get_spec, solver_names
+
+FIT_METHODS = ("gits", "dmn")
+
+_OPTIONS = {
+    "gits": {
+        "candidates": Option(
+            61, kind=int, low=3, doc="candidate times, ends included (the paper's num_steps_tea = 61)"
+        ),
+        "candidate_grid": Option(
+            "edm", kind=str, choices=GRIDS, doc="the candidates' spacing (the paper: EDM rho = 7)"
+        ),
+        "teacher": Option(
+            "heun_edm", kind=str, doc="deterministic fixed-step solver of the teacher trajectory"
+        ),
+        "teacher_refine": Option(2, kind=int, low=1, doc="teacher steps per candidate interval"),
+        "coeff": Option(
+            1.15, low=0.0, low_open=True, doc="weight of the rest of the path per step (paper: 1.15)"
+        ),
+    },
+    "dmn": {
+        "power": Option(1.0, low=0.0, low_open=True, doc="D's error bound at lambda: sigma^power / alpha"),
+        "init": Option("logsnr", kind=str, choices=GRIDS, doc="the grid the optimisation starts from"),
+        "maxiter": Option(500, kind=int, low=1, doc="SLSQP iterations"),
+    },
+}
+
+
+def fit_grid(
+    method: str, denoiser, schedule: Schedule, solver: str, steps: int, noise: Tensor, *, cond=None, **options
+) -> Tensor:
+    """A time grid fitted for ``solver`` with ``steps`` steps: ``[steps + 1]`` float64 times, strictly
+    decreasing from ``schedule.t_max`` to ``schedule.t_min``. ``method`` is ``"gits"`` (``_fit_gits``) or
+    ``"dmn"`` (``_fit_dmn``); ``options`` are the method's (``_OPTIONS``). ``solver`` must be a
+    deterministic fixed-step solver with its default options; ``noise`` ``[B, ...]`` (standard normal, as
+    a solver takes it) and ``cond`` feed GITS's teacher. Same inputs -> same grid.
+    """
+    if method not in FIT_METHODS:
+        raise ValueError(f"unknown fit method {method!r}; valid methods: {', '.join(FIT_METHODS)}")
+    check_steps(steps)
+    _check_deterministic(solver, "solver")
+    opts = _check_options(method, options)
+    if method == "gits":
+        ts = _fit_gits(denoiser, schedule, solver, steps, noise, cond, **opts)
+    else:
+        ts = _fit_dmn(schedule, solver, steps, **opts)
+    if not (torch.isfinite(ts).all() and (ts[1:] < ts[:-1]).all()):
+        raise ValueError(f"fit_grid({method!r}) gave a grid that is not strictly decreasing: {ts.tolist()}")
+    return ts
+
+
+def _check_deterministic(solver: str, what: str) -> None:
+    spec = get_spec(solver)  # unknown name -> ValueError listing the solvers
+    if spec.adaptive or spec.is_stochastic():
+        deterministic = [
+            n for n in solver_names() if not get_spec(n).adaptive and not get_spec(n).is_stochastic()
+        ]
+        raise ValueError(
+            f"fit_grid: {what} {solver!r} is {'adaptive' if spec.adaptive else 'stochastic'}; "
+            f"allowed: a deterministic fixed-step solver ({', '.join(deterministic)})"
+        )
+
+
+def _check_options(method: str, options: dict) -> dict:
+    declared = _OPTIONS[method]
+    for key in options:
+        if key not in declared:
+            raise ValueError(f"fit_grid({method!r}): unknown option {key!r}; allowed: {', '.join(declared)}")
+    out = {}
+    for key, opt in declared.items():
+        value = options.get(key, opt.default)
+        if opt.kind is str and opt.choices is None:  # a solver name, checked where it is used
+            if not isinstance(value, str):
+                raise ValueError(f"fit_grid({method!r}): option {key}={value!r} must be a solver name")
+            out[key] = value
+        else:
+            out[key] = opt.check(f"fit_grid({method!r})", key, value)
+    return out
+
+
+# -- GITS -----------------------------------------------------------------------------------------
+class _StepDone(Exception):
+    """Raised from a solver's callback once its single step is taken (skips its final denoising)."""
+
+
+def _fit_gits(
+    denoiser,
+    schedule,
+    solver,
+    steps,
+    noise,
+    cond,
+    *,
+    candidates,
+    candidate_grid,
+    teacher,
+    teacher_refine,
+    coeff,
+):
+    """GITS (Chen et al., ICML 2024, "On the Trajectory Regularity of ODE-based Diffusion Sampling";
+    zju-pi/diff-sampler ``gits-main/gits_utils.py``).
+
+    1. Candidates ``tau_0 = t_max > ... > tau_{N-1} = t_min`` (``candidates`` = N times of
+       ``candidate_grid``; the paper: 61 times of EDM's rho = 7 grid).
+    2. The teacher (``teacher`` on the candidate grid refined ``teacher_refine`` times; the paper: iPNDM on
+       the 61 times) from ``noise`` (the paper: 256 noises) gives states ``X_i ~ x(tau_i)``, ``[N, B, ...]``.
+    3. Costs ``c[i, j] = mean_b |solver_step(X_i, tau_i -> tau_j) - X_j|_2`` for i < j: one step of
+       ``solver`` from the teacher's state (the paper's ``metric="l2"``; its default ``"dev"``, a deviation
+       from the straight line of an image trajectory, is not implemented). The paper takes an Euler step
+       in EDM's variables, which is ``ddim``'s step, for every student; here it is the student's own
+       first step. A multistep solver's first step has no history (ddim's step for DPM-Solver++), so its
+       cost is an approximation of its steps inside a run.
+    4. Dynamic programming for the path ``0 = p_0 < ... < p_K = N - 1`` of exactly K = ``steps`` steps
+       minimising ``sum_k coeff^k c[p_k, p_{k+1}]`` (``_gits_path``; the paper's ``dp`` with ``coeff``).
+
+    Cost: the teacher's NFE plus ``N (N - 1) / 2`` single steps of ``solver`` (1830 for N = 61).
+    """
+    if candidates - 1 < steps:
+        raise ValueError(
+            f"fit_grid('gits'): candidates={candidates} allows at most {candidates - 1} steps, not {steps}"
+        )
+    _check_deterministic(teacher, "teacher")
+    if not isinstance(noise, Tensor) or not noise.is_floating_point() or noise.ndim < 1:
+        raise ValueError("fit_grid('gits'): noise must be a floating-point tensor of shape [B, ...]")
+    fine = get_grid(candidate_grid, schedule, (candidates - 1) * teacher_refine, device=noise.device)
+    tau = fine[::teacher_refine]  # [N]
+    sigma = schedule.sigma(tau).tolist()
+    states = [sigma[0] * noise.to(torch.float64)]
+    get_solver(teacher)(
+        denoiser, schedule, noise, None, grid=fine, cond=cond, callback=lambda info: states.append(info["x"])
+    )
+    X = torch.stack(states[::teacher_refine])  # [N, B, ...] teacher states at the candidates
+    cost = torch.full((candidates, candidates), math.inf, dtype=torch.float64)
+    step = get_solver(solver)
+    for i in range(candidates - 1):
+        for j in range(i + 1, candidates):
+            cost[i, j] = (
+                (_one_step(step, denoiser, schedule, X[i] / sigma[i], tau[[i, j]], cond) - X[j])
+                .flatten(1)
+                .norm(dim=1)
+                .mean()
+            )
+    return tau[_gits_path(cost, steps, coeff)]
+
+
+def _one_step(step, denoiser, schedule, noise, grid, cond) -> Tensor:
+    """The state after one step of solver ``step`` over ``grid = [t, t']`` from ``x(t) = sigma(t) noise``."""
+    out = []
+
+    def take(info):
+        out.append(info["x"])
+        raise _StepDone
+
+    try:
+        step(denoiser, schedule, noise, None, grid=grid, cond=cond, callback=take)
+    except _StepDone:
+        pass
+    return out[0]
+
+
+def _gits_path(cost: Tensor, steps: int, coeff: float) -> list[int]:
+    """Indices ``0 = p_0 < ... < p_K = N - 1`` (K = ``steps``) minimising
+    ``sum_k coeff^k cost[p_k, p_{k+1}]``.
+
+    ``V[k, i]``: the least cost from candidate i to N - 1 in exactly k steps, ``V[0] = [inf, ..., inf, 0]``,
+    ``V[k, i] = min_{j > i} cost[i, j] + coeff V[k - 1, j]``; ties go to the smallest j (as the paper's
+    backtracking). ``cost`` ``[N, N]`` is read above the diagonal only.
+    """
+    N = cost.shape[0]
+    upper = torch.ones(N, N, dtype=torch.bool).triu(1)
+    c = torch.where(upper, cost.to(torch.float64), torch.full_like(cost, math.inf, dtype=torch.float64))
+    V = torch.full((steps + 1, N), math.inf, dtype=torch.float64)
+    V[0, N - 1] = 0.0
+    choice = torch.zeros((steps + 1, N), dtype=torch.long)
+    for k in range(1, steps + 1):
+        V[k], choice[k] = (c + coeff * V[k - 1][None, :]).min(dim=1)
+    path = [0]
+    for k in range(steps, 0, -1):
+        path.append(int(choice[k, path[-1]]))
+    return path
+
+
+# -- DMN ------------------------------------------------------------------------------------------
+_GL_NODES, _GL_WEIGHTS = np.polynomial.legendre.leggauss(24)
+
+
+def _dmn_weights(lam: np.ndarray, p: int) -> np.ndarray:
+    """``J[n, m]``, ``[K, p]``: the weight of ``D(lambda_{n-m})`` in step n of a multistep exponential
+    integrator of order p in data prediction (orders 1, 2, ... on the first steps),
+    ``J[n, m] = int_{lambda_n}^{lambda_{n+1}} e^{lambda - lambda_K} l_{n,m}(lambda) d lambda`` with
+    ``l_{n,m}`` the Lagrange basis on ``lambda_n, ..., lambda_{n-q+1}``, ``q = min(p, n + 1)``
+    (24-point Gauss-Legendre: exact to rounding for the step sizes of a grid). Zero for m >= q."""
+    K = len(lam) - 1
+    n = np.arange(K)
+    q = np.minimum(p, n + 1)
+    a, b = lam[:-1, None], lam[1:, None]
+    u = a + (b - a) * (_GL_NODES + 1) / 2  # [K, 24]
+    kernel = _GL_WEIGHTS * (b - a) / 2 * np.exp(u - lam[-1])
+    J = np.zeros((K, p))
+    for m in range(p):
+        basis = np.ones_like(u)
+        for l in range(p):
+            if l == m:
+                continue
+            used = (l < q) & (m < q)  # nodes n - l and n - m take part in step n
+            node_m, node_l = lam[np.maximum(n - m, 0)], lam[np.maximum(n - l, 0)]
+            factor = (u - node_l[:, None]) / np.where(used, node_m - node_l, 1.0)[:, None]
+            basis = np.where(used[:, None], basis * factor, basis)
+        J[:, m] = np.where(m < q, (kernel * basis).sum(axis=1), 0.0)
+    return J
+
+
+def _dmn_objective(lam: np.ndarray, p: int, power: float) -> float:
+    """``sum_n sum_m |J[n, m]| eps(lambda_{n-m})``, ``eps = sigma^power / alpha`` (``_fit_dmn``)."""
+    sigma, alpha = (
+        1 / np.sqrt(1 + np.exp(2 * lam)),
+        1 / np.sqrt(1 + np.exp(-2 * lam)),
+    )  # lambda = log(alpha/sigma)
+    eps = sigma**power / alpha
+    J = _dmn_weights(lam, p)
+    n = np.arange(len(lam) - 1)
+    return float(sum(np.abs(J[:, m]) @ eps[np.maximum(n - m, 0)] for m in range(p)))
+
+
+def _fit_dmn(schedule, solver, steps, *, power, init, maxiter):
+    """DMN (Xue et al., CVPR 2024, "Accelerating Diffusion Sampling with Optimized Time Steps";
+    scxue/DM-NonUniform ``StepOptim``): the interior ``lambda = log(alpha/sigma)`` that minimise a bound
+    on the discretisation error of a DPM-Solver-type multistep solver, from alpha and sigma alone.
+
+    The exact step is ``x_{n+1}/sigma_{n+1} = x_n/sigma_n + int e^lambda D dlambda``; a multistep solver
+    of order p replaces D by its Lagrange interpolant through the last q = min(p, n + 1) values
+    (``_dmn_weights``). The interpolation weights reproduce constants, so with D at lambda_m within
+    ``eps_m = sigma_m^power / alpha_m`` of the sample (the paper's model-free bound; its code takes power 2
+    for latent and 1 for pixel-space models), the error is at most ``sum_n sum_m |J[n, m]| eps_{n-m}``,
+    minimised over ``lambda_1 < ... < lambda_{K-1}`` between the schedule's ends with SLSQP (the
+    paper: trust-constr), from the ``init`` grid, every gap at least 1e-3 of the mean step.
+
+    p = min(order, 3) from ``solver``'s spec. Simplifications: D's errors bound each step by the triangle
+    inequality, whereas the paper's code sums the weights of each node over the steps before taking
+    absolute values, treats the first step separately and, for K <= 7, the first three steps as root sums
+    of squares; on the exact mixture that sum let SLSQP drive node weights to cancel and gave worse grids.
+    The model is exact for ddim (p = 1) and dpm_solver_3m with ``third_order``; dpm_solver_2m weights its
+    difference as a midpoint rule (the same to leading order) and default dpm_solver_3m halves its d2
+    weight. With power = 1 and p = 1 the objective is ``sum_n expm1(lambda_{n+1} - lambda_n)``,
+    minimised by the log-SNR grid.
+    """
+    from scipy.optimize import LinearConstraint, minimize
+
+    p = min(get_spec(solver).order, 3)
+    t_init = get_grid(init, schedule, steps)
+    lam_init = (schedule.log_snr(t_init) / 2).numpy()
+    lam_noise, lam_data = float(lam_init[0]), float(lam_init[-1])
+    if steps == 1:
+        return t_init
+    gap = 1e-3 * (lam_data - lam_noise) / steps
+    # gaps lambda_1 - lambda_noise, lambda_{i+1} - lambda_i, lambda_data - lambda_{K-1}, each >= gap
+    A = np.zeros((steps, steps - 1))
+    A[np.arange(steps - 1), np.arange(steps - 1)] = 1.0
+    A[np.arange(1, steps), np.arange(steps - 1)] = -1.0
+    lower = np.full(steps, gap)
+    lower[0], lower[-1] = lam_noise + gap, gap - lam_data
+
+    def full(inner):
+        return np.concatenate([[lam_noise], inner, [lam_data]])
+
+    scale = _dmn_objective(lam_init, p, power)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        result = minimize(
+            lambda inner: _dmn_objective(full(inner), p, power) / scale,
+            lam_init[1:-1],
+            method="SLSQP",
+            constraints=[LinearConstraint(A, lower, np.inf)],
+            options={"maxiter": maxiter},
+        )
+    lam = full(np.sort(result.x))
+    ts = schedule.t_from_log_snr(torch.as_tensor(2 * lam, dtype=torch.float64)).to(torch.float64)
+    ts[0], ts[-1] = t_init[0], t_init[-1]
+    return ts
