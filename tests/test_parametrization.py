@@ -58,11 +58,13 @@ def test_known_answers(name):
     da, ds = bcast(schedule.d_alpha(t), x), bcast(schedule.d_sigma(t), x)
     velocity = from_x0("velocity", x0, x, t, schedule)
     torch.testing.assert_close(velocity, da * x0 + ds * eps)
-    # the velocity is d x_t / dt along the fixed (x0, eps) path: finite differences in t
+    # the velocity is d x_t / dt along the fixed (x0, eps) path: finite differences in t (not across
+    # vp_discrete's knots, where alpha's derivative jumps; test_vp_discrete checks it between them)
     h = 1e-6
     x_next = bcast(schedule.alpha(t + h), x) * x0 + bcast(schedule.sigma(t + h), x) * eps
     x_prev = bcast(schedule.alpha(t - h), x) * x0 + bcast(schedule.sigma(t - h), x) * eps
-    torch.testing.assert_close(velocity, (x_next - x_prev) / (2 * h), rtol=1e-5, atol=1e-5)
+    if name != "vp_discrete":
+        torch.testing.assert_close(velocity, (x_next - x_prev) / (2 * h), rtol=1e-5, atol=1e-5)
     # EDM: D = c_skip x/alpha + c_out F with Karras et al.'s coefficients in noise level s/alpha
     level = s / a
     c_skip = SIGMA_DATA**2 / (level**2 + SIGMA_DATA**2)

@@ -38,6 +38,8 @@ def test_exact_on_the_mixture_oracle_for_every_pair(trained, target):
     assert not D.clamped
     if trained == target:
         return
+    if {trained, target} == {"vp_linear", "vp_discrete"}:
+        return  # vp_linear is vp_discrete's continuous limit: unmapped they nearly agree
     # the test has power: the target's t unmapped is far off, and so is the matched t' without the
     # rescaling where alpha differs at equal log-SNR (VP vs VP and VE vs EDM share alpha(lambda))
     assert (gm.denoiser(A)(x, t.clamp(A.t_min, A.t_max)) - expected).abs().max().item() > 1e-2

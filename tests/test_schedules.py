@@ -251,7 +251,14 @@ def test_bad_params_raise_value_error_naming_them(name, params, named):
 
 
 def test_customary_prediction_targets_and_recipes():
-    expected = {"vp_linear": "eps", "vp_cosine": "eps", "ve": "edm", "flow": "velocity", "edm": "edm"}
+    expected = {
+        "vp_linear": "eps",
+        "vp_cosine": "eps",
+        "ve": "edm",
+        "flow": "velocity",
+        "edm": "edm",
+        "vp_discrete": "eps",
+    }
     assert {name: schedule_class(name).prediction for name in SCHEDULES} == expected
     assert {name: get_schedule(name).prediction for name in SCHEDULES} == expected
     assert Schedule.prediction == "eps" and Schedule.loss_defaults == {}

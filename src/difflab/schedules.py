@@ -449,6 +449,168 @@ class EDM(Schedule):
         return {**super().params(), "sigma_min": self.sigma_min, "sigma_max": self.sigma_max}
 
 
+BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
+
+
+def _softplus(y: Tensor) -> Tensor:
+    """``log(1 + e^y)`` to rounding everywhere (torch's softplus returns y itself above y = 20)."""
+    return y.clamp_min(0) + torch.log1p(torch.exp(-y.abs()))
+
+
+def ddpm_betas(num_train_timesteps: int, beta_start: float, beta_end: float, beta_schedule: str) -> Tensor:
+    """DDPM's betas ``[N]`` in float64, by diffusers' ``DDPMScheduler`` recipe (which rounds them to float32).
+
+    "linear": ``linspace(beta_start, beta_end, N)`` (Ho et al. 2020); "scaled_linear":
+    ``linspace(sqrt(beta_start), sqrt(beta_end), N)^2`` (latent diffusion); "squaredcos_cap_v2":
+    ``beta_n = min(1 - abar((n+1)/N) / abar(n/N), 0.999)``, ``abar(u) = cos^2(pi/2 (u + 0.008)/1.008)``
+    (Nichol & Dhariwal 2021; beta_start and beta_end unused).
+    """
+    f64 = dict(dtype=torch.float64)
+    if beta_schedule == "linear":
+        return torch.linspace(beta_start, beta_end, num_train_timesteps, **f64)
+    if beta_schedule == "scaled_linear":
+        return torch.linspace(beta_start**0.5, beta_end**0.5, num_train_timesteps, **f64) ** 2
+
+    def abar(u: float) -> float:
+        return math.cos((u + 0.008) / 1.008 * math.pi / 2) ** 2
+
+    N = num_train_timesteps
+    return torch.tensor([min(1 - abar((n + 1) / N) / abar(n / N), 0.999) for n in range(N)], **f64)
+
+
+@register_schedule
+class VPDiscrete(Schedule):
+    """DDPM's discrete schedule made continuous (Ho et al. 2020), DPM-Solver's convention for it
+    (``NoiseScheduleVP("discrete")``, Lu et al. 2022).
+
+    Training timestep n = 0..N-1, with ``abar_n = prod_{i<=n} (1 - beta_i)`` (``ddpm_betas``), sits at
+    ``t_n = (n + 1) / N``; log alpha is piecewise linear in t through the knots ``(t_n, log(abar_n) / 2)``
+    and continues its end segments outside ``[t_0, t_{N-1}]`` (held at alpha = 1 once that line reaches
+    it, below t_0); sigma = sqrt(1 - alpha^2) (VP). So ``log_snr(t_n) = log(abar_n / (1 - abar_n))`` at
+    every training timestep; on a segment ``f = d log alpha / dt = N (log alpha_{n+1} - log alpha_n)``
+    (piecewise constant) and ``g2 = -2 f``. A network trained on it is fed the fractional timestep
+    ``timestep(t) = N t - 1`` (n at t_n). t = 0 data, t = 1 noise; ``[t_min, t_max] = [1/N, 1]``, the
+    first and last training timesteps. Parameters as diffusers names them (its defaults: DDPM's).
+    """
+
+    name = "vp_discrete"
+    prediction = "eps"
+    t_max = 1.0
+
+    def __init__(
+        self,
+        num_train_timesteps: int = 1000,
+        beta_start: float = 1e-4,
+        beta_end: float = 0.02,
+        beta_schedule: str = "linear",
+        **interval,
+    ):
+        N = num_train_timesteps
+        if isinstance(N, bool) or not isinstance(N, int) or N < 2:
+            raise ValueError(f"vp_discrete: num_train_timesteps={N!r} must be an integer >= 2")
+        if beta_schedule not in BETA_SCHEDULES:
+            raise ValueError(
+                f"vp_discrete: beta_schedule={beta_schedule!r} is not one of {', '.join(BETA_SCHEDULES)}"
+            )
+        for key, value in (("beta_start", beta_start), ("beta_end", beta_end)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
+                raise ValueError(f"vp_discrete: {key}={value!r} must be a number in (0, 1)")
+        if not beta_start <= beta_end:
+            raise ValueError(f"vp_discrete: beta_start={beta_start} must not exceed beta_end={beta_end}")
+        self.num_train_timesteps, self.beta_schedule = N, beta_schedule
+        self.beta_start, self.beta_end = float(beta_start), float(beta_end)
+        self.betas = ddpm_betas(N, self.beta_start, self.beta_end, beta_schedule)  # [N] float64
+        log_abar = torch.cumsum(torch.log1p(-self.betas), 0)
+        self.alphas_cumprod = torch.exp(log_abar)  # [N]
+        t_n = torch.arange(1, N + 1, dtype=torch.float64) / N
+        slope = torch.diff(log_abar / 2) * N
+        # device -> (t_n, log alpha_n, slope of the segment from t_n on; the last one continued), each [N]
+        self._knots = {"cpu": (t_n, log_abar / 2, torch.cat([slope, slope[-1:]]))}
+        if interval.get("t_min") is None:
+            interval["t_min"] = 1.0 / N
+        super().__init__(**interval)
+
+    def _on(self, device) -> tuple[Tensor, Tensor, Tensor]:
+        key = str(device)
+        if key not in self._knots:
+            self._knots[key] = tuple(k.to(device) for k in self._knots["cpu"])
+        return self._knots[key]
+
+    def _segment(self, t: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """``(t64, j, log alpha, slope)``: t in float64, its segment j (the knot at or below it, clamped to
+        0..N-1, so a knot is its own segment's start) and log alpha and d log alpha/dt there."""
+        t64 = torch.as_tensor(t).to(torch.float64)
+        t_n, log_alpha_n, slope_n = self._on(t64.device)
+        j = torch.searchsorted(t_n, t64.detach().contiguous(), right=True) - 1
+        j = j.clamp(0, self.num_train_timesteps - 1)
+        slope = slope_n[j]
+        log_alpha = log_alpha_n[j] + (t64 - t_n[j]) * slope
+        held = log_alpha > 0  # below t_0, where the first segment's line passes alpha = 1
+        return t64, j, log_alpha.masked_fill(held, 0.0), slope.masked_fill(held, 0.0)
+
+    def _out(self, value: Tensor, t) -> Tensor:
+        dtype = t.dtype if isinstance(t, Tensor) and t.is_floating_point() else torch.get_default_dtype()
+        return value.to(dtype)
+
+    def timestep(self, t: Tensor) -> Tensor:
+        """The fractional diffusers timestep ``N t - 1`` a network trained on it is fed (n exactly at t_n)."""
+        t64, j, _, _ = self._segment(t)
+        t_n, _, _ = self._on(t64.device)
+        return self._out(j + (t64 - t_n[j]) * self.num_train_timesteps, t)
+
+    def t_from_timestep(self, n) -> Tensor:
+        """``t_n = (n + 1) / N``, float64 (inverse of ``timestep``)."""
+        return (torch.as_tensor(n, dtype=torch.float64) + 1) / self.num_train_timesteps
+
+    @staticmethod
+    def _sigma2(log_alpha: Tensor) -> Tensor:
+        """``sigma^2 = 1 - alpha^2 = -expm1(2 log alpha)``, accurate near alpha = 1 (+0 at alpha = 1)."""
+        return 0.0 - torch.expm1(2 * log_alpha)
+
+    def alpha(self, t):
+        return self._out(torch.exp(self._segment(t)[2]), t)
+
+    def sigma(self, t):
+        return self._out(torch.sqrt(self._sigma2(self._segment(t)[2])), t)
+
+    def d_alpha(self, t):
+        _, _, log_alpha, slope = self._segment(t)
+        return self._out(slope * torch.exp(log_alpha), t)
+
+    def d_sigma(self, t):
+        _, _, log_alpha, slope = self._segment(t)  # d sigma = -alpha d_alpha / sigma = -alpha^2 f / sigma
+        return self._out(-slope * torch.exp(2 * log_alpha) / torch.sqrt(self._sigma2(log_alpha)), t)
+
+    def f(self, t):
+        return self._out(self._segment(t)[3], t)
+
+    def g2(self, t):
+        return self._out(-2 * self._segment(t)[3], t)
+
+    def log_snr(self, t):
+        log_alpha = self._segment(t)[2]
+        return self._out(2 * log_alpha - torch.log(self._sigma2(log_alpha)), t)
+
+    def t_from_log_snr(self, lam):
+        # VP: alpha^2 = sigmoid(lambda), so log alpha = -softplus(-lambda) / 2; then invert the segment
+        lam64 = torch.as_tensor(lam).to(torch.float64)
+        log_alpha = -_softplus(-lam64) / 2
+        t_n, log_alpha_n, slope_n = self._on(lam64.device)
+        # log alpha_n decreases in n: search its negation, which increases
+        j = torch.searchsorted(-log_alpha_n, -log_alpha.detach().contiguous(), right=True) - 1
+        j = j.clamp(0, self.num_train_timesteps - 1)
+        return self._out(t_n[j] + (log_alpha - log_alpha_n[j]) / slope_n[j], lam)
+
+    def params(self):
+        return {
+            **super().params(),
+            "num_train_timesteps": self.num_train_timesteps,
+            "beta_start": self.beta_start,
+            "beta_end": self.beta_end,
+            "beta_schedule": self.beta_schedule,
+        }
+
+
 def common_log_snr_range(*schedules: Schedule) -> tuple[float, float]:
     """``(lam_lo, lam_hi)``: the log-SNRs every one of ``schedules`` covers (``ValueError`` if none)."""
     ranges = [s.log_snr_range() for s in schedules]
@@ -467,11 +629,16 @@ def get_schedule(name: str, **params) -> Schedule:
     """Build a schedule by name: one of ``SCHEDULES``. Unknown names/parameters raise ``ValueError``."""
     cls = schedule_class(name)
     allowed = _allowed_params(cls)
+    named = _named_params(cls)
     for key, value in params.items():
         if key not in allowed:
             raise ValueError(
                 f"unknown parameter {key!r} for schedule {name!r}; allowed: {', '.join(sorted(allowed))}"
             )
+        if key in named:  # a choice by name (vp_discrete's beta_schedule): the class checks which
+            if not isinstance(value, str):
+                raise ValueError(f"schedule {name!r}: parameter {key}={value!r} must be a name (a string)")
+            continue
         if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
             raise ValueError(f"schedule {name!r}: parameter {key}={value!r} must be a finite number")
     return cls(**params)
@@ -488,6 +655,19 @@ def _allowed_params(cls: type[Schedule]) -> set[str]:
                 p for p, v in sig.parameters.items() if p != "self" and v.kind is v.POSITIONAL_OR_KEYWORD
             }
     return names
+
+
+def _named_params(cls: type[Schedule]) -> set[str]:
+    """The parameters of ``cls`` whose default is a string: they take a name, every other one a number."""
+    import inspect
+
+    return {
+        p
+        for klass in cls.__mro__
+        if "__init__" in vars(klass)
+        for p, v in inspect.signature(klass.__init__).parameters.items()
+        if isinstance(v.default, str)
+    }
 
 
 def _check_positive(**values):
