@@ -32,6 +32,7 @@ from torch import Tensor
 
 from difflab.parametrization import SIGMA_DATA, from_x0
 from difflab.schedules import Schedule, schedule_class, schedule_names
+from difflab.schema import Field
 
 P_MEAN, P_STD = -1.2, 1.2  # EDM's log-normal noise levels, ln sigma ~ N(P_mean, P_std^2) (Karras et al. 2022)
 MIN_SNR_GAMMA = 5.0  # Hang et al. (2023)
@@ -153,6 +154,16 @@ def target_slope2(prediction: str, schedule: Schedule, t: Tensor, sigma_data: fl
         prediction, zero, zero, t64, schedule, sigma_data
     )
     return k[:, 0].square().reshape(t.shape)
+
+
+# the ``loss`` config section: ``DiffusionLoss.for_schedule(schedule, **loss)``, null = the schedule's own
+LOSS_FIELDS = {
+    "time_sampling": Field(str, choices=TIME_SAMPLINGS, nullable=True),
+    "weighting": Field(str, choices=WEIGHTINGS, nullable=True),
+    "min_snr_gamma": Field(float, low=0, low_open=True, nullable=True),
+    "P_mean": Field(float, nullable=True),
+    "P_std": Field(float, low=0, low_open=True, nullable=True),
+}
 
 
 class DiffusionLoss:

@@ -3,15 +3,15 @@
 ``train(cfg, schedule_name, out_dir)`` builds the data, the ``DiffusionModule`` (network, schedule,
 loss) and the Trainer (EMA, checkpoints, sample grids, non-finite-loss guard, W&B logger), fits or
 resumes, and saves; ``load_denoiser(out_dir)`` rebuilds the trained ``Denoiser`` without Lightning.
-``check_trainer`` and ``check_optim`` say which ``trainer`` and ``optim`` values are allowed; every
-value comes from the config (conf/ holds the defaults).
+``TRAINER_FIELDS``, ``OPTIM_FIELDS``, ``EMA_FIELDS`` and ``CLASS_COND_FIELDS`` declare which values
+of those sections are allowed (``difflab.schema``); every value comes from the config (conf/ holds
+the defaults).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
 import pathlib
 import time
 import typing
@@ -23,21 +23,12 @@ from difflab.losses import DiffusionLoss
 from difflab.nets import build_net
 from difflab.parametrization import Denoiser
 from difflab.schedules import get_schedule, schedule_class, schedule_from_config
+from difflab.schema import ConfigError, Field, check_section, registry
 
 log = logging.getLogger(__name__)
 
 
 # -- what the config may say ---------------------------------------------------------------------
-def _int_at_least(key: str, value, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{key}={value!r} must be an integer >= {low}")
-
-
-def _flag(key: str, value) -> None:
-    if not isinstance(value, bool):
-        raise ValueError(f"{key}={value!r} must be true or false")
-
-
 def lightning_choices() -> dict[str, tuple]:
     """The precisions, accelerators and strategies Lightning knows (its Trainer's ``precision``
     type and its accelerator and strategy registries), each with ``"auto"`` where Lightning takes it."""
@@ -58,87 +49,60 @@ def lightning_choices() -> dict[str, tuple]:
     }
 
 
-def check_trainer(
-    *,
-    max_steps,
-    accelerator,
-    devices,
-    num_nodes,
-    strategy,
-    precision,
-    val_every_n_steps,
-    limit_val_batches,
-    log_every_n_steps,
-    sample_every_n_epochs,
-    sample_solver,
-    sample_steps,
-    sample_grid,
-    sample_n,
-    channels_last,
-    compile,
-    enable_progress_bar,
-    deterministic,
-) -> None:
-    """The ``trainer`` section: steps and intervals >= 1 (``sample_every_n_epochs`` 0 = grids only at
-    the end), a precision, accelerator and strategy Lightning knows, ``devices`` an integer >= 1, -1
-    (all), ``"auto"`` or a list of device indices; the sample-grid solver and grid registered names.
-    ``ValueError`` naming the bad key."""
-    from difflab.solvers import GRIDS, SOLVERS
+_STEPS = Field(int, low=1)
+_FLAG = Field(bool)
+TRAINER_FIELDS = {  # the ``trainer`` section, read by ``build_trainer``
+    "max_steps": _STEPS,
+    "accelerator": Field(choices=lambda: lightning_choices()["accelerator"]),
+    "devices": Field(
+        any_of=(Field(int, low=1), Field(choices=(-1, "auto")), Field(list, item=Field(int, low=0))),
+        doc="-1: all; a list: device indices",
+    ),
+    "num_nodes": _STEPS,
+    "strategy": Field(choices=lambda: lightning_choices()["strategy"]),
+    "precision": Field(choices=lambda: lightning_choices()["precision"]),
+    "val_every_n_steps": _STEPS,
+    "limit_val_batches": Field(
+        any_of=(Field(float, low=0, high=1, low_open=True), Field(int, low=1)),
+        doc="a fraction of the validation set or a batch count",
+    ),
+    "log_every_n_steps": _STEPS,
+    "sample_every_n_epochs": Field(int, low=0, doc="0: sample grids only at the end"),
+    "sample_solver": Field(str, choices=registry("difflab.solvers", "SOLVERS")),
+    "sample_steps": _STEPS,
+    "sample_grid": Field(str, choices=registry("difflab.solvers", "GRIDS")),
+    "sample_n": _STEPS,
+    "channels_last": _FLAG,
+    "compile": _FLAG,
+    "enable_progress_bar": _FLAG,
+    "deterministic": _FLAG,
+}
+OPTIM_FIELDS = {  # the ``optim`` section: AdamW's settings (``DiffusionModule``) and the Trainer's clip
+    "lr": Field(float, low=0, low_open=True),
+    "betas": Field(list, item=Field(float, low=0, high=1, high_open=True), length=2),
+    "weight_decay": Field(float, low=0),
+    "warmup_steps": Field(int, low=0, doc="linear warmup of the lr"),
+    "grad_clip": Field(float, low=0, low_open=True, nullable=True, doc="gradient-norm clip; null: none"),
+}
+EMA_FIELDS = {  # the ``ema`` section: ``callbacks.EMA(**cfg["ema"])``
+    "decay": Field(float, low=0, high=1, low_open=True, high_open=True),
+    "warmup": _FLAG,
+    "update_starting_at_step": Field(int, low=0, nullable=True, doc="null: from the first step"),
+}
+CLASS_COND_FIELDS = {  # the ``class_cond`` section: ``DiffusionModule``'s conditioning
+    "num_classes": Field(int, low=0, doc="0: unconditional; else the dataset's classes (check_classes)"),
+    "label_dropout": Field(float, low=0, high=1, doc="probability of the null label (guidance)"),
+}
 
-    for key, value in (
-        ("max_steps", max_steps),
-        ("num_nodes", num_nodes),
-        ("val_every_n_steps", val_every_n_steps),
-        ("log_every_n_steps", log_every_n_steps),
-        ("sample_steps", sample_steps),
-        ("sample_n", sample_n),
-    ):
-        _int_at_least(key, value, 1)
-    _int_at_least("sample_every_n_epochs", sample_every_n_epochs, 0)
-    fraction = isinstance(limit_val_batches, float) and 0 < limit_val_batches <= 1
-    count = isinstance(limit_val_batches, int) and not isinstance(limit_val_batches, bool)
-    if not (fraction or (count and limit_val_batches >= 1)):
-        raise ValueError(
-            f"limit_val_batches={limit_val_batches!r} must be a fraction in (0, 1] or a batch count >= 1"
+
+def check_classes(num_classes: int, dataset: str, classes: int) -> None:
+    """``class_cond.num_classes`` is 0 (unconditional) or the dataset's ``classes``: checked by
+    ``config.validate`` where the dataset knows them before loading, and by ``train`` once loaded."""
+    if num_classes not in (0, classes):
+        raise ConfigError(
+            f"params: class_cond.num_classes={num_classes} does not match dataset {dataset!r} "
+            f"with {classes} classes; allowed: 0 (unconditional) or {classes}"
         )
-    is_index = lambda d: isinstance(d, int) and not isinstance(d, bool) and d >= 0  # noqa: E731
-    devices_ok = (
-        devices == "auto"
-        or (isinstance(devices, int) and not isinstance(devices, bool) and (devices >= 1 or devices == -1))
-        or (isinstance(devices, list) and devices and all(is_index(d) for d in devices))
-    )
-    if not devices_ok:
-        raise ValueError(
-            f"devices={devices!r} must be an integer >= 1, -1 (all), 'auto' or a list of indices"
-        )
-    for key, value in (("precision", precision), ("accelerator", accelerator), ("strategy", strategy)):
-        allowed = lightning_choices()[key]
-        if isinstance(value, bool) or value not in allowed:
-            raise ValueError(
-                f"{key}={value!r} is not one Lightning knows; allowed: {', '.join(map(repr, allowed))}"
-            )
-    if sample_solver not in SOLVERS:
-        raise ValueError(f"sample_solver={sample_solver!r} is not a solver; allowed: {', '.join(SOLVERS)}")
-    if sample_grid not in GRIDS:
-        raise ValueError(f"sample_grid={sample_grid!r} is not a grid; allowed: {', '.join(GRIDS)}")
-    for key, value in (
-        ("channels_last", channels_last),
-        ("compile", compile),
-        ("enable_progress_bar", enable_progress_bar),
-        ("deterministic", deterministic),
-    ):
-        _flag(key, value)
-
-
-def check_optim(*, lr, betas, weight_decay, warmup_steps, grad_clip) -> None:
-    """The ``optim`` section: AdamW's settings (``module.check_optimizer``) and ``grad_clip``, the
-    gradient-norm clip the Trainer applies (null = none, else a number > 0)."""
-    from difflab.module import check_optimizer  # Lightning: imported only where training needs it
-
-    check_optimizer(lr=lr, betas=betas, weight_decay=weight_decay, warmup_steps=warmup_steps)
-    ok = isinstance(grad_clip, (int, float)) and not isinstance(grad_clip, bool) and math.isfinite(grad_clip)
-    if grad_clip is not None and not (ok and grad_clip > 0):
-        raise ValueError(f"grad_clip={grad_clip!r} must be null (no clipping) or a number > 0")
 
 
 # -- building ------------------------------------------------------------------------------------
@@ -191,8 +155,7 @@ def build_trainer(
     from difflab.callbacks import EMA, NonFiniteLossGuard, SampleGrid
     from difflab.tracking import make_logger
 
-    t = cfg["trainer"]
-    check_trainer(**t)
+    t = check_section(TRAINER_FIELDS, cfg["trainer"], "trainer")
     checkpoint = ModelCheckpoint(
         dirpath=out_dir, filename="best", monitor="val/loss", mode="min", save_top_k=1, save_last=True
     )
@@ -267,9 +230,9 @@ def train(
 
     Keys read: ``seed``, ``experiment``, ``data`` (``build_datamodule``), ``denoiser`` (``build_net``),
     ``schedule.<name>.{params, prediction}``, ``loss`` (``DiffusionLoss``), ``optim``
-    (``check_optim``), ``ema`` (``callbacks.EMA``), ``class_cond.{num_classes, label_dropout}``
-    (num_classes 0 = unconditional; otherwise it must match the data's), ``trainer``
-    (``check_trainer``), ``wandb.{project, entity, group}``; every section in full, as composed from
+    (``OPTIM_FIELDS``), ``ema`` (``callbacks.EMA``), ``class_cond.{num_classes, label_dropout}``
+    (num_classes 0 = unconditional; otherwise it must match the data's: ``check_classes``), ``trainer``
+    (``TRAINER_FIELDS``), ``wandb.{project, entity, group}``; every section in full, as composed from
     conf/. ``seed``: the training seed (the network's initialisation, the batches' order and the
     diffusion noise; one replicate of the ``seeds`` axis); default ``cfg["seed"]``, which always draws
     the data split, so replicates differ in training only. ``callbacks``: extra Lightning callbacks,
@@ -287,11 +250,7 @@ def train(
     dm = build_datamodule(cfg["data"], cfg["seed"])
     pl.seed_everything(seed, workers=True, verbose=False)
     num_classes = cfg["class_cond"]["num_classes"]
-    if num_classes not in (0, dm.num_classes):
-        raise ValueError(
-            f"class_cond.num_classes={num_classes} does not match dataset {dm.name!r} "
-            f"with {dm.num_classes} classes; use 0 (unconditional) or {dm.num_classes}"
-        )
+    check_classes(num_classes, dm.name, dm.num_classes)
     data_info = {"name": dm.name, "levels": dm.levels, "n_train": len(dm.train_levels()[0])}
     if getattr(dm, "offline_split", False):  # MNIST offline: the 10k test split, split again
         data_info["offline_split"] = True

@@ -6,16 +6,16 @@ images scaled to [-1, 1]: ``x = 2 * level / (levels - 1) - 1``. ``toy2d`` is con
 None``) and stores float points. Attributes: ``data_shape`` ((C, H, W) or (d,)), ``num_classes``,
 ``levels``; ``train_levels()`` and ``heldout_levels()`` give ``(Tensor[N, ...] levels, labels)``.
 
-``DATAMODULES`` is the registry (name -> class); a dataset's config keys are its constructor's keyword
-parameters (with their defaults), and ``data_shape(cfg)`` / ``known_classes`` tell the shape and the
-classes without loading anything, so a config is checked (``check_data``) before any download.
+``DATAMODULES`` is the registry (name -> class); a dataset's ``fields`` declare its config keys (its
+constructor's keyword parameters, whose defaults apply where the config leaves one out), and
+``data_shape_of(cfg)`` / ``known_classes`` tell the shape and the classes without loading anything,
+so a config is checked (``check_data``) before any download.
 """
 
 from __future__ import annotations
 
 import functools
 import gzip
-import inspect
 import logging
 import os
 import pathlib
@@ -27,6 +27,8 @@ import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
+
+from difflab.schema import Field, check_section, registry
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +57,8 @@ def _split(n: int, val_fraction: float, test_fraction: float, seed: int) -> tupl
 class ArrayDataModule(pl.LightningDataModule):
     """A datamodule over in-memory arrays. Subclasses implement ``_load() -> (train, test)``, each a
     ``(levels, labels)`` pair (test may be ``None``: then it is split off the training pool), and
-    ``data_shape(cfg)``; their own config keys are keyword parameters of their ``__init__``.
+    ``data_shape_of(cfg)``; their own config keys are keyword parameters of their ``__init__``, declared
+    in ``fields``.
 
     ``val_fraction``, ``test_fraction`` (of the pool when the dataset has no test split),
     ``batch_size``, ``num_workers``; ``root`` where the files are; ``num_classes`` overrides the number
@@ -64,6 +67,15 @@ class ArrayDataModule(pl.LightningDataModule):
     name = "array"
     levels: int | None = 256
     known_classes: int | None = None  # the dataset's classes where known before loading
+    # the ``data`` config keys of every dataset besides ``name`` (absent: ``__init__``'s default)
+    fields: dict[str, Field] = {
+        "root": Field(str, nullable=True, optional=True),
+        "val_fraction": Field(float, low=0, high=1, high_open=True, optional=True),
+        "test_fraction": Field(float, low=0, high=1, high_open=True, optional=True),
+        "batch_size": Field(int, low=1, optional=True),
+        "num_workers": Field(int, low=0, optional=True),
+        "num_classes": Field(int, low=0, nullable=True, optional=True, doc="null: the classes found"),
+    }
 
     def __init__(
         self,
@@ -156,6 +168,12 @@ class Toy2D(ArrayDataModule):
     name = "toy2d"
     levels = None
     known_classes = 0
+    fields = {
+        **ArrayDataModule.fields,
+        "toy": Field(str, choices=registry("difflab.data.toy", "TOY_DATASETS"), optional=True),
+        "n": Field(int, low=2, optional=True),
+        "noise": Field(float, low=0, nullable=True, optional=True, doc="null: the set's own"),
+    }
 
     def __init__(self, seed: int = 0, *, toy: str = "gaussian_mixture", n: int = 20000, noise=None, **common):
         from difflab.data.toy import TOY_DATASETS
@@ -248,6 +266,7 @@ class MNIST(ArrayDataModule):
     name = "mnist"
     levels = 256
     known_classes = 10
+    fields = {**ArrayDataModule.fields, "download": Field(bool, optional=True)}
 
     def __init__(self, seed: int = 0, *, download: bool = True, **common):
         if not isinstance(download, bool):
@@ -293,6 +312,7 @@ class CIFAR10(ArrayDataModule):
     name = "cifar10"
     levels = 256
     known_classes = 10
+    fields = {**ArrayDataModule.fields, "download": Field(bool, optional=True)}
     BATCHES = (*(f"data_batch_{i}" for i in range(1, 6)), "test_batch")
 
     def __init__(self, seed: int = 0, *, download: bool = True, **common):
@@ -333,6 +353,11 @@ class ImageFolder(ArrayDataModule):
 
     name = "imagefolder"
     levels = 256
+    fields = {
+        **ArrayDataModule.fields,
+        "image_size": Field(int, low=1),
+        "channels": Field(int, choices=(1, 3)),
+    }
     SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 
     def __init__(self, seed: int = 0, *, image_size: int = 32, channels: int = 3, **common):
@@ -342,16 +367,9 @@ class ImageFolder(ArrayDataModule):
 
     @classmethod
     def data_shape_of(cls, cfg: dict) -> tuple[int, ...]:
-        defaults = _keyword_defaults(cls)
-        size, channels = (
-            cfg.get("image_size", defaults["image_size"]),
-            cfg.get("channels", defaults["channels"]),
-        )
-        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-            raise ValueError(f"image_size={size!r} must be an integer >= 1")
-        if channels not in (1, 3) or isinstance(channels, bool):
-            raise ValueError(f"channels={channels!r}; allowed: 1, 3")
-        return (channels, size, size)
+        shape = {key: cfg[key] for key in ("image_size", "channels")}
+        check_section({key: cls.fields[key] for key in shape}, shape, "data")
+        return (shape["channels"], shape["image_size"], shape["image_size"])
 
     def _load(self):
         from PIL import Image
@@ -390,59 +408,40 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def _keyword_defaults(cls: type[ArrayDataModule]) -> dict:
-    """The config keys of dataset class ``cls`` with their defaults: the keyword parameters of its
-    ``__init__`` and of its bases'."""
-    keys: dict = {}
-    for klass in reversed(cls.__mro__):
-        if "__init__" in vars(klass) and issubclass(klass, ArrayDataModule):
-            for key, p in inspect.signature(klass.__init__).parameters.items():
-                if p.kind is p.KEYWORD_ONLY:
-                    keys[key] = p.default
-    return keys
-
-
 def _dataset_class(name) -> type[ArrayDataModule]:
     if name not in DATAMODULES:
         raise ValueError(f"unknown dataset {name!r}; valid datasets: {', '.join(DATAMODULES)}")
     return DATAMODULES[name]
 
 
-def dataset_keys(name: str) -> dict:
-    """The ``data`` config keys of dataset ``name`` (besides ``name``) with their defaults."""
-    return _keyword_defaults(_dataset_class(name))
-
-
 def _class_and_keys(cfg: dict) -> tuple[type[ArrayDataModule], dict]:
     cfg = dict(cfg)
     cls = _dataset_class(cfg.pop("name", None))
-    allowed = _keyword_defaults(cls)
     for key in cfg:
-        if key not in allowed:
+        if key not in cls.fields:
             raise ValueError(
-                f"unknown key {key!r} for dataset {cls.name!r}; allowed: name, {', '.join(allowed)}"
+                f"unknown key {key!r} for dataset {cls.name!r}; allowed: name, {', '.join(cls.fields)}"
             )
     return cls, cfg
 
 
+DATASET = Field(str, choices=lambda: tuple(DATAMODULES))
+
+
 def check_data(cfg: dict) -> tuple[tuple[int, ...], int | None]:
-    """Check the ``data`` section without loading anything: a registered name, known keys, loader
-    sizes and fractions; return ``(data_shape, classes)`` (classes ``None`` where only loading tells).
-    Raises ``ValueError`` naming the bad key."""
-    cls, cfg = _class_and_keys(cfg)
-    values = {**_keyword_defaults(cls), **cfg}
-    _check_loader(values["batch_size"], values["num_workers"])
-    for key in ("val_fraction", "test_fraction"):
-        _check_fraction(key, values[key])
-    n = values["num_classes"]
-    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 0):
-        raise ValueError(f"num_classes={n!r} must be null or an integer >= 0")
+    """Check the ``data`` section without loading anything: a registered name, then the keys its
+    dataset declares (``fields``); return ``(data_shape, classes)`` (classes ``None`` where only
+    loading tells). ``ConfigError`` naming the key."""
+    check_section({"name": DATASET}, {"name": cfg.get("name")}, "data")
+    cls = DATAMODULES[cfg["name"]]
+    check_section({"name": DATASET, **cls.fields}, cfg, "data")
+    n = cfg.get("num_classes")
     return cls.data_shape_of(cfg), (cls.known_classes if n is None else n)
 
 
 def build_datamodule(cfg: dict, seed: int = 0) -> ArrayDataModule:
     """Build the datamodule ``cfg["name"]`` (a key of ``DATAMODULES``) from the ``data`` config section;
-    the other keys are the dataset's keyword parameters (``dataset_keys(name)``).
+    the other keys are the dataset's keyword parameters (its ``fields``).
 
     Unknown name or key, bad values or missing files -> ``ValueError`` (one line). The data are
     loaded here, eagerly.

@@ -1,16 +1,14 @@
 """Denoiser networks (torch only; they see a noise level, the log-SNR, never a schedule).
 
 All take ``(x, noise_level, class_labels=None)`` and return a tensor shaped like ``x``.
-``NETS`` is the registry (name -> class); a network's size arguments are its constructor's keyword
-parameters after ``data_shape`` and ``num_classes``, with their defaults, and the constructor
-rejects sizes that do not fit the data. ``build_net(cfg, data_shape, num_classes)`` builds one from
-the ``denoiser`` config section; ``check_net`` builds it on the meta device (no memory, no
-initialisation cost) to validate a config.
+``NETS`` is the registry (name -> class); ``NET_FIELDS`` declares each network's size arguments
+(its constructor's keyword parameters after ``data_shape`` and ``num_classes``, whose defaults
+apply where the config leaves one out), and the constructor rejects sizes that do not fit the data.
+``build_net(cfg, data_shape, num_classes)`` builds one from the ``denoiser`` config section;
+``check_net`` builds it on the meta device (no memory, no initialisation cost) to validate a config.
 """
 
 from __future__ import annotations
-
-import inspect
 
 import torch
 from torch import nn
@@ -19,6 +17,7 @@ from difflab.nets.dit import DiT
 from difflab.nets.embedding import Conditioning, FourierEmbedding, LabelEmbedding, LearnedSkip
 from difflab.nets.mlp import MLP
 from difflab.nets.unet import UNet
+from difflab.schema import Field, check_built, check_section
 
 NETS: dict[str, type[nn.Module]] = {"mlp": MLP, "unet": UNet, "dit": DiT}
 
@@ -33,16 +32,34 @@ __all__ = [
     "UNet",
     "build_net",
     "check_net",
-    "net_arguments",
 ]
 
 
-def net_arguments(name: str) -> dict:
-    """The size arguments of network ``name`` with their defaults (its constructor's signature)."""
-    if name not in NETS:
-        raise ValueError(f"unknown denoiser {name!r}; valid denoisers: {', '.join(NETS)}")
-    params = inspect.signature(NETS[name].__init__).parameters
-    return {k: p.default for k, p in params.items() if k not in ("self", "data_shape", "num_classes")}
+_SIZE = Field(int, low=1, optional=True)
+_DROPOUT = Field(float, low=0, high=1, high_open=True, optional=True)
+# each network's size arguments: the ``denoiser`` section's keys besides ``name`` (absent: the
+# constructor's default); what must fit the data (divisibility, resolutions) the constructor checks
+NET_FIELDS: dict[str, dict[str, Field]] = {
+    "mlp": {"width": _SIZE, "depth": _SIZE, "emb_dim": _SIZE, "dropout": _DROPOUT},
+    "unet": {
+        "channels": _SIZE,
+        "ch_mult": Field(list, optional=True, doc="channel multiplier per resolution"),
+        "num_res_blocks": _SIZE,
+        "attn_resolutions": Field(list, optional=True, doc="resolutions with self-attention"),
+        "heads": _SIZE,
+        "groups": _SIZE,
+        "dropout": _DROPOUT,
+        "emb_dim": Field(int, low=1, nullable=True, optional=True, doc="null: 4 x channels"),
+    },
+    "dit": {
+        "patch_size": _SIZE,
+        "hidden": _SIZE,
+        "depth": _SIZE,
+        "heads": _SIZE,
+        "mlp_ratio": Field(float, low=0, low_open=True, optional=True),
+    },
+}
+NET_NAME = Field(str, choices=lambda: tuple(NETS))
 
 
 def build_net(cfg: dict, data_shape, num_classes: int = 0) -> nn.Module:
@@ -55,7 +72,9 @@ def build_net(cfg: dict, data_shape, num_classes: int = 0) -> nn.Module:
     """
     cfg = dict(cfg)
     name = cfg.pop("name", None)
-    allowed = net_arguments(name)
+    if name not in NETS:
+        raise ValueError(f"unknown denoiser {name!r}; valid denoisers: {', '.join(NETS)}")
+    allowed = NET_FIELDS[name]
     for key in cfg:
         if key not in allowed:
             raise ValueError(f"unknown argument {key!r} for denoiser {name!r}; allowed: {', '.join(allowed)}")
@@ -69,8 +88,15 @@ def build_net(cfg: dict, data_shape, num_classes: int = 0) -> nn.Module:
 
 
 def check_net(cfg: dict, data_shape, num_classes: int = 0) -> int:
-    """Build the network on the meta device (shapes only, no memory) to check ``cfg`` against the
-    data; returns its parameter count. Same errors as ``build_net``."""
-    with torch.device("meta"):
-        net = build_net(cfg, data_shape, num_classes)
+    """Check the ``denoiser`` section: a registered name, the sizes ``NET_FIELDS`` declares, then the
+    network built on the meta device (shapes only, no memory) for the data; returns its parameter
+    count. ``ConfigError`` naming the key."""
+    check_section({"name": NET_NAME}, {"name": cfg.get("name")}, "denoiser")
+    check_section({"name": NET_NAME, **NET_FIELDS[cfg["name"]]}, cfg, "denoiser")
+
+    def build_on_meta(section: dict) -> nn.Module:
+        with torch.device("meta"):
+            return build_net(section, data_shape, num_classes)
+
+    net = check_built(build_on_meta, cfg, "denoiser", f" for data of shape {tuple(data_shape)}")
     return sum(p.numel() for p in net.parameters())
