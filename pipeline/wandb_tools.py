@@ -51,8 +51,8 @@ def main(args):
             subprocess.run(["wandb", "sync", "--include-offline", str(r)], check=True)
         return
     cfg = load_cfg(args)
-    from difflab.report import analysis
-    from difflab.report.build import load_replicates
+    from difflab.report import build
+    from difflab.report.sections import budgets
     from difflab.report.wandb_report import publish_report, why_offline
     from difflab.tracking import wandb_group
 
@@ -60,17 +60,11 @@ def main(args):
     if reason:
         print(f"wandb-report: not published: {reason}", file=sys.stderr)
         sys.exit(1)
-    rows = analysis.read_csv(Path(args.results) / "comparison.csv")
-    pairing = analysis.Pairing(rows, load_replicates(args.evals, rows))
-    budgets = analysis.default_budgets(rows, cfg["sample"]["steps"])
-    url = publish_report(
-        rows,
-        analysis.budget_summary(rows, budgets, pairing),
-        entity=cfg["wandb"]["entity"],
-        project=cfg["wandb"]["project"],
-        group=wandb_group(cfg),
-        ties=analysis.tie_counts(rows, budgets, pairing),
-    )
+    seed_rows = build.read_seed_rows(args.results)
+    rows, pairing = build.comparison(seed_rows, build.load_replicates(args.evals, seed_rows), cfg)
+    summary = budgets(rows, build.context(rows, pairing, cfg, {}))
+    where = {"entity": cfg["wandb"]["entity"], "project": cfg["wandb"]["project"], "group": wandb_group(cfg)}
+    url = publish_report(rows, summary, where)
     print(f"W&B Report: {url}")
 
 

@@ -6,7 +6,7 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from difflab.report import analysis
+from difflab.results import Row, to_csv
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -43,7 +43,7 @@ def test_results_notebook_reads_the_comparison(tmp_path):
                              "nll_bpd": 3.0 + offset, "solver_error": 0.1 / steps, "seconds_per_sample": 1e-3,
                              "n_samples": 100, "feature_extractor": "classifier"})  # fmt: skip
     csv = tmp_path / "comparison.csv"
-    csv.write_text(analysis.to_csv(rows))
+    csv.write_text(to_csv([Row(sample_schedule=r["schedule"], **r) for r in rows]))
     nb = _execute("results", f"CSV = {str(csv)!r}", tmp_path)
     text = _text(nb)
     assert "8 rows: 2 schedules x 2 solvers" in text

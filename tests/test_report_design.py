@@ -1,4 +1,4 @@
-"""The "Training or sampling?" section: the log-SNR weights of the training losses against closed forms
+"""The "Training or sampling?" sections: the log-SNR weights of the training losses against closed forms
 (Kingma & Gao 2023) and histograms of the training times, the design table read from the config, the
 invariance marks, the cross-schedule heat map and the grid-effect plot on synthetic rows."""
 
@@ -10,8 +10,9 @@ import torch
 
 from difflab.losses import DiffusionLoss, target_slope2
 from difflab.parametrization import SIGMA_DATA
-from difflab.report import design
-from difflab.report.analysis import solver_families
+from difflab.report import axes, figures, page, sections, text, weights
+from difflab.report.tables import Pairing, Solvers
+from difflab.results import Row
 from difflab.schedules import get_schedule
 
 PARAMS = {
@@ -65,7 +66,7 @@ def test_log_snr_density_closed_form_matches_histogram_of_training_times(name, t
     schedule = get_schedule(name, **PARAMS[name])
     loss = DiffusionLoss(time_sampling=time_sampling)
     hist, sd, edges = _histogram(schedule, loss)
-    closed = _bin_means(lambda lam: design.log_snr_density(schedule, loss, lam), edges)
+    closed = _bin_means(lambda lam: weights.log_snr_density(schedule, loss, lam), edges)
     assert np.all(np.abs(hist - closed) <= 5 * sd + 2e-3 * closed.max())
     # and it is a density: the mass inside the interval (lognormal: less its clamped tails) is ~1
     assert np.sum(closed * np.diff(edges)) == pytest.approx(1.0, abs=0.01)
@@ -75,9 +76,9 @@ def test_histogram_fallback_matches_the_closed_form(monkeypatch):
     schedule = get_schedule("vp_linear", **PARAMS["vp_linear"])
     loss = DiffusionLoss(time_sampling="uniform")
     lam = np.linspace(-9, 8, 50)
-    closed = design.log_snr_density(schedule, loss, lam)
-    monkeypatch.delitem(design.LOG_SNR_DENSITIES, "uniform")
-    hist = design.log_snr_density(schedule, loss, lam)
+    closed = weights.log_snr_density(schedule, loss, lam)
+    monkeypatch.delitem(weights.LOG_SNR_DENSITIES, "uniform")
+    hist = weights.log_snr_density(schedule, loss, lam)
     assert np.allclose(hist, closed, rtol=0.05, atol=0.01 * closed.max())
 
 
@@ -120,9 +121,9 @@ def test_implied_weight_closed_forms(name, closed):
     cfg = _cfg(schedules=[name])
     lo, hi = get_schedule(name, **PARAMS[name]).log_snr_range()
     lam = np.linspace(lo + 1e-6, hi - 1e-6, 101)
-    w = design.implied_weights(cfg, lam)[name]
+    w = weights.implied_weights(cfg, lam)[name]
     assert np.allclose(w, closed(lam), rtol=1e-6)
-    outside = design.implied_weights(cfg, np.array([lo - 1.0, hi + 1.0]))[name]
+    outside = weights.implied_weights(cfg, np.array([lo - 1.0, hi + 1.0]))[name]
     assert np.all(outside == 0)
 
 
@@ -141,7 +142,7 @@ def test_implied_weight_matches_the_training_loss_estimated_from_its_own_times(n
         return (loss.weight(D, t) * k2 / schedule.log_snr(t).exp()).numpy()
 
     hist, sd, edges = _histogram(schedule, loss, weight)
-    expected = _bin_means(lambda lam: design.implied_weights(cfg, lam)[name], edges)
+    expected = _bin_means(lambda lam: weights.implied_weights(cfg, lam)[name], edges)
     assert np.all(np.abs(hist - expected) <= 5 * sd + 2e-3 * expected.max())
 
 
@@ -149,16 +150,12 @@ def test_training_design_reads_the_config_and_the_schedule_recipe():
     cfg = _cfg()
     cfg["schedule"]["flow"]["prediction"] = "eps"
     cfg["loss"]["weighting"] = "min_snr"
-    rows = {r["schedule"]: r for r in design.training_design(cfg)}
+    rows = {r["schedule"]: r for r in weights.training_design(cfg)}
     assert list(rows) == ["vp_linear", "ve", "flow", "edm"]
-    assert (rows["flow"]["prediction"], rows["flow"]["prediction_source"]) == ("eps", "config")
-    assert (rows["ve"]["prediction"], rows["ve"]["prediction_source"]) == ("edm", "schedule's own")
-    assert rows["edm"]["time_sampling"] == "lognormal (P_mean -1.2, P_std 1.2)"
-    assert rows["edm"]["time_sampling_source"] == "schedule's recipe"
-    assert rows["vp_linear"]["time_sampling"] == "stratified"
-    assert rows["vp_linear"]["time_sampling_source"] == "loss default"
-    assert rows["edm"]["weighting"] == "min_snr (min_snr_gamma 5)"
-    assert rows["edm"]["weighting_source"] == "config"
+    assert rows["flow"]["prediction"] == "eps (config)" and rows["ve"]["prediction"] == "edm (schedule's own)"
+    assert rows["edm"]["time_sampling"] == "lognormal (P_mean -1.2, P_std 1.2) (schedule's recipe)"
+    assert rows["vp_linear"]["time_sampling"] == "stratified (loss default)"
+    assert rows["edm"]["weighting"] == "min_snr (min_snr_gamma 5) (config)"
     assert rows["ve"]["path"].startswith("alpha = 1")
     assert rows["vp_linear"]["path"].startswith("alpha^2 + sigma^2 = 1")
     assert rows["flow"]["alpha_sigma"] == "alpha = 1 - t, sigma = t"
@@ -169,32 +166,27 @@ def test_training_design_reads_the_config_and_the_schedule_recipe():
     lam = np.linspace(-5, 5, 11)
     flow = get_schedule("flow")
     assert np.allclose(
-        design.implied_weights(_cfg(schedules=["flow"], schedule={"flow": {"prediction": "eps"}}), lam)[
+        weights.implied_weights(_cfg(schedules=["flow"], schedule={"flow": {"prediction": "eps"}}), lam)[
             "flow"
         ],
-        design.log_snr_density(flow, DiffusionLoss(), lam),
+        weights.log_snr_density(flow, DiffusionLoss(), lam),
     )
 
 
-FAMILIES = solver_families(["euler", "heun", "ddim", "dpm_solver_2m", "euler_maruyama"])
+SOLVERS = Solvers.of(["euler", "heun", "ddim", "dpm_solver_2m", "euler_maruyama"])
 SCHEDULES = ["vp_linear", "ve", "flow"]
 
 
-def _row(schedule, solver, steps, fid, sample_schedule=None, grid="logsnr", err=None, w=None):
+def _row(schedule, solver, steps, fid, sample_schedule=None, grid="logsnr", err=None):
     nfe = {"heun": 2 * steps - 1}.get(solver, steps)
-    return {
-        "schedule": schedule,
-        "sample_schedule": sample_schedule or schedule,
-        "grid": grid,
-        "guidance_scale": w,
-        "solver": solver,
-        "steps": steps,
+    measured = {
         "nfe": float(nfe),
         "fid": float(fid),
         "fid_lo": fid * 0.9,
         "fid_hi": fid * 1.1,
         "invariance_error": err,
     }
+    return Row(schedule, solver, steps, sample_schedule or schedule, grid=grid, **measured)
 
 
 def _cross_rows():
@@ -226,13 +218,10 @@ def test_invariance_marks_flag_a_row_above_tol():
         _row("flow", "dpm_solver_2m", 20, 5.0, err=1e-5),
         _row("flow", "euler", 10, 5.0),  # a t-stepper: not marked
         _row("ve", "ddim", 10, 5.0, grid="uniform", err=2e-2),  # uniform in t: its own summary
-        {
-            k: v for k, v in _row("flow", "dpm_solver_2m", 5, 5.0).items() if k != "invariance_error"
-        },  # old row
+        _row("flow", "dpm_solver_2m", 5, 5.0),  # not measured
     ]
-    marks = design.invariance_marks(rows, FAMILIES, tol=1e-3)
-    by_id = {m["id"]: m["mark"] for m in marks["rows"]}
-    assert by_id == {
+    marks = axes.invariance_marks(rows, SOLVERS, tol=1e-3)
+    assert {r.key: m for r, m in marks} == {
         "vp_linear/ddim/10/logsnr": "identical within tol",
         "ve/ddim/10/logsnr": "NOT identical",
         "flow/dpm_solver_2m/10/logsnr": "NOT identical",
@@ -240,87 +229,103 @@ def test_invariance_marks_flag_a_row_above_tol():
         "flow/dpm_solver_2m/5/logsnr": "not measured",
         "ve/ddim/10/uniform": "NOT identical",
     }
-    assert [(s["solver"], s["grid"]) for s in marks["by_solver"]] == [
+    summary = axes.invariance_by_solver(marks, SOLVERS)
+    assert [(s.solver, s.grid) for s in summary] == [
         ("ddim", "uniform"),
         ("ddim", "logsnr"),
         ("dpm_solver_2m", "logsnr"),
     ]
-    solvers = {s["solver"]: s for s in marks["by_solver"] if s["grid"] == "logsnr"}
-    assert solvers["ddim"]["n_above"] == 1 and solvers["ddim"]["max_error"] == 3e-3
-    assert solvers["ddim"]["worst"] == "ve/ddim/10/logsnr" and solvers["ddim"]["mark"] == "NOT identical"
-    assert solvers["dpm_solver_2m"]["n_measured"] == 2 and solvers["dpm_solver_2m"]["mark"] == "NOT identical"
-    assert "NOT identical" in design.invariance_text(marks)
-    assert design.invariance_marks(rows, FAMILIES, tol=1e-2)["by_solver"][1]["mark"] == "identical within tol"
+    solvers = {s.solver: s for s in summary if s.grid == "logsnr"}
+    assert solvers["ddim"].n_above == 1 and solvers["ddim"].max_error == 3e-3
+    assert solvers["ddim"].worst == "ve/ddim/10/logsnr" and solvers["ddim"].mark == "NOT identical"
+    assert solvers["dpm_solver_2m"].n_measured == 2 and solvers["dpm_solver_2m"].mark == "NOT identical"
+    assert solvers["dpm_solver_2m"].n_rows == 3
+    sentence = text.invariance_text(marks, 1e-3)  # a NaN error counts as the largest
+    assert (
+        "Of 5 measured rows" in sentence
+        and "3 are NOT identical, the worst flow/dpm_solver_2m/10/logsnr" in sentence
+    )
+    loose = axes.invariance_by_solver(axes.invariance_marks(rows, SOLVERS, tol=1e-2), SOLVERS)
+    assert loose[1].mark == "identical within tol"
 
 
 def test_cross_heatmap_cells_and_png(tmp_path):
     rows = _cross_rows()
-    panels = design.cross_schedules(rows, FAMILIES)
-    assert [p["solver"] for p in panels] == ["euler", "heun", "euler_maruyama"]  # ODE first
+    panels = axes.cross_schedules(rows, SOLVERS)
+    assert [p.solver for p in panels] == ["euler", "heun", "euler_maruyama"]  # ODE first
     for p in panels:
-        assert p["steps"] == 10 and p["grid"] == "uniform"  # the middle step count; grids tie: GRIDS order
-        assert p["train"] == SCHEDULES and p["sample"] == SCHEDULES
-        fid = np.array(p["fid"])
+        assert p.steps == 10 and p.grid == "uniform"  # the middle step count; grids tie: GRIDS order
+        assert p.train == SCHEDULES and p.sample == SCHEDULES
+        fid = np.array(p.fid)
         assert fid.shape == (3, 3) and np.isfinite(fid).all()
         assert all(np.argmin(fid[i]) == SCHEDULES.index("flow") for i in range(3))
-    assert design.cross_schedules(rows, FAMILIES, nfe=19)[1]["steps"] == 10  # heun: NFE 19 at 10 steps
-    assert design.cross_schedules(rows, FAMILIES, nfe=19)[0]["steps"] == 20
-    assert "trained on vp_linear, the lowest FID is under flow" in design.cross_sentences(panels)[0]
-    png = design.cross_heatmap(rows, tmp_path / "cross.png", FAMILIES)
+    assert axes.cross_schedules(rows, SOLVERS, nfe=19)[1].steps == 10  # heun: NFE 19 at 10 steps
+    assert axes.cross_schedules(rows, SOLVERS, nfe=19)[0].steps == 20
+    assert "trained on vp_linear, the lowest FID is under flow" in text.cross_sentences(panels)[0]
+    png = figures.cross_heatmap(panels, tmp_path / "cross.png")
     assert png.exists() and png.read_bytes()[:4] == b"\x89PNG"
-    diagonal = [r for r in rows if r["sample_schedule"] == r["schedule"]]
-    assert design.cross_heatmap(diagonal, tmp_path / "none.png", FAMILIES) is None
+    diagonal = [r for r in rows if r.on_diagonal]
+    assert (
+        axes.cross_schedules(diagonal, SOLVERS) == []
+        and figures.cross_heatmap([], tmp_path / "none.png") is None
+    )
     assert not (tmp_path / "none.png").exists()
-    old = [{k: v for k, v in r.items() if k not in ("sample_schedule", "grid")} for r in diagonal]
-    assert design.cross_schedules(old, FAMILIES) == []
 
 
 def test_grid_effect_lines_and_png(tmp_path):
     rows = _cross_rows()
-    panels = design.grid_effect(rows, FAMILIES)
-    groups = {p["group"]: p for p in panels}
+    panels = axes.grid_effect(rows, SOLVERS)
+    groups = {p.group: p for p in panels}
     assert list(groups) == ["ODE, order 1", "ODE, order 2", "SDE, order 1"]
-    assert groups["ODE, order 1"]["solver"] == "ddim"  # 8 * ... beats euler's 10 * ...
-    assert groups["ODE, order 2"]["solver"] == "dpm_solver_2m"
-    assert groups["SDE, order 1"]["solver"] == "euler_maruyama"
+    assert groups["ODE, order 1"].solver == "ddim"  # 8 * ... beats euler's 10 * ...
+    assert groups["ODE, order 2"].solver == "dpm_solver_2m"
+    assert groups["SDE, order 1"].solver == "euler_maruyama"
     for p in panels:
-        assert list(p["lines"]) == ["uniform", "logsnr"]  # GRIDS order
-        assert all(len(pts) == 3 for pts in p["lines"].values())
-        assert all(
-            r["sample_schedule"] == r["schedule"] == p["schedule"] for pts in p["lines"].values() for r in pts
-        )
-    assert groups["SDE, order 1"]["schedule"] == "flow"  # its diagonal: 0.5 x (10 + 2) < 10
-    assert "the lowest FID comes from the logsnr grid at 3 of 3 NFEs" in design.grid_sentences(panels)[0]
-    png = design.grid_effect_plot(rows, tmp_path / "grid.png", FAMILIES)
+        assert list(p.lines) == ["uniform", "logsnr"]  # GRIDS order
+        assert all(len(pts) == 3 for pts in p.lines.values())
+        assert all(r.sample_schedule == r.schedule == p.schedule for pts in p.lines.values() for r in pts)
+    assert groups["SDE, order 1"].schedule == "flow"  # its diagonal: 0.5 x (10 + 2) < 10
+    assert "the lowest FID comes from the logsnr grid at 3 of 3 NFEs" in text.grid_sentences(panels)[0]
+    png = figures.grid_effect(panels, tmp_path / "grid.png")
     assert png.exists() and png.read_bytes()[:4] == b"\x89PNG"
-    one_grid = [r for r in rows if r["grid"] == "logsnr"]
-    assert design.grid_effect_plot(one_grid, tmp_path / "none.png", FAMILIES) is None
-    old = [{k: v for k, v in r.items() if k != "grid"} for r in one_grid]
-    assert design.grid_effect(old, FAMILIES) == []
+    assert axes.grid_effect([r for r in rows if r.grid == "logsnr"], SOLVERS) == []
 
 
-def test_section_html_holds_the_tables_values(tmp_path):
+def _design_html(rows, cfg, plots) -> tuple[str, list]:
+    reps = {r.key: r.fid + np.linspace(-1, 1, 8) for r in rows}
+    ctx = sections.ReportContext(cfg=cfg, pairing=Pairing(rows, reps), solvers=SOLVERS, plots=plots)
+    shown = [f(rows, ctx) for f in (sections.training_design, sections.log_snr_solvers, sections.t_solvers,
+                                    sections.time_grid)]  # fmt: skip
+    return "\n".join(page.section(s) for s in shown), shown
+
+
+def test_design_sections_hold_the_tables_values(tmp_path):
     rows = _cross_rows()
     cfg = _cfg(schedules=SCHEDULES)
     cfg["schedule"]["flow"]["prediction"] = "x0"
-    figs = design.figures(rows, cfg, FAMILIES, tmp_path)
-    assert set(figs) == {"loss_weights", "cross_schedule", "grid_effect"}
-    assert all(p.exists() for p, _ in figs.values())
-    text = design.section_html(rows, cfg, FAMILIES, {k: p for k, (p, _) in figs.items()})
-    assert text.startswith("<h2>Training or sampling?</h2>")
-    assert text.count("<img ") == 3 and "data:image/png;base64," in text
-    assert "x0 (config)" in text and "edm (schedule&#x27;s own)" in text
-    assert "<td>1234</td>" in text and "mlp (width 64)" in text
-    assert "alpha = 1 - t, sigma = t" in text
-    assert "0.004" in text and "NOT identical" in text  # dpm_solver_2m's invariance error
-    assert "trained on ve, the lowest FID is under flow" in text
-    # old rows: no sample schedule, grid or invariance error; no figures but the loss weights
-    old = [
-        {k: v for k, v in r.items() if k not in ("sample_schedule", "grid", "invariance_error")}
-        for r in rows
-        if r["sample_schedule"] == r["schedule"] and r["grid"] == "logsnr"
+    html, shown = _design_html(rows, cfg, tmp_path)
+    t_steppers = "Solvers that step in t: training schedule x sampling schedule"
+    titles = [
+        "Training or sampling?",
+        "Solvers that step in log-SNR",
+        t_steppers,
+        "What the time grid changes",
     ]
-    figs = design.figures(old, cfg, FAMILIES, tmp_path / "old")
-    assert set(figs) == {"loss_weights"}
-    text = design.section_html(old, cfg, FAMILIES, figs)
-    assert text.count("<img ") == 1 and "not measured" in text and "One time grid only" in text
+    assert [s.title for s in shown] == titles
+    assert [f.name for s in shown for f in s.figures] == ["design_loss_weights", "design_cross_schedule",
+                                                          "design_grid_effect"]  # fmt: skip
+    assert all(f.path.exists() for s in shown for f in s.figures)
+    assert html.count("<img ") == 3 and "data:image/png;base64," in html
+    assert "x0 (config)" in html and "edm (schedule&#x27;s own)" in html
+    assert "<td>1234</td>" in html and "mlp (width 64)" in html
+    assert "alpha = 1 - t, sigma = t" in html
+    assert "0.004" in html and "NOT identical" in html  # dpm_solver_2m's invariance error
+    (marks,) = shown[1].tables
+    row = dict(zip(marks.header, next(r for r in marks.rows if r[:2] == ("dpm_solver_2m", "logsnr"))))
+    assert row["rows measured"] == 9 and row["max |dx|"] == 4e-3 and row["rows above 0.001"] == 9
+    assert row["worst row"].startswith("vp_linear/dpm_solver_2m/") and row["mark"] == "NOT identical"
+    assert "trained on ve, the lowest FID is under flow" in html
+    # no sampling schedule off the diagonal, one grid, nothing measured: no figures but the loss weights
+    plain = [r.replace(invariance_error=None) for r in rows if r.on_diagonal and r.grid == "logsnr"]
+    html, shown = _design_html(plain, cfg, tmp_path / "plain")
+    assert html.count("<img ") == 1 and "not measured" in html and "One time grid only" in html

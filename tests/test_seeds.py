@@ -1,7 +1,8 @@
 """Training replicates: the seed-combined FID and paired difference reduce to the one-seed functions,
 match the random-effects formula by hand, cover the true mean in simulation (and are optimistic
-where the seed spread dominates, as documented); per-seed rows fold into one row per setting; the
-seed pairing equals ``analysis.Pairing`` with one seed; which schedule differences survive."""
+where the seed spread dominates, as documented); per-seed rows fold into one row per setting
+(``results.aggregate_seeds``); the pairing with one seed is the plain paired difference; which
+schedule differences survive."""
 
 from __future__ import annotations
 
@@ -18,21 +19,12 @@ from difflab.metrics.paired import (
     seed_combined_difference,
     seed_matrix_difference,
 )
-from difflab.report import analysis
-from difflab.report.seeds import (
-    SeedPairing,
-    aggregate_seeds,
-    seed_row_id,
-    survival_sentences,
-    surviving_differences,
-)
+from difflab.report.tables import Pairing, Solvers, budget_summary, plausible_frontier, surviving_differences
+from difflab.report.text import survival_sentences
+from difflab.results import Row, aggregate_seeds
 
 Z = NormalDist().inv_cdf(0.975)
-ODE_FAMILIES = {
-    "ddim": {"family": "ode", "adaptive": False},
-    "rk45": {"family": "ode", "adaptive": True},
-    "ddpm": {"family": "sde", "adaptive": False},
-}
+SOLVERS = Solvers.of(["ddim", "rk45", "ddpm"])
 
 
 def _orthogonal(k: int, b: int) -> np.ndarray:
@@ -170,13 +162,12 @@ def test_optimistic_when_the_seed_spread_dominates():
 # --- per-seed rows -> one row per setting ------------------------------------------------------
 
 
-def _row(schedule, solver, steps, seed, fid, **extra):
-    return {
-        "schedule": schedule, "sample_schedule": schedule, "grid": "logsnr", "guidance_scale": None,
-        "seed": seed, "n_seeds": 1, "solver": solver, "steps": steps, "nfe": float(steps + 1), "fid": fid,
-        "fid_lo": fid - 1, "fid_hi": fid + 1, "fid_seed_sd": None, "kid_mean": fid / 100, "nll_bpd": None,
-        "invariance_error": None, "n_samples": 1000, "feature_extractor": "classifier", **extra,
-    }  # fmt: skip
+def _row(schedule, solver, steps, seed, fid, sample_schedule=None, **extra):
+    return Row(
+        schedule=schedule, sample_schedule=sample_schedule or schedule, grid="logsnr", seed=(seed,),
+        solver=solver, steps=steps, nfe=float(steps + 1), fid=fid, fid_lo=fid - 1, fid_hi=fid + 1,
+        kid_mean=fid / 100, n_samples=1000, feature_extractor="classifier", **extra,
+    )  # fmt: skip
 
 
 def _per_seed(fid_by_seed: dict[tuple, list[float]], seeds=(0, 1, 2), b=100, rng_seed=0):
@@ -189,30 +180,32 @@ def _per_seed(fid_by_seed: dict[tuple, list[float]], seeds=(0, 1, 2), b=100, rng
         for seed, fid in zip(seeds, fids):
             r = _row(schedule, solver, steps, seed, fid)
             rows.append(r)
-            reps[seed_row_id(r)] = fid + 0.2 + 0.5 * shared + 0.1 * rng.standard_normal(b)
+            reps[r.seed_key] = fid + 0.2 + 0.5 * shared + 0.1 * rng.standard_normal(b)
     return rows, reps
 
 
 def test_aggregate_groups_and_averages():
     rows, reps = _per_seed({("vp_cosine", "ddim", 10): [5.0, 6.0, 5.5], ("ve", "ddim", 10): [7.0, 7.5, 8.0]})
-    rows[0].update(invariance_error=0.1, nll_bpd=3.0)
-    rows[1].update(invariance_error=0.3, nll_bpd=3.2)
-    rows[2].update(invariance_error=0.2, nll_bpd=3.4)
-    rows[3]["nfe"] = 13.0  # an adaptive solver's count may differ per seed
+    for k, (err, nll) in enumerate([(0.1, 3.0), (0.3, 3.2), (0.2, 3.4)]):
+        rows[k] = rows[k].replace(invariance_error=err, nll_bpd=nll)
+    rows[3] = rows[3].replace(nfe=13.0)  # an adaptive solver's count may differ per seed
     agg, agg_reps = aggregate_seeds(rows[::-1], reps)  # any input order
-    assert [analysis.row_id(r) for r in agg] == ["ve/ddim/10/logsnr", "vp_cosine/ddim/10/logsnr"]
+    assert [r.key for r in agg] == ["ve/ddim/10/logsnr", "vp_cosine/ddim/10/logsnr"]
     ve, cos = agg
-    assert cos["seed"] == "0 1 2" and cos["n_seeds"] == 3 and cos["fid_by_seed"] == [5.0, 6.0, 5.5]
-    boots = np.stack([reps[seed_row_id(r)] for r in rows[:3]])
+    assert cos.seed == (0, 1, 2) and cos.n_seeds == 3 and cos.fid_by_seed == (5.0, 6.0, 5.5)
+    boots = np.stack([reps[r.seed_key] for r in rows[:3]])
     np.testing.assert_array_equal(agg_reps["vp_cosine/ddim/10/logsnr"], boots)
     c = seed_combined([5.0, 6.0, 5.5], boots)
-    assert (cos["fid"], cos["fid_lo"], cos["fid_hi"], cos["fid_seed_sd"]) == (
-        c["fid"], c["fid_lo"], c["fid_hi"], c["seed_sd"]
-    )  # fmt: skip
-    assert cos["invariance_error"] == 0.3 and cos["nll_bpd"] == pytest.approx(3.2)
-    assert ve["nfe"] == pytest.approx(35 / 3) and ve["invariance_error"] is None and ve["nll_bpd"] is None
-    assert cos["steps"] == 10 and isinstance(cos["steps"], int) and cos["kid_mean"] == pytest.approx(0.055)
-    assert cos["n_samples"] == 1000 and cos["feature_extractor"] == "classifier"
+    assert (cos.fid, cos.fid_lo, cos.fid_hi, cos.fid_seed_sd) == (
+        c["fid"],
+        c["fid_lo"],
+        c["fid_hi"],
+        c["seed_sd"],
+    )
+    assert cos.invariance_error == 0.3 and cos.nll_bpd == pytest.approx(3.2)
+    assert ve.nfe == pytest.approx(35 / 3) and ve.invariance_error is None and ve.nll_bpd is None
+    assert cos.steps == 10 and isinstance(cos.steps, int) and cos.kid_mean == pytest.approx(0.055)
+    assert cos.n_samples == 1000 and cos.feature_extractor == "classifier"
 
 
 def test_aggregate_errors():
@@ -225,7 +218,7 @@ def test_aggregate_errors():
         aggregate_seeds(
             rows, {k: v for k, v in reps.items() if not k.endswith("cosine/ddim/10/logsnr/seed=1")}
         )
-    rows[4]["n_samples"] = 500
+    rows[4] = rows[4].replace(n_samples=500)
     with pytest.raises(ValueError, match="ve/ddim/10/logsnr: the seeds' n_samples differ"):
         aggregate_seeds(rows, reps)
 
@@ -235,38 +228,41 @@ def test_aggregate_errors():
 SETTINGS = [("vp_linear", "ddim", 5), ("vp_cosine", "ddim", 5), ("ve", "ddim", 5), ("vp_linear", "ddim", 10)]
 
 
-def test_one_seed_pairing_equals_pairing():
+def test_one_seed_pairing_is_the_plain_paired_difference():
+    """One seed: ``diff`` is ``paired_difference`` of the rows' FIDs and replicates, ``against`` is
+    ``replicate_matrix_difference``, whether the replicates are held as ``[1, B]`` or ``[B]``."""
     rng = np.random.default_rng(6)
     rows, reps = _per_seed({s: [float(rng.uniform(4, 9))] for s in SETTINGS}, seeds=(0,))
     agg, agg_reps = aggregate_seeds(rows, reps)
-    plain = analysis.Pairing(agg, {k: v[0] for k, v in agg_reps.items()})
-    for pairing in (SeedPairing(agg, agg_reps), SeedPairing(agg, {k: v[0] for k, v in agg_reps.items()})):
-        assert pairing.ids == plain.ids and pairing.index == plain.index
-        np.testing.assert_array_equal(pairing.fid, plain.fid)
-        for a in agg:
+    flat = {k: v[0] for k, v in agg_reps.items()}
+    fid, boots = np.array([r.fid for r in agg]), np.stack([flat[r.key] for r in agg])
+    kept = []
+    for pairing in (Pairing(agg, agg_reps), Pairing(agg, flat)):
+        assert pairing.n_seeds == 1
+        for i, a in enumerate(agg):
+            want = replicate_matrix_difference(fid, boots, i)
             for k in ("fid_diff", "diff_lo", "diff_hi"):
-                np.testing.assert_array_equal(pairing.against(a)[k], plain.against(a)[k])
+                np.testing.assert_array_equal(pairing.against(a)[k], want[k])
             for b in agg:
-                assert pairing.diff(a, b) == plain.diff(a, b)
-        budgets = [6, 11]
-        assert analysis.plausible_frontier(agg, pairing) == analysis.plausible_frontier(agg, plain)
-        assert analysis.budget_summary(agg, budgets, pairing) == analysis.budget_summary(agg, budgets, plain)
+                d = pairing.diff(a, b)
+                plain = paired_difference(a.fid, b.fid, flat[a.key], flat[b.key])
+                assert (d.a, d.b) == (a, b) and {k: getattr(d, k) for k in plain} == plain
+        kept.append((plausible_frontier(agg, pairing), budget_summary(agg, [6, 11], pairing)))
+    assert kept[0] == kept[1]
 
 
 def test_seed_pairing_is_seed_combined():
     rng = np.random.default_rng(7)
     rows, reps = _per_seed({s: list(rng.uniform(4, 9, 3)) for s in SETTINGS})
     agg, agg_reps = aggregate_seeds(rows, reps)
-    pairing = SeedPairing(agg, agg_reps)
+    pairing = Pairing(agg, agg_reps)
     a, b = agg[0], agg[2]
-    want = seed_combined_difference(a["fid_by_seed"], b["fid_by_seed"], agg_reps[analysis.row_id(a)],
-                                    agg_reps[analysis.row_id(b)])  # fmt: skip
-    assert pairing.diff(a, b) == want
-    assert pairing.against(a)["diff_lo"][pairing.index[analysis.row_id(b)]] == pytest.approx(want["diff_lo"])
+    want = seed_combined_difference(a.fid_by_seed, b.fid_by_seed, agg_reps[a.key], agg_reps[b.key])
+    assert {k: getattr(pairing.diff(a, b), k) for k in want} == want
+    assert pairing.against(a)["diff_lo"][pairing.index[b.key]] == pytest.approx(want["diff_lo"])
     assert pairing.n_seeds == 3
-    stripped = [{k: v for k, v in r.items() if k != "fid_by_seed"} for r in agg]
     with pytest.raises(ValueError, match="fid_by_seed"):
-        SeedPairing(stripped, agg_reps)
+        Pairing([r.replace(fid_by_seed=None) for r in agg], agg_reps)
 
 
 # --- which schedule differences survive --------------------------------------------------------
@@ -285,20 +281,20 @@ def _survival_table():
         ("ve", "rk45", 0): [3.0, 3.1, 3.0],
     }
     rows, reps = _per_seed(fids)
-    off = _row("vp_linear", "ddim", 10, 0, 1.0, sample_schedule="ve")
-    rows += [off, {**off, "seed": 1}, {**off, "seed": 2}]
-    reps.update({seed_row_id(r): 1.0 + 0.1 * np.arange(100) / 100 for r in rows[-3:]})
-    return aggregate_seeds(rows, reps)
+    off = [_row("vp_linear", "ddim", 10, seed, 1.0, sample_schedule="ve") for seed in (0, 1, 2)]
+    reps.update({r.seed_key: 1.0 + 0.1 * np.arange(100) / 100 for r in off})
+    return aggregate_seeds(rows + off, reps)
 
 
 def test_surviving_differences():
     agg, reps = _survival_table()
-    out = surviving_differences(agg, SeedPairing(agg, reps), ODE_FAMILIES)
-    pairs = {(o["schedule_a"], o["schedule_b"]): o for o in out}
+    out = surviving_differences(agg, Pairing(agg, reps), SOLVERS)
+    pairs = {(d.a.schedule, d.b.schedule): d for d in out}
     assert sorted(pairs) == [("vp_cosine", "ve"), ("vp_linear", "ve"), ("vp_linear", "vp_cosine")]
-    assert {(o["solver"], o["steps"], o["grid"]) for o in out} == {("ddim", 10, "logsnr")}
-    assert pairs[("vp_linear", "vp_cosine")]["survives"] and pairs[("vp_linear", "vp_cosine")]["fid_diff"] > 0
-    assert not pairs[("vp_linear", "ve")]["survives"]  # training noise alone (seed 0 alone: 8 vs 9)
+    assert {(d.a.solver, d.a.steps, d.a.grid) for d in out} == {("ddim", 10, "logsnr")}
+    assert all(d.a.on_diagonal and d.b.on_diagonal and d.p_holm >= d.p_value for d in out)
+    assert pairs[("vp_linear", "vp_cosine")].resolved and pairs[("vp_linear", "vp_cosine")].fid_diff > 0
+    assert not pairs[("vp_linear", "ve")].resolved  # training noise alone (seed 0 alone: 8 vs 9)
     lines = survival_sentences(out, 3)
     assert "3 training seeds" in lines[0] and "2 degrees of freedom" in lines[0]
     assert any(s.startswith("vp_linear - vp_cosine: survives in 1 of 1") and "lower FID for vp_cosine" in s
@@ -312,8 +308,8 @@ def test_one_seed_survival_is_sampling_noise_only():
     training noise is not counted; the sentences say so."""
     rows, reps = _per_seed({("vp_linear", "ddim", 10): [8.0], ("ve", "ddim", 10): [9.0]}, seeds=(0,))
     agg, agg_reps = aggregate_seeds(rows, reps)
-    out = surviving_differences(agg, SeedPairing(agg, agg_reps), ODE_FAMILIES)
-    assert len(out) == 1 and out[0]["survives"]
+    out = surviving_differences(agg, Pairing(agg, agg_reps), SOLVERS)
+    assert len(out) == 1 and out[0].resolved
     lines = survival_sentences(out, 1)
     assert "training variance is not included" in lines[0] and "sampling noise" in lines[0]
     assert survival_sentences([], 1)[-1].startswith("No two training schedules")

@@ -20,6 +20,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+import numpy as np
+
 ADAPTIVE_STEPS = 0  # an adaptive solver's row: its steps are chosen by the solver, its NFE measured
 
 
@@ -226,3 +228,70 @@ def sort_rows(rows: Sequence[Row], models: Sequence[str] = (), solvers: Sequence
     return sorted(
         rows, key=lambda r: (rank(models, r.model), r.model, rank(solvers, r.solver), r.solver, r.steps)
     )
+
+
+# -- training seeds: one row per setting ---------------------------------------------------------------
+_IDENTITY = ("schedule", "solver", "steps", "sample_schedule", "grid", "guidance_scale", "model")
+_BY_SEEDS = ("seed", "n_seeds", "fid", "fid_lo", "fid_hi", "fid_seed_sd", "fid_by_seed")
+_AGREE = ("n_samples", "feature_extractor", "beats_converged")  # the seeds must agree on these
+_MAX = ("invariance_error",)  # the largest over seeds; every other number is the mean
+
+
+def _combine(name: str, values: list, key: str):
+    present = [v for v in values if v is not None]
+    if not present:
+        return None
+    if name not in _AGREE and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in present):
+        return float(max(present) if name in _MAX else np.mean(present))
+    if any(v != present[0] for v in present) or len(present) != len(values):
+        raise ValueError(f"{key}: the seeds' {name} differ ({values}); they must agree")
+    return present[0]
+
+
+def _by_setting(rows: Sequence[Row]) -> dict[str, list[Row]]:
+    """Per-seed rows by ``key`` in order of first appearance, each by seed; a seed twice in a setting,
+    or settings trained on different seeds, is a ValueError naming the row."""
+    groups: dict[str, list[Row]] = {}
+    for r in rows:
+        groups.setdefault(r.key, []).append(r)
+    seeds = {key: [s for r in sorted(g, key=lambda r: r.seed) for s in r.seed] for key, g in groups.items()}
+    for key, s in seeds.items():
+        if len(set(s)) != len(s):
+            raise ValueError(f"{key}: seed repeated in {s}")
+    first = next(iter(seeds), None)
+    odd = next((k for k, s in seeds.items() if s != seeds[first]), None)
+    if odd is not None:
+        raise ValueError(
+            f"{odd}: trained on seeds {seeds[odd]} but {first} on {seeds[first]}; "
+            "every row must be trained on the same seeds"
+        )
+    return {key: sorted(g, key=lambda r: r.seed) for key, g in groups.items()}
+
+
+def aggregate_seeds(rows: Sequence[Row], replicates: dict) -> tuple[list[Row], dict]:
+    """Per-seed rows and their FID bootstrap replicates ``{row.seed_key: [B]}`` -> one row per setting
+    (in order of first appearance) and ``{row.key: [K, B]}`` (seeds in increasing order): FID and its
+    95% interval from ``metrics.paired.seed_combined``, ``fid_seed_sd``, ``seed``, ``n_seeds``,
+    ``fid_by_seed``; ``invariance_error`` the largest over the seeds, other numbers the mean, the rest
+    common to them."""
+    from difflab.metrics.paired import seed_combined
+
+    out_rows, out_reps = [], {}
+    names = [f.name for f in fields(Row) if f.name not in _IDENTITY + _BY_SEEDS]
+    for key, group in _by_setting(rows).items():
+        missing = [r.seed_key for r in group if r.seed_key not in replicates]
+        if missing:
+            raise ValueError(f"no bootstrap replicates for {missing[0]}")
+        boots = [np.asarray(replicates[r.seed_key], np.float64) for r in group]
+        if len({b.shape for b in boots}) > 1 or boots[0].ndim != 1:
+            raise ValueError(f"{key}: seeds hold replicates of shapes {[b.shape for b in boots]}")
+        fids = tuple(float(r.fid) for r in group)
+        c = seed_combined(fids, np.stack(boots))
+        measured = {n: _combine(n, [getattr(r, n) for r in group], key) for n in names}
+        seed = tuple(s for r in group for s in r.seed)
+        by_seeds = dict(fid=c["fid"], fid_lo=c["fid_lo"], fid_hi=c["fid_hi"], fid_seed_sd=c["seed_sd"])
+        out_rows.append(
+            group[0].replace(**measured, **by_seeds, seed=seed, n_seeds=len(group), fid_by_seed=fids)
+        )
+        out_reps[key] = np.stack(boots)
+    return out_rows, out_reps

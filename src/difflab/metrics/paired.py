@@ -19,7 +19,9 @@ Training replicates (``seed_combined``, ``seed_combined_difference``, ``seed_mat
 combine one row's K per-seed estimates by the one-way random-effects method of moments: the spread
 between trainings plus each seed's sampling noise, from the bootstrap replicates of every seed.
 
-The replicate arithmetic is numpy only; torch is imported where features are resampled.
+The replicates come from the evaluate stage (``fid.bootstrap_fid`` with one bootstrap seed, so
+every row is resampled at the same indices; ``save_row_features`` keeps them); the arithmetic here is
+numpy only.
 """
 
 from __future__ import annotations
@@ -182,131 +184,6 @@ def seed_matrix_difference(fids, boots, i: int, *, level: float = LEVEL) -> dict
     return {"fid_diff": diff, "diff_lo": diff - half, "diff_hi": diff + half}
 
 
-def _aligned(features_a, features_b, indices_a, indices_b):
-    """The two feature sets ordered by sample index; their index sets must be equal."""
-    import torch
-
-    fa, fb = torch.as_tensor(features_a), torch.as_tensor(features_b)
-    if fa.ndim != 2 or fb.ndim != 2 or fa.shape[1] != fb.shape[1]:
-        raise ValueError(
-            f"features must be [n, d] with the same d, got {tuple(fa.shape)} and {tuple(fb.shape)}"
-        )
-    if (indices_a is None) != (indices_b is None):
-        raise ValueError("give the sample indices of both rows (indices_a and indices_b) or of neither")
-    if indices_a is None:
-        if fa.shape[0] != fb.shape[0]:
-            raise ValueError(
-                f"rows hold {fa.shape[0]} and {fb.shape[0]} samples; a paired comparison needs the same "
-                "sample indices (pass indices_a/indices_b)"
-            )
-        return fa, fb
-    ia, ib = np.asarray(indices_a).reshape(-1), np.asarray(indices_b).reshape(-1)
-    if len(ia) != fa.shape[0] or len(ib) != fb.shape[0]:
-        raise ValueError(
-            f"indices ({len(ia)}, {len(ib)}) do not match the rows ({fa.shape[0]}, {fb.shape[0]})"
-        )
-    if len(np.unique(ia)) != len(ia) or len(np.unique(ib)) != len(ib):
-        raise ValueError("sample indices repeat within a row")
-    if not np.array_equal(np.sort(ia), np.sort(ib)):
-        extra = np.setxor1d(ia, ib)
-        raise ValueError(
-            f"rows hold different sample indices ({len(extra)} not in both, e.g. {extra[:3].tolist()}); "
-            "a paired comparison needs the same ones"
-        )
-    return fa[torch.as_tensor(np.argsort(ia))], fb[torch.as_tensor(np.argsort(ib))]
-
-
-def paired_fid_difference(
-    features_a,
-    features_b,
-    reference_stats: dict,
-    *,
-    bootstrap: int = 200,
-    seed: int = 0,
-    indices_a=None,
-    indices_b=None,
-    device="cpu",
-    level: float = LEVEL,
-) -> dict[str, float]:
-    """``FID(a) - FID(b)`` of two rows' generated features ``[n, d]`` against fixed
-    ``reference_stats`` (``mu`` ``[d]``, ``sigma`` ``[d, d]``, as ``fid.reference_statistics``
-    returns), with a 95% interval from ``bootstrap`` paired resamples: the same resampled sample
-    indices for both rows (``fid.bootstrap_draws(n, bootstrap, seed)``, batched by
-    ``fid.bootstrap_fid``), bias-shifted like the single-row interval.
-
-    Row ``k`` of ``features_a`` and of ``features_b`` must be the same sample index; pass
-    ``indices_a``/``indices_b`` (the rows' sample indices, any order) to align them, else equal
-    ``n`` is required. Different index sets are a ValueError. Returns ``dict(fid_diff, diff_lo,
-    diff_hi, se, p_value, fid_a, fid_b, n, bootstrap)``; FIDs here are float64 (``fid_of_features``),
-    within ~1e-5 of torch-fidelity's."""
-    import torch
-
-    from difflab.metrics.fid import _small_linalg, bootstrap_draws, bootstrap_fid, fid_of_features
-
-    if isinstance(bootstrap, bool) or not isinstance(bootstrap, int) or bootstrap < 2:
-        raise ValueError(f"bootstrap={bootstrap!r} must be an integer >= 2")
-    fa, fb = _aligned(features_a, features_b, indices_a, indices_b)
-    mu = torch.as_tensor(np.asarray(reference_stats["mu"]), dtype=torch.float64)
-    sigma = torch.as_tensor(np.asarray(reference_stats["sigma"]), dtype=torch.float64)
-    n, d = fa.shape
-    draws = bootstrap_draws(n, bootstrap, seed)
-    with _small_linalg(d, device):
-        boots_a = bootstrap_fid(fa, mu, sigma, bootstrap, device=device, draws=draws).numpy()
-        boots_b = bootstrap_fid(fb, mu, sigma, bootstrap, device=device, draws=draws).numpy()
-        fid_a = fid_of_features(fa, mu, sigma, device=device)
-        fid_b = fid_of_features(fb, mu, sigma, device=device)
-    out = paired_difference(fid_a, fid_b, boots_a, boots_b, level=level)
-    return {**out, "fid_a": fid_a, "fid_b": fid_b, "n": int(n), "bootstrap": bootstrap}
-
-
-def _poly_kernel(x, y):
-    """torch-fidelity's KID kernel ``(x . y / d + 1)^3``."""
-    return (x @ y.T / x.shape[1] + 1) ** 3
-
-
-def paired_kid_difference(
-    features_a,
-    features_b,
-    reference_features,
-    *,
-    bootstrap: int = 200,
-    seed: int = 0,
-    indices_a=None,
-    indices_b=None,
-    level: float = LEVEL,
-) -> dict[str, float]:
-    """``KID(a) - KID(b)`` with a paired bootstrap interval, KID as the full-sample unbiased MMD^2
-    with torch-fidelity's kernel (its subset KID estimates the same quantity). The reference term
-    cancels in the difference; a resample with counts ``c`` gives
-    ``XX(c) = (c^T K c - sum c_i^2 K_ii) / (n^2 - sum c_i^2)`` and ``XY(c) = c . h / n`` with
-    ``h_i`` the mean kernel of sample ``i`` to the reference, batched over resamples (``B n^2``).
-    Same index rules as ``paired_fid_difference``. Returns ``dict(kid_diff, diff_lo, diff_hi, se,
-    p_value)``."""
-    import torch
-
-    from difflab.metrics.fid import bias_shifted_interval, bootstrap_draws
-
-    fa, fb = _aligned(features_a, features_b, indices_a, indices_b)
-    y = torch.as_tensor(reference_features, dtype=torch.float64)
-    n = fa.shape[0]
-    c = torch.stack([torch.bincount(i, minlength=n) for i in bootstrap_draws(n, bootstrap, seed)])
-    c = torch.cat([torch.ones(1, n, dtype=c.dtype), c]).to(torch.float64)  # row 0: the sample itself
-    csq = (c**2).sum(1)
-
-    def mmd_terms(f):
-        f = f.to(torch.float64)
-        k = _poly_kernel(f, f)
-        h = _poly_kernel(f, y).mean(1)  # [n]
-        xx = (((c @ k) * c).sum(1) - (c**2) @ torch.diagonal(k)) / (n**2 - csq)
-        return xx - 2 * (c @ h) / n  # [1 + B]; + the shared reference term = MMD^2
-
-    d = (mmd_terms(fa) - mmd_terms(fb)).numpy()
-    diff, reps = float(d[0]), d[1:]
-    lo, hi = bias_shifted_interval(reps, diff, level)
-    se = float(reps.std(ddof=1))
-    return {"kid_diff": diff, "diff_lo": lo, "diff_hi": hi, "se": se, "p_value": _p_value(diff, se)}
-
-
 def holm(p_values: Sequence[float], alpha: float = 1 - LEVEL) -> list[bool]:
     """Holm's step-down test over a family: which hypotheses are rejected at family-wise error
     ``alpha`` (the k-th smallest p is compared with ``alpha / (m - k)``; testing stops at the first
@@ -333,23 +210,14 @@ def holm_adjusted(p_values: Sequence[float]) -> list[float]:
     return adj.tolist()
 
 
-ADAPTIVE_STEPS = 0  # rk45 rows: steps = 0 means adaptive
+def row_key(r) -> str:
+    """``difflab.results.Row.key`` of a row given as a dict of its identity (``schedule``, ``solver``,
+    ``steps``, optionally ``sample_schedule``, ``grid``, ``guidance_scale``, ``model``)."""
+    from difflab.results import Row
 
-
-def row_key(r: dict) -> str:
-    """A row's id, its key in a feature file and in the report:
-    ``"<schedule>[@<sample_schedule>]/<solver>/<steps|adaptive>[/<grid>][/w=<w>]"`` (the ``@`` part only
-    where the sampling schedule differs from the training one, the grid where the row names one,
-    ``w=`` where it is guided). One home, read by the evaluate stage and ``report.analysis.row_id``."""
-    steps = "adaptive" if r["steps"] == ADAPTIVE_STEPS else str(r["steps"])
-    sample_schedule = r.get("sample_schedule") or r["schedule"]
-    head = r["schedule"] + ("" if sample_schedule == r["schedule"] else f"@{sample_schedule}")
-    text = f"{head}/{r['solver']}/{steps}"
-    if r.get("grid"):
-        text += f"/{r['grid']}"
-    if r.get("guidance_scale") is not None:
-        text += f"/w={float(r['guidance_scale']):g}"
-    return text
+    identity = ("grid", "guidance_scale", "model")
+    extra = {k: r[k] for k in identity if r.get(k) is not None}
+    return Row(r["schedule"], r["solver"], r["steps"], r.get("sample_schedule") or r["schedule"], **extra).key
 
 
 def save_row_features(path, rows: dict[str, dict], *, bootstrap_seed: int) -> None:

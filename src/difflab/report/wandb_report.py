@@ -1,28 +1,23 @@
 """W&B: the comparison run (offline by default) and a W&B Report of it (``wandb-workspaces``).
 
-The comparison run holds ``comparison/table`` (a ``wandb.Table`` with every row),
-``comparison/paired`` (the paired differences the report shows, as in ``results/paired.csv``),
-FID-vs-NFE line plots per schedule and per solver, bits/dim per schedule, the report's figures and
-sample grids; it shares the W&B group of the training runs (the caller passes ``group``).
-``report_blocks`` builds the Report's blocks without any network; ``publish_report`` saves them
-to W&B only when online with a key and says why not otherwise.
+The comparison run holds ``comparison/table`` (every row, ``results.CSV_COLUMNS``),
+``comparison/paired`` (the pairs of ``results/paired.csv``), FID-vs-NFE line plots per schedule and
+per solver, bits/dim per schedule, and every report section's tables (``report/<section>/<k>``) and
+figures (``figures/<name>``, sample grids under ``samples/``); it shares the W&B group of the
+training runs. ``report_blocks`` builds the Report's blocks without any network; ``publish_report``
+saves them to W&B only when online with a key and says why not otherwise.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+import re
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from difflab.report.analysis import (
-    ADAPTIVE_STEPS,
-    COLUMNS,
-    EXTRA_COLUMNS,
-    PAIRED_COLUMNS,
-    PAIRED_EXTRA_COLUMNS,
-    summary_sentences,
-    tie_count_lines,
-)
+from difflab.report import sections, tables, text
+from difflab.report.page import cell_text
+from difflab.results import ADAPTIVE_STEPS, CSV_COLUMNS, Row
 
 TABLE_KEY = "comparison/table"
 PAIRED_KEY = "comparison/paired"
@@ -32,152 +27,146 @@ def _fid_key(kind: str, name: str) -> str:
     return f"comparison/fid_vs_nfe_by_{kind}/{name}"
 
 
-def log_comparison(
-    rows: Sequence[dict],
-    nll: dict[str, dict],
-    cfg: dict,
-    *,
-    out_dir: str | os.PathLike,
-    group: str,
-    figures: dict[str, str | Path] | None = None,
-    grids: dict[str, str | Path] | None = None,
-    summary: Sequence[dict] = (),
-    pairs: Sequence[dict] = (),
-    ties: Sequence[dict] = (),
-) -> Path:
-    """Write the comparison run under ``out_dir`` (mode from ``WANDB_MODE``, default offline) in W&B
-    group ``group`` and return its run folder. ``pairs``: ``analysis.paired_rows``; ``ties``:
-    ``analysis.tie_counts`` (run summary)."""
+def _slug(title: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", title.lower()).strip("_") or "overview"
+
+
+def _start(cfg: Mapping, out_dir: Path, group: str):
     import wandb
 
-    out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    folders = {"WANDB_CACHE_DIR": "cache", "WANDB_DATA_DIR": "data", "WANDB_CONFIG_DIR": "config"}
-    for var, sub in folders.items():
+    for var, sub in {
+        "WANDB_CACHE_DIR": "cache",
+        "WANDB_DATA_DIR": "data",
+        "WANDB_CONFIG_DIR": "config",
+    }.items():
         if not os.environ.get(var):  # W&B's own folders stay inside the output, not in $HOME
             os.environ[var] = str(out_dir / sub)
     wb = cfg.get("wandb") or {}
-    run = wandb.init(
-        project=wb.get("project", "difflab"),
-        entity=wb.get("entity"),
-        group=group,
-        job_type="comparison",
-        name=f"{group}-comparison",
-        config=cfg,
-        dir=str(out_dir),
-        mode=os.environ.get("WANDB_MODE", "offline"),
-        settings=wandb.Settings(silent=True, console="off"),
-    )
+    where = {"project": wb.get("project", "difflab"), "entity": wb.get("entity"), "group": group}
+    mode, settings = os.environ.get("WANDB_MODE", "offline"), wandb.Settings(silent=True, console="off")
+    run = {"job_type": "comparison", "name": f"{group}-comparison", "dir": str(out_dir), "mode": mode}
+    return wandb.init(**where, **run, config=dict(cfg), settings=settings)
+
+
+def _line_plots(rows: Sequence[Row]) -> dict:
+    """FID vs NFE line plots, one per schedule (a line per solver) and per solver (a line per schedule)."""
+    import wandb
+
+    out = {}
+    for kind, other in (("schedule", "solver"), ("solver", "schedule")):
+        for name in dict.fromkeys(getattr(r, kind) for r in rows):
+            series: dict[str, tuple[list, list]] = {}
+            for r in sorted((r for r in rows if getattr(r, kind) == name), key=lambda r: r.nfe):
+                series.setdefault(getattr(r, other), ([], []))
+                series[getattr(r, other)][0].append(r.nfe)
+                series[getattr(r, other)][1].append(r.fid)
+            out[_fid_key(kind, name)] = wandb.plot.line_series(
+                xs=[v[0] for v in series.values()], ys=[v[1] for v in series.values()], keys=list(series),
+                title=f"FID vs NFE ({kind} = {name})", xname="NFE")  # fmt: skip
+    return out
+
+
+def _section_media(shown: Sequence[sections.Section]) -> dict:
+    """Every section's tables (cells as the page writes them) and figures."""
+    import wandb
+
+    out = {}
+    for s in shown:
+        for k, t in enumerate(s.tables):
+            data = [[c if isinstance(c, str) else cell_text(c) for c in row] for row in t.rows]
+            out[f"report/{_slug(s.title)}/{k}"] = wandb.Table(columns=list(t.header), data=data)
+        for f in s.figures:
+            prefix = "samples" if f.name.startswith("samples_") else "figures"
+            out[f"{prefix}/{f.name}"] = wandb.Image(str(f.path), caption=f.caption)
+    return out
+
+
+def log_comparison(
+    rows: Sequence[Row], shown: Sequence[sections.Section], ctx: sections.ReportContext, out_dir, group: str
+) -> Path:
+    """Write the comparison run under ``out_dir`` (mode from ``WANDB_MODE``, default offline) in W&B
+    group ``group`` and return its run folder: every row, the pairs, the line plots, bits/dim, and
+    the tables and figures of the sections ``shown``; the best row per budget in the run summary."""
+    import wandb
+
+    run = _start(ctx.cfg, Path(out_dir), group)
     try:
-        cols = list(COLUMNS + EXTRA_COLUMNS)
-        table = wandb.Table(columns=cols, data=[[r.get(c) for c in cols] for r in rows])
-        log = {TABLE_KEY: table}
-        pcols = list(PAIRED_COLUMNS + PAIRED_EXTRA_COLUMNS)
-        log[PAIRED_KEY] = wandb.Table(columns=pcols, data=[[p.get(c) for c in pcols] for p in pairs])
-        for kind, other in (("schedule", "solver"), ("solver", "schedule")):
-            for name in dict.fromkeys(r[kind] for r in rows):
-                series = {}
-                for r in sorted((r for r in rows if r[kind] == name), key=lambda r: r["nfe"]):
-                    series.setdefault(r[other], ([], []))
-                    series[r[other]][0].append(r["nfe"])
-                    series[r[other]][1].append(r["fid"])
-                log[_fid_key(kind, name)] = wandb.plot.line_series(
-                    xs=[v[0] for v in series.values()],
-                    ys=[v[1] for v in series.values()],
-                    keys=list(series),
-                    title=f"FID vs NFE ({kind} = {name})",
-                    xname="NFE",
-                )
-        nll_rows = [[s, v["bpd"], v.get("bpd_se")] for s, v in nll.items() if v.get("bpd") is not None]
-        if nll_rows:
-            t = wandb.Table(columns=["schedule", "bpd", "bpd_se"], data=nll_rows)
+        summary = sections.budgets(rows, ctx)
+        pairs = tables.paired_records(summary, sections.matrix(rows, ctx))
+        every = [[_value(r, c) for c in CSV_COLUMNS] for r in rows]
+        log = {
+            TABLE_KEY: wandb.Table(columns=list(CSV_COLUMNS), data=every),
+            PAIRED_KEY: wandb.Table(
+                columns=list(tables.PAIRED_COLUMNS), data=[list(p.values()) for p in pairs]
+            ),
+            **_line_plots(rows),
+            **_section_media(shown),
+        }
+        nll = [[s, v["bpd"], v.get("bpd_se")] for s, v in ctx.nll.items() if v.get("bpd") is not None]
+        if nll:
+            t = wandb.Table(columns=["schedule", "bpd", "bpd_se"], data=nll)
             log["comparison/nll_bpd"] = wandb.plot.bar(t, "schedule", "bpd", title="bits/dim per schedule")
-        for name, png in (figures or {}).items():
-            if png is not None:
-                log[f"figures/{name}"] = wandb.Image(str(png))
-        for name, png in (grids or {}).items():
-            log[f"samples/{name}"] = wandb.Image(str(png), caption=name)
         run.log(log)
-        for s in summary:
-            if s["best"] is not None:
-                b = s["best"]
-                run.summary[f"best/nfe<={s['budget']:.0f}"] = (
-                    f"{b['schedule']} x {b['solver']} FID {b['fid']:.4g}"
-                )
-        for t in ties:
-            run.summary[f"ties/nfe<={t['budget']:.0f}/overlap"] = t["tied_overlap"]
-            run.summary[f"ties/nfe<={t['budget']:.0f}/paired"] = t["tied_paired"]
-        for schedule, v in nll.items():
+        for s in (s for s in summary if s.best is not None):
+            run.summary[f"best/nfe<={s.budget:.0f}"] = (
+                f"{s.best.schedule} x {s.best.solver} FID {s.best.fid:.4g}"
+            )
+        for schedule, v in ctx.nll.items():
             if v.get("bpd") is not None:
                 run.summary[f"nll_bpd/{schedule}"] = v["bpd"]
-        run_dir = Path(run.dir).parent
+        return Path(run.dir).parent
     finally:
         run.finish()
-    return run_dir
 
 
-def report_blocks(
-    rows: Sequence[dict],
-    summary: Sequence[dict],
-    *,
-    entity: str,
-    project: str,
-    group: str,
-    ties: Sequence[dict] = (),
-) -> list:
-    """The blocks of the W&B Report (built offline): the conclusions per NFE budget (paired test),
-    the table, the paired differences, and FID-vs-NFE panels for every schedule and solver from the
-    comparison run of ``group``."""
+def _value(r: Row, column: str):
+    v = getattr(r, column)
+    return " ".join(map(str, v)) if column == "seed" else v
+
+
+def report_blocks(rows: Sequence[Row], summary: Sequence[tables.Budget], where: Mapping[str, str]) -> list:
+    """The blocks of the W&B Report (built offline; ``where``: ``entity``, ``project``, ``group``): the
+    conclusions per NFE budget (paired test), the table, the paired differences, and FID-vs-NFE
+    panels for every schedule and solver from the comparison run of the group."""
     import wandb_workspaces.reports.v2 as wr
 
+    group = where["group"]
     runset = wr.Runset(
-        entity=entity or "", project=project, name=f"{group} comparison", query=f"{group}-comparison"
+        entity=where.get("entity") or "", project=where["project"], query=f"{group}-comparison"
     )
-    schedules = list(dict.fromkeys(r["schedule"] for r in rows))
-    solvers = list(dict.fromkeys(r["solver"] for r in rows))
-    steps = sorted({r["steps"] for r in rows if r["steps"] != ADAPTIVE_STEPS})
+
+    def grid(panels):
+        return wr.PanelGrid(runsets=[runset], panels=panels)
+
+    def media(title, keys):
+        return wr.MediaBrowser(title=title, media_keys=keys)
+
+    schedules, solvers = (
+        list(dict.fromkeys(r.schedule for r in rows)),
+        list(dict.fromkeys(r.solver for r in rows)),
+    )
+    steps = sorted({r.steps for r in rows if r.steps != ADAPTIVE_STEPS})
     blocks = [
         wr.H1(text=f"difflab: {len(schedules)} schedules x {len(solvers)} solvers ({group})"),
-        wr.P(
-            text=f"Schedules: {', '.join(schedules)}. Solvers: {', '.join(solvers)}. "
-            f"Steps: {steps} (rk45 adaptive)."
-        ),
+        wr.P(text=f"Schedules: {', '.join(schedules)}. Solvers: {', '.join(solvers)}. Steps: {steps}."),
         wr.H2(text="What the numbers say (paired 95% intervals of the differences)"),
-        wr.MarkdownBlock(
-            text="\n".join(f"- {s}" for s in [*summary_sentences(summary), *tie_count_lines(ties)])
-        ),
+        wr.MarkdownBlock(text="\n".join(f"- {s}" for s in text.summary_sentences(summary))),
         wr.H2(text="Every row"),
-        wr.PanelGrid(runsets=[runset], panels=[wr.WeavePanelSummaryTable(table_name=TABLE_KEY)]),
+        grid([wr.WeavePanelSummaryTable(table_name=TABLE_KEY)]),
         wr.H2(text="Paired differences (to the best per budget; schedules per ODE solver, Holm)"),
-        wr.PanelGrid(runsets=[runset], panels=[wr.WeavePanelSummaryTable(table_name=PAIRED_KEY)]),
+        grid([wr.WeavePanelSummaryTable(table_name=PAIRED_KEY)]),
         wr.H2(text="FID vs NFE per schedule"),
     ]
-    for schedule in schedules:
-        blocks += [
-            wr.H3(text=f"schedule {schedule}"),
-            wr.PanelGrid(
-                runsets=[runset],
-                panels=[wr.MediaBrowser(title=schedule, media_keys=[_fid_key("schedule", schedule)])],
-            ),
-        ]
-    blocks.append(wr.H2(text="FID vs NFE per solver"))
-    blocks.append(
-        wr.PanelGrid(
-            runsets=[runset],
-            panels=[wr.MediaBrowser(title=s, media_keys=[_fid_key("solver", s)]) for s in solvers],
-        )
-    )
-    blocks += [
+    for s in schedules:
+        blocks += [wr.H3(text=f"schedule {s}"), grid([media(s, [_fid_key("schedule", s)])])]
+    samples = [f"samples/samples_{s}" for s in schedules]
+    return blocks + [
+        wr.H2(text="FID vs NFE per solver"),
+        grid([media(s, [_fid_key("solver", s)]) for s in solvers]),
         wr.H2(text="Bits/dim per schedule and samples"),
-        wr.PanelGrid(
-            runsets=[runset],
-            panels=[
-                wr.MediaBrowser(title="NLL", media_keys=["comparison/nll_bpd"]),
-                wr.MediaBrowser(title="samples", media_keys=[f"samples/{s}" for s in schedules]),
-            ],
-        ),
+        grid([media("NLL", ["comparison/nll_bpd"]), media("samples", samples)]),
     ]
-    return blocks
 
 
 def why_offline() -> str | None:
@@ -190,14 +179,12 @@ def why_offline() -> str | None:
 
             if not wandb.Api().api_key:
                 return "no W&B API key (run `wandb login` or set WANDB_API_KEY)"
-        except Exception as e:
+        except Exception as e:  # no config, no network: say which
             return f"W&B is not reachable ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
     return None
 
 
-def publish_report(
-    rows, summary, *, entity: str | None, project: str, group: str, ties: Sequence[dict] = ()
-) -> str:
+def publish_report(rows: Sequence[Row], summary: Sequence[tables.Budget], where: Mapping[str, str]) -> str:
     """Save the Report to W&B and return its URL; ``RuntimeError`` with the reason when offline."""
     reason = why_offline()
     if reason:
@@ -205,13 +192,11 @@ def publish_report(
     import wandb
     import wandb_workspaces.reports.v2 as wr
 
-    entity = entity or wandb.Api().default_entity
+    where = {**where, "entity": where.get("entity") or wandb.Api().default_entity}
+    about = "Noise schedules x reverse solvers: FID/KID with 95% intervals, NLL, solver error."
+    title, blocks = f"difflab comparison: {where['group']}", report_blocks(rows, summary, where)
     report = wr.Report(
-        project=project,
-        entity=entity,
-        title=f"difflab comparison: {group}",
-        description="Noise schedules x reverse solvers: FID/KID with 95% intervals, NLL, solver error.",
-        blocks=report_blocks(rows, summary, entity=entity, project=project, group=group, ties=ties),
+        project=where["project"], entity=where["entity"], title=title, description=about, blocks=blocks
     )
     report.save()
     return report.url
