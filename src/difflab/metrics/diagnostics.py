@@ -343,7 +343,7 @@ def _sampling(r) -> tuple:
 
 
 def _family_of(families: Mapping | None) -> Callable[[str], str]:
-    """``solver -> "ode" | "sde"``: from ``families`` (``report.analysis.solver_families``' mapping, or
+    """``solver -> "ode" | "sde"``: from ``families`` (``report.tables.Solvers``' mapping, or
     ``name -> "ode"/"sde"``), else from the solver registry's spec."""
     if families is None:
         from difflab.solvers import get_spec
@@ -373,7 +373,7 @@ def converged_partners(
     row at ``sde_steps`` (the fine-step reverse-SDE solve the config sizes; None: SDE rows get no
     partner). A converged solution does not depend on the time grid, so the partner on the row's own
     grid is taken where there is one, else the first in ``rows``. A converged row is its own partner
-    (difference 0). ``families``: ``solver -> "ode"/"sde"`` (or ``report.analysis.solver_families``'
+    (difference 0). ``families``: ``solver -> "ode"/"sde"`` (or ``report.tables.Solvers``'
     mapping); None asks the solver registry. Returns a list parallel to ``rows``: the partner or None."""
     family = _family_of(families)
     if family(ode_solver) != "ode":
@@ -411,7 +411,7 @@ def vs_converged_columns(
     """``vs_converged`` of every row against its partner (``converged_partners``), as the comparison's
     columns ``dict(vs_converged, vs_converged_lo, vs_converged_hi, beats_converged)`` (all None where a
     row has no partner). ``replicates[key(row)]``: the row's bootstrap replicates ``[B]`` or ``[K, B]``
-    (``report.build.load_replicates``, ``report.seeds.aggregate_seeds``); the per-seed FIDs are the
+    (``report.build.load_replicates``, ``results.aggregate_seeds``); the per-seed FIDs are the
     row's ``fid_by_seed`` where it has them, else its ``fid``."""
     if len(partners) != len(rows):
         raise ValueError(f"{len(partners)} partners for {len(rows)} rows; pass converged_partners(rows)")
@@ -662,7 +662,7 @@ def regime_sentences(diagnostics: Mapping, *, alpha: float = 1 - LEVEL) -> list[
     """Plain sentences stating the regime of a run from ``diagnostics`` = ``dict(networks={name:
     network_entry(...)}, budgets=[...])``, ``budgets`` one entry per NFE budget with its best row:
     ``dict(budget, row (its id), vs_converged, vs_converged_lo, vs_converged_hi, beats_converged)``
-    (from ``report.analysis.budget_summary``'s ``best``). In order: the floor; each network's converged
+    (from ``report.tables.budget_summary``'s ``best``). In order: the floor; each network's converged
     FIDs against it ("within the floor's interval" where the converged ``fid_lo`` reaches
     ``floor_hi``; network error said to dominate where every converged FID exceeds twice the floor);
     copying (``copy_p_value < alpha``); training still under way; whether a budget's best row beats its
