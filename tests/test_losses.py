@@ -58,6 +58,7 @@ def test_customary_targets_and_registries():
         "ve": "edm",
         "flow": "velocity",
         "edm": "edm",
+        "vp_discrete": "eps",
     }
     assert default_prediction("flow") == "velocity" and default_prediction("edm") == "edm"
     with pytest.raises(ValueError, match="unknown schedule 'vee'"):
