@@ -13,17 +13,18 @@ stage's classifier features against the train split, 95% bootstrap interval.
 The floor: FID of ``--n`` real images that no network or classifier trained on (the val and test
 splits together: 360 digits) against the same reference, at the same ``n`` as the generated rows, so
 both carry the same finite-sample bias (FID's bias falls like 1/n; Chong & Forsyth 2020). FID-infinity
-(the same paper: the intercept of a line fit of FID against 1/n over subsets of 180..n) is printed
+(the same paper: the intercept of a line fit of FID against 1/n over subsets of n/2..n) is printed
 beside both, with the line's value at the quick rows' 400 samples.
 
     DIFFLAB_CPU_THREADS=2 python bench/convergence.py --schedules vp_linear,vp_cosine,ve,flow \\
-        --steps 1000,2000,3000 --n 360 --work /tmp/convergence trainer.max_steps=3000 optim.lr=2e-3
+        --steps 500,1000,1500,2000,2500,3000 --n 360 --work /tmp/convergence [overrides, e.g. optim.lr=1e-3]
 
 Overrides are Hydra overrides composed over ``experiment=quick`` (``difflab.config.compose``);
 ``trainer.max_steps`` is replaced by the largest of ``--steps``. Everything is written under ``--work``:
-the prepare stage's outputs (``prepared/``, ``features/``), one training folder per schedule and
-training config (``runs/``; re-running with the same config reuses its snapshots) and
-``convergence.jsonl`` (one JSON line per measured row). Prints a markdown table.
+the prepare stage's outputs (``prepared-<key>/``, ``features-<key>/``), one training folder per
+schedule and training config (``runs/``; re-running with the same config reuses its snapshots) and
+``convergence.jsonl`` (one JSON line per measured row). Prints a markdown table. Weights & Biases is
+off (``WANDB_MODE=disabled`` unless set); torch uses ``$DIFFLAB_CPU_THREADS`` threads (default 2).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import argparse
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -57,12 +59,13 @@ def compose_cfg(overrides: list[str], max_steps: int) -> dict:
 
 
 def prepare(cfg: dict, work: Path) -> tuple[Path, Path]:
-    """Run ``pipeline/prepare.py`` once per data split and classifier (keyed by what it reads);
-    returns ``(prepared, features)``."""
+    """Run ``pipeline/prepare.py`` once per data split and classifier (keyed by what it reads; the
+    training batch size is not part of it); returns ``(prepared, features)``."""
     from difflab.config import write_params
 
     ev = cfg["evaluate"]
-    key = _hash([cfg["seed"], cfg["data"], ev["feature_extractor"], ev["classifier_epochs"]])
+    split = {k: v for k, v in cfg["data"].items() if k not in ("batch_size", "num_workers")}
+    key = _hash([cfg["seed"], split, ev["feature_extractor"], ev["classifier_epochs"]])
     prepared, features = work / f"prepared-{key}", work / f"features-{key}"
     if not (features / "floor.json").is_file():
         params = work / f"params-{key}.yaml"
@@ -206,7 +209,7 @@ def _snapshot_callback(steps: list[int], folder: Path):
 def train_snapshots(cfg: dict, schedule: str, steps: list[int], work: Path) -> dict:
     """Train ``schedule`` to ``max(steps)`` (``difflab.training.train``) with snapshots at ``steps``;
     returns ``{k: {"model": path, "wall": s, "cpu": s}}`` and, under ``"train"``, the whole call's
-    wall and CPU seconds. Reuses a finished run of the same training config."""
+    wall and CPU seconds. Reuses a finished run of the same training config that has every snapshot."""
     from difflab.training import train
 
     read = {k: cfg[k] for k in ("seed", "data", "denoiser", "loss", "optim", "ema", "class_cond")}
@@ -214,8 +217,11 @@ def train_snapshots(cfg: dict, schedule: str, steps: list[int], work: Path) -> d
     folder = work / "runs" / f"{schedule}-{_hash([read, trainer, cfg['schedule'][schedule]])}"
     record = folder / f"seconds-{max(steps)}.json"
     if record.is_file():
-        return {int(k) if k.isdigit() else k: v for k, v in json.loads(record.read_text()).items()}
+        done = {int(k) if k.isdigit() else k: v for k, v in json.loads(record.read_text()).items()}
+        if all(k in done for k in steps):
+            return done
     run = folder / f"run-{max(steps)}"
+    shutil.rmtree(run, ignore_errors=True)  # train() would resume from a finished run's last.ckpt
     folder.mkdir(parents=True, exist_ok=True)
     callback = _snapshot_callback(steps, folder)
     t0, c0 = time.perf_counter(), time.process_time()
