@@ -8,20 +8,9 @@ import pytest
 import torch
 
 from difflab import solvers as S
-from difflab.data.toy import GaussianMixture
 from difflab.schedules import get_schedule
 from difflab.solvers.dpm import _multistep_coefficients
-
-
-def mixture() -> GaussianMixture:
-    """The smooth std-0.5 mixture of tests/test_solvers_edm_dpm.py's order test."""
-    angle = torch.arange(4) * math.pi / 2
-    means = torch.stack([angle.cos(), angle.sin()], dim=1)
-    return GaussianMixture(means, 0.5, torch.tensor([0.4, 0.3, 0.2, 0.1]))
-
-
-def randn(n: int, seed: int) -> torch.Tensor:
-    return torch.randn(n, 2, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+from peers import errors_as_steps_double, randn, smooth_mixture
 
 
 @pytest.mark.parametrize("eta", [0.0, 0.5, 1.0])
@@ -48,8 +37,8 @@ def test_default_is_unchanged_and_the_option_moves_only_the_d2_term():
     """third_order=False is the default bit for bit (= dpm_solver_3m_sde with eta = 0, which
     tests/test_solvers_edm_dpm.py checks against k-diffusion and diffusers); with the option the first two
     states agree and the third moves by exactly ``-alpha_3 phi_3 d2`` (the added half of the d2 weight)."""
-    schedule, noise = get_schedule("vp_cosine"), randn(16, 3)
-    D = mixture().denoiser(schedule)
+    schedule, noise = get_schedule("vp_cosine"), randn(16, 3, d=2)
+    D = smooth_mixture().denoiser(schedule)
 
     def run(**opts):
         states = []
@@ -81,17 +70,11 @@ def test_default_is_unchanged_and_the_option_moves_only_the_d2_term():
 def test_measured_order_is_three_with_the_option_and_two_without(schedule_name):
     """Mean error against a tight rk45 solution on 32 -> 64 -> 128 log-SNR steps, float64: the order
     log2(err_K / err_2K) is ~3 (measured 2.85-2.94) with third_order, ~2 (2.03-2.15) without."""
-    schedule, noise = get_schedule(schedule_name), randn(64, 10)
-    D = mixture().denoiser(schedule)
+    schedule, noise = get_schedule(schedule_name), randn(64, 10, d=2)
+    D = smooth_mixture().denoiser(schedule)
     ref = S.sample_rk45(D, schedule, noise, None, rtol=1e-11, atol=1e-11)
     for third_order, (lo, hi) in ((True, (2.6, 3.4)), (False, (1.7, 2.4))):
-        errs = [
-            (S.sample_dpm_solver_3m(D, schedule, noise, k, grid="logsnr", third_order=third_order) - ref)
-            .norm(dim=1)
-            .mean()
-            .item()
-            for k in (32, 64, 128)
-        ]
+        errs = errors_as_steps_double("dpm_solver_3m", D, schedule, noise, ref, third_order=third_order)
         orders = [math.log2(errs[0] / errs[1]), math.log2(errs[1] / errs[2])]
         assert min(errs) > 1e-8 and all(lo < p < hi for p in orders), (third_order, errs, orders)
 
@@ -100,8 +83,8 @@ def test_option_is_in_the_spec_and_checked():
     spec = S.get_spec("dpm_solver_3m")
     assert spec.defaults() == {"third_order": False} and spec.order == 3
     assert spec.nfe(7, {"third_order": True}) == 8
-    D, schedule = mixture().denoiser(get_schedule("flow")), get_schedule("flow")
+    D, schedule = smooth_mixture().denoiser(get_schedule("flow")), get_schedule("flow")
     with pytest.raises(
         ValueError, match=r"dpm_solver_3m: option third_order=1 is not allowed; must be true or"
     ):
-        S.sample_dpm_solver_3m(D, schedule, randn(4, 0), 5, third_order=1)
+        S.sample_dpm_solver_3m(D, schedule, randn(4, 0, d=2), 5, third_order=1)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -17,6 +18,8 @@ from difflab.losses import (
     WEIGHTINGS,
     DiffusionLoss,
     default_prediction,
+    implied_weight,
+    log_snr_density,
     sample_times,
     target_slope2,
 )
@@ -254,3 +257,115 @@ def test_schedule_recipes():
         assert DiffusionLoss.for_schedule(get_schedule(name)).settings() == DiffusionLoss().settings()
     assert DiffusionLoss(**edm.settings()).settings() == edm.settings()
     assert "lognormal" in repr(edm)
+
+
+# -- the weight on each log-SNR (Kingma & Gao 2023), schedules at SPEC's defaults ----------------------
+def _histogram(schedule, loss, weight=None, n=2**20, bins=40):
+    """Density (or weighted density) of the training log-SNRs per bin, its binomial sd, and the bin
+    edges; times clamped onto the interval's ends are left out."""
+    t = loss.sample_times(schedule, n, generator=torch.Generator().manual_seed(1))
+    t = t[(t > np.float32(schedule.t_min)) & (t < np.float32(schedule.t_max))].double()
+    lam = schedule.log_snr(t).numpy()
+    w = None if weight is None else weight(t)
+    counts, edges = np.histogram(lam, bins=bins, range=schedule.log_snr_range(), weights=w)
+    sq, _ = np.histogram(lam, bins=bins, range=schedule.log_snr_range(), weights=None if w is None else w**2)
+    width = np.diff(edges)
+    return counts / (n * width), np.sqrt(sq) / (n * width), edges
+
+
+def _bin_means(fn, edges, sub=64):
+    """Mean of ``fn`` over each bin (``sub`` midpoints per bin)."""
+    u = (np.arange(sub) + 0.5) / sub
+    pts = edges[:-1, None] + np.diff(edges)[:, None] * u[None, :]
+    return np.asarray(fn(pts.reshape(-1))).reshape(pts.shape).mean(1)
+
+
+@pytest.mark.parametrize(
+    ("name", "time_sampling"),
+    [("vp_linear", "stratified"), ("vp_cosine", "uniform"), ("flow", "logsnr"), ("ve", "lognormal")],
+)
+def test_log_snr_density_closed_form_matches_histogram_of_training_times(name, time_sampling):
+    schedule = get_schedule(name)
+    loss = DiffusionLoss(time_sampling=time_sampling)
+    hist, sd, edges = _histogram(schedule, loss)
+    closed = _bin_means(lambda lam: log_snr_density(schedule, loss, lam), edges)
+    assert np.all(np.abs(hist - closed) <= 5 * sd + 2e-3 * closed.max())
+    # and it is a density: the mass inside the interval (lognormal: less its clamped tails) is ~1
+    assert np.sum(closed * np.diff(edges)) == pytest.approx(1.0, abs=0.01)
+
+
+def test_histogram_fallback_matches_the_closed_form(monkeypatch):
+    schedule = get_schedule("vp_linear")
+    loss = DiffusionLoss(time_sampling="uniform")
+    lam = np.linspace(-9, 8, 50)
+    closed = log_snr_density(schedule, loss, lam)
+    monkeypatch.delitem(losses.LOG_SNR_DENSITIES, "uniform")
+    hist = log_snr_density(schedule, loss, lam)
+    assert np.allclose(hist, closed, rtol=0.05, atol=0.01 * closed.max().item())
+
+
+def _vp_linear_closed(lam):
+    """Uniform t, eps, unit weighting: ``p(lambda) = |dt/dlambda| / (t_max - t_min)`` with
+    ``d lambda / dt = -beta(t) / sigma^2`` (VP: ``sigma^2 = sigmoid(-lambda)``)."""
+    s = get_schedule("vp_linear")
+    t = s.t_from_log_snr(torch.as_tensor(lam, dtype=torch.float64)).numpy()
+    beta = s.beta_min + t * (s.beta_max - s.beta_min)
+    return 1 / (1 + np.exp(lam)) / beta / (s.t_max - s.t_min)
+
+
+def _flow_closed(lam):
+    """Uniform t, velocity target: ``w = e^(-lambda/2) / (2 (t_max - t_min))`` (Kingma & Gao's
+    rectified-flow weighting)."""
+    s = get_schedule("flow")
+    return np.exp(-lam / 2) / (2 * (s.t_max - s.t_min))
+
+
+def _edm_closed(lam):
+    """EDM: ``w = N(lambda; 2.4, 2.4^2) (e^-lambda + sd^2) / sd^2`` (Kingma & Gao 2023)."""
+    sd2 = SIGMA_DATA**2
+    return (
+        np.exp(-0.5 * ((lam - 2.4) / 2.4) ** 2) / (2.4 * math.sqrt(2 * math.pi)) * (np.exp(-lam) + sd2) / sd2
+    )
+
+
+def _ve_closed(lam):
+    """VE, uniform t (lambda linear in t), the edm target, unit weighting: ``(e^-lambda + sd^2) / sd^2
+    / (lam_hi - lam_lo)``."""
+    lo, hi = get_schedule("ve").log_snr_range()
+    return (np.exp(-lam) + SIGMA_DATA**2) / SIGMA_DATA**2 / (hi - lo)
+
+
+@pytest.mark.parametrize(
+    ("name", "closed"),
+    [("vp_linear", _vp_linear_closed), ("flow", _flow_closed), ("edm", _edm_closed), ("ve", _ve_closed)],
+)
+def test_implied_weight_closed_forms(name, closed):
+    schedule = get_schedule(name)
+    loss, lo, hi = DiffusionLoss.for_schedule(schedule), *schedule.log_snr_range()
+    lam = np.linspace(lo + 1e-6, hi - 1e-6, 101)
+    assert np.allclose(implied_weight(schedule, loss, schedule.prediction, lam), closed(lam), rtol=1e-6)
+    outside = implied_weight(schedule, loss, schedule.prediction, [lo - 1.0, hi + 1.0])
+    assert torch.all(outside == 0)
+
+
+@pytest.mark.parametrize("name", ["flow", "edm"])
+def test_implied_weight_matches_the_training_loss_estimated_from_its_own_times(name):
+    """Monte Carlo of the loss's integrand weight: the histogram of the training log-SNRs weighted by
+    ``loss.weight * k^2 / snr`` per bin is the bin mean of ``implied_weight``."""
+    schedule = get_schedule(name)
+    loss, prediction = DiffusionLoss.for_schedule(schedule), schedule.prediction
+    D = type("D", (), {"schedule": schedule, "prediction": prediction, "sigma_data": SIGMA_DATA})()
+
+    def weight(t):
+        k2 = target_slope2(prediction, schedule, t)
+        return (loss.weight(D, t) * k2 / schedule.log_snr(t).exp()).numpy()
+
+    hist, sd, edges = _histogram(schedule, loss, weight)
+    expected = _bin_means(lambda lam: implied_weight(schedule, loss, prediction, lam), edges)
+    assert np.all(np.abs(hist - expected) <= 5 * sd + 2e-3 * expected.max())
+
+
+def test_eps_prediction_under_unit_weighting_weights_each_log_snr_by_its_density():
+    flow, lam = get_schedule("flow"), np.linspace(-5, 5, 11)
+    loss = DiffusionLoss()
+    assert torch.allclose(implied_weight(flow, loss, "eps", lam), log_snr_density(flow, loss, lam))

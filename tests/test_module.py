@@ -196,6 +196,33 @@ def test_module_hparams_are_plain_and_label_dropout():
     assert module.denoiser.net is net
 
 
+@pytest.mark.parametrize(
+    ("bad", "named"),
+    [
+        ({"lr": 0.0}, r"lr=0.0 must be a finite number > 0"),
+        ({"betas": (0.9, 1.0)}, r"betas=\(0.9, 1.0\)"),
+        ({"warmup_steps": 1.5}, "warmup_steps=1.5"),
+        ({"num_classes": -1}, "num_classes=-1"),
+        ({"label_dropout": 1.5}, r"label_dropout=1.5 must be a finite number in \[0, 1\]"),
+    ],
+)
+def test_module_settings_are_checked_as_the_config_declares_them(bad, named):
+    net = build_net({"name": "mlp", "width": 8, "depth": 1, "emb_dim": 8}, (2,), 3)
+    build = functools.partial(
+        DiffusionModule, net, get_schedule("flow"), DiffusionLoss(), prediction="velocity"
+    )
+    assert build().hparams["optim"] == {
+        "lr": 2e-4,
+        "betas": [0.9, 0.999],
+        "weight_decay": 0.0,
+        "warmup_steps": 100,
+    }
+    with pytest.raises(ValueError, match=named):
+        build(**bad)
+    with pytest.raises(TypeError, match="lr_max"):
+        build(lr_max=1.0)
+
+
 def test_classifier_free_guidance_shifts_class_frequencies():
     """Two overlapping classes N(-1, 0.6^2) and N(+1, 0.6^2) in 2-D: a tiny class-conditional MLP
     trained with label dropout samples the asked-for class more often than unconditionally, and more

@@ -1,15 +1,9 @@
-"""The "Training or sampling?" sections: the log-SNR weights of the training losses against closed forms
-(Kingma & Gao 2023) and histograms of the training times, the design table read from the config, the
+"""The "Training or sampling?" sections: the design table and the loss weights read from the config, the
 invariance marks, the cross-schedule heat map and the grid-effect plot on synthetic rows."""
 
-import math
-
 import numpy as np
-import pytest
-import torch
 
-from difflab.losses import DiffusionLoss, target_slope2
-from difflab.parametrization import SIGMA_DATA
+from difflab.losses import DiffusionLoss, implied_weight, log_snr_density
 from difflab.report import axes, figures, page, sections, text, weights
 from difflab.report.tables import Pairing, Solvers
 from difflab.results import Row
@@ -38,114 +32,6 @@ def _cfg(schedules=("vp_linear", "ve", "flow", "edm"), **overrides):
     return cfg
 
 
-def _histogram(schedule, loss, weight=None, n=2**20, bins=40):
-    """Density (or weighted density) of the training log-SNRs per bin, its binomial sd, and the bin
-    edges; times clamped onto the interval's ends are left out."""
-    t = loss.sample_times(schedule, n, generator=torch.Generator().manual_seed(1))
-    t = t[(t > np.float32(schedule.t_min)) & (t < np.float32(schedule.t_max))].double()
-    lam = schedule.log_snr(t).numpy()
-    w = None if weight is None else weight(t)
-    counts, edges = np.histogram(lam, bins=bins, range=schedule.log_snr_range(), weights=w)
-    sq, _ = np.histogram(lam, bins=bins, range=schedule.log_snr_range(), weights=None if w is None else w**2)
-    width = np.diff(edges)
-    return counts / (n * width), np.sqrt(sq) / (n * width), edges
-
-
-def _bin_means(fn, edges, sub=64):
-    """Mean of ``fn`` over each bin (``sub`` midpoints per bin)."""
-    u = (np.arange(sub) + 0.5) / sub
-    pts = edges[:-1, None] + np.diff(edges)[:, None] * u[None, :]
-    return fn(pts.reshape(-1)).reshape(pts.shape).mean(1)
-
-
-@pytest.mark.parametrize(
-    ("name", "time_sampling"),
-    [("vp_linear", "stratified"), ("vp_cosine", "uniform"), ("flow", "logsnr"), ("ve", "lognormal")],
-)
-def test_log_snr_density_closed_form_matches_histogram_of_training_times(name, time_sampling):
-    schedule = get_schedule(name, **PARAMS[name])
-    loss = DiffusionLoss(time_sampling=time_sampling)
-    hist, sd, edges = _histogram(schedule, loss)
-    closed = _bin_means(lambda lam: weights.log_snr_density(schedule, loss, lam), edges)
-    assert np.all(np.abs(hist - closed) <= 5 * sd + 2e-3 * closed.max())
-    # and it is a density: the mass inside the interval (lognormal: less its clamped tails) is ~1
-    assert np.sum(closed * np.diff(edges)) == pytest.approx(1.0, abs=0.01)
-
-
-def test_histogram_fallback_matches_the_closed_form(monkeypatch):
-    schedule = get_schedule("vp_linear", **PARAMS["vp_linear"])
-    loss = DiffusionLoss(time_sampling="uniform")
-    lam = np.linspace(-9, 8, 50)
-    closed = weights.log_snr_density(schedule, loss, lam)
-    monkeypatch.delitem(weights.LOG_SNR_DENSITIES, "uniform")
-    hist = weights.log_snr_density(schedule, loss, lam)
-    assert np.allclose(hist, closed, rtol=0.05, atol=0.01 * closed.max())
-
-
-def _vp_linear_closed(lam):
-    """Uniform t, eps, unit weighting: ``p(lambda) = |dt/dlambda| / (t_max - t_min)`` with
-    ``d lambda / dt = -beta(t) / sigma^2`` (VP: ``sigma^2 = sigmoid(-lambda)``)."""
-    s = get_schedule("vp_linear", **PARAMS["vp_linear"])
-    t = s.t_from_log_snr(torch.as_tensor(lam, dtype=torch.float64)).numpy()
-    beta = s.beta_min + t * (s.beta_max - s.beta_min)
-    return 1 / (1 + np.exp(lam)) / beta / (s.t_max - s.t_min)
-
-
-def _flow_closed(lam):
-    """Uniform t, velocity target: ``w = e^(-lambda/2) / (2 (t_max - t_min))`` (Kingma & Gao's
-    rectified-flow weighting)."""
-    s = get_schedule("flow")
-    return np.exp(-lam / 2) / (2 * (s.t_max - s.t_min))
-
-
-def _edm_closed(lam):
-    """EDM: ``w = N(lambda; 2.4, 2.4^2) (e^-lambda + sd^2) / sd^2`` (Kingma & Gao 2023)."""
-    sd2 = SIGMA_DATA**2
-    return (
-        np.exp(-0.5 * ((lam - 2.4) / 2.4) ** 2) / (2.4 * math.sqrt(2 * math.pi)) * (np.exp(-lam) + sd2) / sd2
-    )
-
-
-def _ve_closed(lam):
-    """VE, uniform t (lambda linear in t), the edm target, unit weighting: ``(e^-lambda + sd^2) / sd^2
-    / (lam_hi - lam_lo)``."""
-    lo, hi = get_schedule("ve", **PARAMS["ve"]).log_snr_range()
-    return (np.exp(-lam) + SIGMA_DATA**2) / SIGMA_DATA**2 / (hi - lo)
-
-
-@pytest.mark.parametrize(
-    ("name", "closed"),
-    [("vp_linear", _vp_linear_closed), ("flow", _flow_closed), ("edm", _edm_closed), ("ve", _ve_closed)],
-)
-def test_implied_weight_closed_forms(name, closed):
-    cfg = _cfg(schedules=[name])
-    lo, hi = get_schedule(name, **PARAMS[name]).log_snr_range()
-    lam = np.linspace(lo + 1e-6, hi - 1e-6, 101)
-    w = weights.implied_weights(cfg, lam)[name]
-    assert np.allclose(w, closed(lam), rtol=1e-6)
-    outside = weights.implied_weights(cfg, np.array([lo - 1.0, hi + 1.0]))[name]
-    assert np.all(outside == 0)
-
-
-@pytest.mark.parametrize("name", ["flow", "edm"])
-def test_implied_weight_matches_the_training_loss_estimated_from_its_own_times(name):
-    """Monte Carlo of the loss's integrand weight: the histogram of the training log-SNRs weighted by
-    ``loss.weight * k^2 / snr`` per bin is the bin mean of ``implied_weights``."""
-    cfg = _cfg(schedules=[name])
-    schedule = get_schedule(name, **PARAMS[name])
-    loss = DiffusionLoss.for_schedule(schedule)
-    prediction = schedule.prediction
-    D = type("D", (), {"schedule": schedule, "prediction": prediction, "sigma_data": SIGMA_DATA})()
-
-    def weight(t):
-        k2 = target_slope2(prediction, schedule, t)
-        return (loss.weight(D, t) * k2 / schedule.log_snr(t).exp()).numpy()
-
-    hist, sd, edges = _histogram(schedule, loss, weight)
-    expected = _bin_means(lambda lam: weights.implied_weights(cfg, lam)[name], edges)
-    assert np.all(np.abs(hist - expected) <= 5 * sd + 2e-3 * expected.max())
-
-
 def test_training_design_reads_the_config_and_the_schedule_recipe():
     cfg = _cfg()
     cfg["schedule"]["flow"]["prediction"] = "eps"
@@ -162,15 +48,15 @@ def test_training_design_reads_the_config_and_the_schedule_recipe():
     assert rows["vp_linear"]["parameters"] == "beta_min 0.1, beta_max 20" and rows["flow"]["parameters"] == ""
     assert rows["flow"]["max_steps"] == 1234 and rows["flow"]["seeds"] == "0 1"
     assert rows["flow"]["network"] == "mlp (width 64)"
-    # the prediction override changes the weight: eps under flow, unit weighting is p(lambda) alone
+    # the figure's weights are losses.implied_weight of each network's loss and target: under unit
+    # weighting an eps network (the flow override) weights each log-SNR by its density alone
     lam = np.linspace(-5, 5, 11)
-    flow = get_schedule("flow")
-    assert np.allclose(
-        weights.implied_weights(_cfg(schedules=["flow"], schedule={"flow": {"prediction": "eps"}}), lam)[
-            "flow"
-        ],
-        weights.log_snr_density(flow, DiffusionLoss(), lam),
-    )
+    edm = get_schedule("edm", **PARAMS["edm"])
+    edm_loss = DiffusionLoss.for_schedule(edm, weighting="min_snr")
+    assert np.allclose(weights.implied_weights(cfg, lam)["edm"], implied_weight(edm, edm_loss, "edm", lam))
+    unit = _cfg(schedules=["flow"], schedule={"flow": {"prediction": "eps"}})
+    flow_density = log_snr_density(get_schedule("flow"), DiffusionLoss(), lam)
+    assert np.allclose(weights.implied_weights(unit, lam)["flow"], flow_density)
 
 
 SOLVERS = Solvers.of(["euler", "heun", "ddim", "dpm_solver_2m", "euler_maruyama"])

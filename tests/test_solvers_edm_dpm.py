@@ -17,75 +17,30 @@ import pytest
 import torch
 
 from difflab import solvers as S
-from difflab.data.toy import GaussianMixture
 from difflab.schedules import SCHEDULES, get_schedule
 from difflab.solvers.dpm import _multistep_coefficients
-from peers import k_diffusion_sampling
+from peers import (
+    STEPS,
+    draws,
+    errors_as_steps_double,
+    gen,
+    k_diffusion_sampling,
+    kd_problem,
+    max_diff,
+    mixture,
+    randn,
+    record,
+    replay_sampler,
+    run_ours,
+    smooth_mixture,
+)
 
-STEPS = 12
 TOL = 1e-9  # float64 on both sides: the measured differences are ~1e-15
 
 
 @pytest.fixture(scope="module")
 def K():
     return k_diffusion_sampling()
-
-
-def gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
-
-
-def mixture(std=0.3) -> GaussianMixture:
-    angle = torch.arange(3) * 2 * math.pi / 3
-    return GaussianMixture(torch.stack([angle.cos(), angle.sin(), 0.5 * angle.sin()], dim=1), std)
-
-
-def randn(n: int, seed: int, d: int = 3) -> torch.Tensor:
-    return torch.randn(n, d, generator=gen(seed), dtype=torch.float64)
-
-
-def draws(noise: torch.Tensor, seed: int, n: int) -> list[torch.Tensor]:
-    """The first ``n`` draws our solvers make from ``gen(seed)``: one ``randn_like`` per noise step."""
-    g = gen(seed)
-    return [S.randn_like(noise, g) for _ in range(n)]
-
-
-def kd_problem(schedule, D, noise, steps=STEPS):
-    """k-diffusion's model, sigmas ``[s_0..s_K, 0]`` on our log-SNR grid, and its start ``y = s_0 noise``."""
-
-    def model(y, s):
-        t = schedule.t_from_log_snr(-2 * torch.log(s))
-        return D(schedule.alpha(t)[:, None] * y, t)
-
-    grid = S.get_grid("logsnr", schedule, steps)
-    sigmas = torch.cat([schedule.sigma_over_alpha(grid), grid.new_zeros(1)])
-    return model, sigmas, sigmas[0] * noise, grid
-
-
-def run_ours(solver, D, schedule, noise, steps=STEPS, grid="logsnr", seed=None, **options):
-    """Our sample and our states ``x(t_1..t_K)`` (from the callback)."""
-    states = []
-    out = S.get_solver(solver)(
-        D, schedule, noise, steps, grid=grid, generator=None if seed is None else gen(seed),
-        callback=lambda s: states.append(s["x"]), **options,
-    )  # fmt: skip
-    return out, torch.stack(states)
-
-
-def max_diff(a, b) -> float:
-    assert a.shape == b.shape, (a.shape, b.shape)
-    return (a - b).abs().max().item()
-
-
-def replay_sampler(noises):
-    """A k-diffusion ``noise_sampler(sigma, sigma_next)`` returning ``noises`` one after the other."""
-    it = iter(noises)
-    return lambda sigma, sigma_next: next(it)
-
-
-def record(states):
-    """A k-diffusion callback keeping its state ``x`` at the start of each iteration."""
-    return lambda info: states.append(info["x"])
 
 
 # -- k-diffusion, every schedule ----------------------------------------------------------------
@@ -354,20 +309,10 @@ ORDER = [
 def test_convergence_order(schedule_name):
     """Mean error against a tight rk45 solution from the same noise on a smooth mixture (std 0.5)."""
     schedule, noise = get_schedule(schedule_name), randn(64, 10, d=2)
-    angle = torch.arange(4) * math.pi / 2
-    gm = GaussianMixture(
-        torch.stack([angle.cos(), angle.sin()], dim=1), 0.5, torch.tensor([0.4, 0.3, 0.2, 0.1])
-    )
-    D = gm.denoiser(schedule)
+    D = smooth_mixture().denoiser(schedule)
     ref = S.sample_rk45(D, schedule, noise, None, rtol=1e-10, atol=1e-10)
     for solver, opts, (lo, hi) in ORDER:
-        errs = [
-            (S.get_solver(solver)(D, schedule, noise, k, grid="logsnr", **opts) - ref)
-            .norm(dim=1)
-            .mean()
-            .item()
-            for k in (32, 64, 128)
-        ]
+        errs = errors_as_steps_double(solver, D, schedule, noise, ref, **opts)
         ratios = [errs[0] / errs[1], errs[1] / errs[2]]
         assert min(errs) > 1e-9 and all(lo <= r <= hi for r in ratios), (solver, errs, ratios)
 

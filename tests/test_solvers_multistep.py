@@ -9,58 +9,27 @@ our float64 noise levels in place of their float32 tables (PNDM: ``alphas_cumpro
 visits; SA-Solver: ``sigmas``), so the comparison is exact.
 """
 
-import math
-
 import numpy as np
 import pytest
 import torch
 
 from difflab import solvers as S
-from difflab.data.toy import GaussianMixture
 from difflab.schedules import SCHEDULES, get_schedule
 from difflab.solvers.multistep import _AB, _ipndm_v_weights, _lms_weights, _sa_weights
-from peers import k_diffusion_sampling
+from peers import (
+    STEPS,
+    errors_as_steps_double,
+    gen,
+    k_diffusion_sampling,
+    kd_model,
+    max_diff,
+    mixture,
+    randn,
+    run_ours,
+    smooth_mixture,
+)
 
-STEPS = 12
 TOL = 1e-9  # float64 on both sides: measured <= 1.4e-12 (y reaches s_0 |noise| ~ 500)
-
-
-def gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
-
-
-def mixture(std=0.3) -> GaussianMixture:
-    angle = torch.arange(3) * 2 * math.pi / 3
-    return GaussianMixture(torch.stack([angle.cos(), angle.sin(), 0.5 * angle.sin()], dim=1), std)
-
-
-def randn(n: int, seed: int, d: int = 3) -> torch.Tensor:
-    return torch.randn(n, d, generator=gen(seed), dtype=torch.float64)
-
-
-def max_diff(a, b) -> float:
-    assert a.shape == b.shape, (a.shape, b.shape)
-    return (a - b).abs().max().item()
-
-
-def kd_model(schedule, D):
-    """The denoiser in EDM's variables: ``D_kd(y, s) = D(alpha(t) y, t)``, ``t = t(s)``."""
-
-    def model(y, s):
-        t = schedule.t_from_log_snr(-2 * torch.log(s))
-        return D(schedule.alpha(t)[:, None] * y, t)
-
-    return model
-
-
-def run_ours(solver, D, schedule, noise, steps=STEPS, grid="logsnr", seed=None, **options):
-    """Our sample and our states ``x(t_1..t_K)`` (from the callback)."""
-    states = []
-    out = S.get_solver(solver)(
-        D, schedule, noise, steps, grid=grid, generator=None if seed is None else gen(seed),
-        callback=lambda c: states.append(c["x"]), **options,
-    )  # fmt: skip
-    return out, torch.stack(states)
 
 
 # -- diff-sampler's published iPNDM and iPNDM-v, transcribed --------------------------------------
@@ -393,20 +362,10 @@ ORDER = [
 def test_convergence_order():
     """Mean error against a tight rk45 solution from the same noise on a smooth mixture (std 0.5)."""
     schedule, noise = get_schedule("vp_linear"), randn(64, 10, d=2)
-    angle = torch.arange(4) * math.pi / 2
-    gm = GaussianMixture(
-        torch.stack([angle.cos(), angle.sin()], dim=1), 0.5, torch.tensor([0.4, 0.3, 0.2, 0.1])
-    )
-    D = gm.denoiser(schedule)
+    D = smooth_mixture().denoiser(schedule)
     ref = S.sample_rk45(D, schedule, noise, None, rtol=1e-10, atol=1e-10)
     for solver, opts, (lo, hi) in ORDER:
-        errs = [
-            (S.get_solver(solver)(D, schedule, noise, k, grid="logsnr", **opts) - ref)
-            .norm(dim=1)
-            .mean()
-            .item()
-            for k in (32, 64, 128)
-        ]
+        errs = errors_as_steps_double(solver, D, schedule, noise, ref, **opts)
         ratios = [errs[0] / errs[1], errs[1] / errs[2]]
         assert min(errs) > 1e-9 and all(lo <= r <= hi for r in ratios), (solver, opts, errs, ratios)
 

@@ -1,13 +1,13 @@
 """Singlestep DPM-Solvers and k-diffusion's DPM family against k-diffusion and diffusers, in float64.
 
-k-diffusion's samplers run in EDM's variables on every schedule (``kd_problem`` of
-test_solvers_edm_dpm: ``y = x / alpha`` over ``s = sigma / alpha``, sigmas ``[s_0, ..., s_K, 0]``), with
-our noise draws fed to them as theirs. ``sample_dpm_fast`` and ``sample_dpm_adaptive`` build their own
-log-SNR steps between ``s_min`` and ``s_max`` and return ``y(s_min)`` (no final denoising): our sample is
-``D`` at that state. They build those steps with ``torch.linspace`` and ``torch.tensor``, which follow
-the default dtype, so they run under a float64 default. diffusers' ``DPMSolverSinglestepScheduler``
-writes its steps for VP schedules; its update formulas are driven in its VP variables
-``x_vp = y / sqrt(1 + s^2)`` on the same noise levels, which covers every schedule too.
+k-diffusion's samplers run in EDM's variables on every schedule (``peers.kd_problem``: ``y = x / alpha``
+over ``s = sigma / alpha``, sigmas ``[s_0, ..., s_K, 0]``), with our noise draws fed to them as theirs.
+``sample_dpm_fast`` and ``sample_dpm_adaptive`` build their own log-SNR steps between ``s_min`` and
+``s_max`` and return ``y(s_min)`` (no final denoising): our sample is ``D`` at that state. They build
+those steps with ``torch.linspace`` and ``torch.tensor``, which follow the default dtype, so they run
+under a float64 default. diffusers' ``DPMSolverSinglestepScheduler`` writes its steps for VP schedules;
+its update formulas are driven in its VP variables ``x_vp = y / sqrt(1 + s^2)`` on the same noise levels,
+which covers every schedule too.
 """
 
 import contextlib
@@ -17,14 +17,13 @@ import pytest
 import torch
 
 from difflab import solvers as S
-from difflab.data.toy import GaussianMixture
 from difflab.schedules import SCHEDULES, get_schedule
-from peers import k_diffusion_sampling
-from test_solvers_edm_dpm import (
+from peers import (
     STEPS,
-    TOL,
     draws,
+    errors_as_steps_double,
     gen,
+    k_diffusion_sampling,
     kd_problem,
     max_diff,
     mixture,
@@ -32,7 +31,10 @@ from test_solvers_edm_dpm import (
     record,
     replay_sampler,
     run_ours,
+    smooth_mixture,
 )
+
+TOL = 1e-9  # float64 on both sides
 
 
 @pytest.fixture(scope="module")
@@ -332,11 +334,7 @@ def test_same_samples_under_every_schedule_on_one_log_snr_grid():
 def smooth_problem():
     """A smooth mixture (std 0.5) under edm, its exact denoiser, noise and a tight rk45 solution."""
     schedule = get_schedule("edm")
-    angle = torch.arange(4) * math.pi / 2
-    gm = GaussianMixture(
-        torch.stack([angle.cos(), angle.sin()], dim=1), 0.5, torch.tensor([0.4, 0.3, 0.2, 0.1])
-    )
-    D, noise = gm.denoiser(schedule), randn(64, 10, d=2)
+    D, noise = smooth_mixture().denoiser(schedule), randn(64, 10, d=2)
     return schedule, D, noise, S.sample_rk45(D, schedule, noise, None, rtol=1e-10, atol=1e-10)
 
 
@@ -359,9 +357,7 @@ def test_convergence_order(smooth_problem):
     /4 for the second-order solvers, /8 for DPM-Solver++(3S) and DPM-Solver-fast."""
     schedule, D, noise, ref = smooth_problem
     for solver, opts, steps, (lo, hi) in ORDER:
-        errs = [
-            mean_error(S.get_solver(solver)(D, schedule, noise, k, grid="logsnr", **opts), ref) for k in steps
-        ]
+        errs = errors_as_steps_double(solver, D, schedule, noise, ref, steps, **opts)
         ratios = [errs[0] / errs[1], errs[1] / errs[2]]
         assert min(errs) > 1e-9 and all(lo <= r <= hi for r in ratios), (solver, errs, ratios)
 

@@ -9,15 +9,13 @@ trajectories agree to ~1e-14 (every order, 10 and 20 steps); with its own float3
 5e-5 for order 3 at 20 steps), so that comparison runs at 10 steps. diffusers is a dev-only dependency.
 """
 
-import math
-
 import pytest
 import torch
 
 from difflab import solvers as S
-from difflab.data.toy import GaussianMixture
 from difflab.parametrization import from_x0
 from difflab.schedules import get_schedule
+from peers import errors_as_steps_double, mixture, randn, smooth_mixture
 
 N_TRAIN = 1000
 ORDERS = (1, 2, 3)
@@ -30,15 +28,6 @@ PEERS = {
     ),
     "deis": ("DEISMultistepScheduler", dict(algorithm_type="deis", solver_type="logrho")),
 }
-
-
-def mixture(std: float) -> GaussianMixture:
-    angle = torch.arange(3) * 2 * math.pi / 3
-    return GaussianMixture(torch.stack([angle.cos(), angle.sin(), 0.5 * angle.sin()], dim=1), std)
-
-
-def randn(n: int, seed: int, d: int = 3) -> torch.Tensor:
-    return torch.randn(n, d, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
 
 
 def trajectory(solver, D, schedule, noise, grid, **options) -> torch.Tensor:
@@ -138,21 +127,12 @@ RATIOS = {
 
 
 def test_convergence_order_as_steps_double():
-    s, angle = get_schedule("vp_linear"), torch.arange(4) * math.pi / 2
-    gm = GaussianMixture(
-        torch.stack([angle.cos(), angle.sin()], dim=1), 0.5, torch.tensor([0.4, 0.3, 0.2, 0.1])
-    )
-    D, noise = gm.denoiser(s), randn(64, 4, d=2)
+    s = get_schedule("vp_linear")
+    D, noise = smooth_mixture().denoiser(s), randn(64, 4, d=2)
     ref = S.sample_rk45(D, s, noise, None, grid="logsnr", rtol=1e-10, atol=1e-10)
     for solver, bounds in RATIOS.items():
         for order, (lo, hi) in bounds.items():
-            errs = [
-                (S.get_solver(solver)(D, s, noise, k, grid="logsnr", order=order) - ref)
-                .norm(dim=1)
-                .mean()
-                .item()
-                for k in (32, 64, 128)
-            ]
+            errs = errors_as_steps_double(solver, D, s, noise, ref, order=order)
             ratios = [errs[0] / errs[1], errs[1] / errs[2]]
             assert min(errs) > 1e-12 and all(lo <= r <= hi for r in ratios), (solver, order, errs, ratios)
 

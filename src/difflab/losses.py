@@ -20,12 +20,16 @@ Weightings ``w`` (``WEIGHTINGS``, the keys of ``_WEIGHTINGS``):
     "edm"         lambda = (s^2 + sd^2) / (s sd)^2, s = sigma/alpha, sd = sigma_data (Karras et al. 2022)
 With the "edm" target, ``k = 1 / c_out`` and EDM's weighting gives ``w = lambda c_out^2 = 1`` (EDM eq. 8).
 A schedule's own recipe is ``DiffusionLoss.for_schedule(schedule)`` (``Schedule.loss_defaults``).
+Together they put the weight ``implied_weight`` on each log-SNR of the eps-MSE (Kingma & Gao 2023):
+the density of the training log-SNRs (``log_snr_density``) times the weighting restated on eps.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import math
+import types
 
 import torch
 from torch import Tensor
@@ -186,11 +190,10 @@ class DiffusionLoss:
     ):
         _choose(_TIME_DENSITIES, time_sampling, "time sampling")
         _choose(_WEIGHTINGS, weighting, "loss weighting")
-        for key, value, low in (("min_snr_gamma", min_snr_gamma, 0.0), ("P_std", P_std, 0.0)):
-            if not (_is_number(value) and value > low):
-                raise ValueError(f"loss: {key}={value!r} must be a finite number > 0")
-        if not _is_number(P_mean):
-            raise ValueError(f"loss: P_mean={P_mean!r} must be a finite number")
+        for key, value in (("min_snr_gamma", min_snr_gamma), ("P_mean", P_mean), ("P_std", P_std)):
+            field = dataclasses.replace(LOSS_FIELDS[key], nullable=False)  # null is for_schedule's
+            if not field.accepts(value):
+                raise ValueError(f"loss: {key}={value!r} must be {field.allowed()}")
         self.time_sampling, self.weighting = time_sampling, weighting
         self.min_snr_gamma, self.P_mean, self.P_std = float(min_snr_gamma), float(P_mean), float(P_std)
 
@@ -213,10 +216,15 @@ class DiffusionLoss:
     def __repr__(self) -> str:
         return f"DiffusionLoss({', '.join(f'{k}={v!r}' for k, v in self.settings().items())})"
 
+    def parameters(self, key: str) -> dict:
+        """The settings that this loss's time density (``key="time_sampling"``) or weighting
+        (``key="weighting"``) takes, e.g. lognormal's ``P_mean`` and ``P_std``."""
+        fn = (_TIME_DENSITIES if key == "time_sampling" else _WEIGHTINGS)[getattr(self, key)]
+        return {k: v for k, v in self.settings().items() if k in _keywords(fn)}
+
     def sample_times(self, schedule: Schedule, n: int, generator=None, device=None) -> Tensor:
         """``n`` times from this loss's density, ``[n]`` float32."""
-        density = _TIME_DENSITIES[self.time_sampling]
-        params = {k: v for k, v in self.settings().items() if k in _keywords(density)}
+        params = self.parameters("time_sampling")
         return sample_times(
             schedule, n, kind=self.time_sampling, generator=generator, device=device, **params
         )
@@ -245,5 +253,75 @@ class DiffusionLoss:
         return self.weight(denoiser, t) * mse
 
 
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+# -- the weight a loss puts on each log-SNR (Kingma & Gao 2023) -----------------------------------
+HISTOGRAM_SAMPLES = 2**20  # training times drawn for a density without a closed form in log-SNR
+
+
+def _uniform_t(schedule: Schedule, loss: DiffusionLoss, lam: Tensor, t: Tensor) -> Tensor:
+    """t uniform on [t_min, t_max]: ``p(lambda) = |dt / d lambda| / (t_max - t_min)`` (autograd)."""
+    with torch.enable_grad():
+        tt = t.detach().clone().requires_grad_(True)
+        (dlam_dt,) = torch.autograd.grad(schedule.log_snr(tt).sum(), tt)
+    return 1 / dlam_dt.abs() / (schedule.t_max - schedule.t_min)
+
+
+def _uniform_lam(schedule: Schedule, loss: DiffusionLoss, lam: Tensor, t: Tensor) -> Tensor:
+    """lambda uniform between the interval's ends: ``1 / (lam_hi - lam_lo)``."""
+    lam_lo, lam_hi = schedule.log_snr_range()
+    return torch.full_like(lam, 1 / (lam_hi - lam_lo))
+
+
+def _normal_lam(schedule: Schedule, loss: DiffusionLoss, lam: Tensor, t: Tensor) -> Tensor:
+    """``ln(sigma/alpha) ~ N(P_mean, P_std^2)``, so ``lambda ~ N(-2 P_mean, (2 P_std)^2)``."""
+    mean, sd = -2 * loss.P_mean, 2 * loss.P_std
+    return torch.exp(-0.5 * ((lam - mean) / sd) ** 2) / (sd * math.sqrt(2 * math.pi))
+
+
+# p(lambda) in closed form per time density (the keys of ``_TIME_DENSITIES``); any other: a histogram
+LOG_SNR_DENSITIES = {"stratified": _uniform_t, "uniform": _uniform_t, "logsnr": _uniform_lam,
+                     "lognormal": _normal_lam}  # fmt: skip
+
+
+def _histogram_density(schedule: Schedule, loss: DiffusionLoss, lam: Tensor) -> Tensor:
+    """``p(lambda)`` from ``HISTOGRAM_SAMPLES`` times of ``loss.sample_times`` (fixed generator) in 200
+    bins, linear between the bin centres (constant beyond them); times clamped onto the interval's ends
+    (point masses) are left out."""
+    t = loss.sample_times(schedule, HISTOGRAM_SAMPLES, generator=torch.Generator().manual_seed(0))
+    inside = (t > torch.tensor(schedule.t_min).float()) & (t < torch.tensor(schedule.t_max).float())
+    (lam_lo, lam_hi), bins = schedule.log_snr_range(), 200
+    counts = torch.histc(schedule.log_snr(t[inside].double()), bins, lam_lo, lam_hi)
+    width = (lam_hi - lam_lo) / bins
+    density = counts / (HISTOGRAM_SAMPLES * width)  # [bins]
+    u = ((lam - lam_lo) / width - 0.5).clamp(0, bins - 1)  # position in units of bins from the 1st centre
+    i = u.floor().long().clamp(max=bins - 2)
+    return torch.lerp(density[i], density[i + 1], u - i)
+
+
+def log_snr_density(schedule: Schedule, loss: DiffusionLoss, lam) -> Tensor:
+    """``p(lambda)``, float64 of ``lam``'s shape: the density of ``lambda = log_snr(t)`` for t drawn
+    from ``loss``'s time density, by change of variables (``LOG_SNR_DENSITIES``) or a histogram of
+    ``loss.sample_times``; 0 outside the schedule's log-SNR range. The lognormal's tails, which
+    training clamps onto the interval's ends, are point masses there and not part of it."""
+    lam = torch.as_tensor(lam, dtype=torch.float64)
+    lam_lo, lam_hi = schedule.log_snr_range()
+    t = schedule.t_from_log_snr(lam.clamp(lam_lo, lam_hi)).clamp(schedule.t_min, schedule.t_max)
+    closed = LOG_SNR_DENSITIES.get(loss.time_sampling)
+    p = closed(schedule, loss, lam, t) if closed else _histogram_density(schedule, loss, lam)
+    return torch.where((lam >= lam_lo) & (lam <= lam_hi), p, torch.zeros_like(p))
+
+
+def implied_weight(schedule: Schedule, loss: DiffusionLoss, prediction: str, lam) -> Tensor:
+    """``w(lambda)``, float64 of ``lam``'s shape, with the loss of a network of type ``prediction``
+    trained under ``schedule`` equal to
+
+        L = int w(lambda) E_{x0, eps} ||eps - eps_hat(x_lambda)||^2 d lambda      (Kingma & Gao 2023)
+
+    ``w = p(lambda) * loss.weight * k^2 / snr``: the density of the training log-SNRs
+    (``log_snr_density``) times the weight on the target's MSE restated on the eps-MSE (the target's
+    MSE is ``k^2`` times the x0-MSE, ``target_slope2``; the eps-MSE ``snr`` times it). 0 outside the
+    schedule's log-SNR range; not normalised."""
+    lam = torch.as_tensor(lam, dtype=torch.float64)
+    t = schedule.t_from_log_snr(lam.clamp(*schedule.log_snr_range())).clamp(schedule.t_min, schedule.t_max)
+    denoiser = types.SimpleNamespace(schedule=schedule, prediction=prediction, sigma_data=SIGMA_DATA)
+    k2_over_snr = target_slope2(prediction, schedule, t) / schedule.log_snr(t).exp()
+    return log_snr_density(schedule, loss, lam) * loss.weight(denoiser, t) * k2_over_snr

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import math
+import dataclasses
+from dataclasses import dataclass
 
 import lightning.pytorch as pl
 import torch
@@ -16,44 +17,53 @@ class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or infinite."""
 
 
-def _number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+def _check(settings, fields: dict) -> None:
+    """Each of the dataclass ``settings``' values against its declared config ``Field`` (the ``optim``
+    and ``class_cond`` sections, ``training``): ``ValueError`` naming the bad one."""
+    for f in dataclasses.fields(settings):
+        value = getattr(settings, f.name)
+        field = fields[f.name]
+        if not field.accepts(list(value) if isinstance(value, tuple) else value):
+            raise ValueError(f"{f.name}={value!r} must be {field.allowed()}")
 
 
-def check_optimizer(*, lr, betas, weight_decay, warmup_steps) -> None:
-    """AdamW's settings: ``lr`` > 0, ``betas`` two numbers in [0, 1), ``weight_decay`` >= 0,
-    ``warmup_steps`` an integer >= 0. ``ValueError`` naming the bad one."""
-    if not _number(lr) or lr <= 0:
-        raise ValueError(f"lr={lr!r} must be a number > 0")
-    if (
-        not isinstance(betas, (list, tuple))
-        or len(betas) != 2
-        or not all(_number(b) and 0 <= b < 1 for b in betas)
-    ):
-        raise ValueError(f"betas={betas!r} must be two numbers in [0, 1)")
-    if not _number(weight_decay) or weight_decay < 0:
-        raise ValueError(f"weight_decay={weight_decay!r} must be a number >= 0")
-    if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or warmup_steps < 0:
-        raise ValueError(f"warmup_steps={warmup_steps!r} must be an integer >= 0")
+@dataclass(frozen=True)
+class AdamW:
+    """AdamW's ``lr``, ``betas``, ``weight_decay`` and a linear warmup of the lr over ``warmup_steps``
+    (the ``optim`` section but the Trainer's ``grad_clip``; defaults: ``conf/config.yaml``'s)."""
+
+    lr: float = 2e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 0.0
+    warmup_steps: int = 100
+
+    def __post_init__(self):
+        from difflab.training import OPTIM_FIELDS
+
+        _check(self, OPTIM_FIELDS)
 
 
-def check_conditioning(*, num_classes, label_dropout) -> None:
-    """``num_classes`` an integer >= 0 (0 = unconditional), ``label_dropout`` in [0, 1]."""
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
-        raise ValueError(f"num_classes={num_classes!r} must be an integer >= 0 (0 = unconditional)")
-    if not _number(label_dropout) or not 0 <= label_dropout <= 1:
-        raise ValueError(f"label_dropout={label_dropout!r} must be a number in [0, 1]")
+@dataclass(frozen=True)
+class ClassConditioning:
+    """``num_classes`` > 0 conditions on labels, replaced by the null label ``num_classes`` with
+    probability ``label_dropout`` in training (classifier-free guidance); 0: unconditional."""
+
+    num_classes: int = 0
+    label_dropout: float = 0.1
+
+    def __post_init__(self):
+        from difflab.training import CLASS_COND_FIELDS
+
+        _check(self, CLASS_COND_FIELDS)
 
 
 class DiffusionModule(pl.LightningModule):
     """Trains ``net`` as the denoiser of ``schedule`` with ``loss`` (lightning-hydra-template style).
 
-    AdamW with ``lr``, ``betas``, ``weight_decay`` and a linear warmup of the lr over ``warmup_steps``
-    (gradient clipping is the Trainer's). ``num_classes`` > 0 enables class conditioning: labels are
-    replaced by the null label ``num_classes`` with probability ``label_dropout`` (classifier-free
-    guidance). ``hparams`` are plain dicts (``torch.load(weights_only=True)`` reads the checkpoints);
-    ``extra_hparams`` adds more (the net config, the data shape) for loading without the config.
-    The defaults here are conf/'s (``conf/config.yaml``).
+    ``settings`` are the fields of ``AdamW`` (gradient clipping is the Trainer's) and of
+    ``ClassConditioning``. ``hparams`` are plain dicts (``torch.load(weights_only=True)`` reads the
+    checkpoints); ``extra_hparams`` adds more (the net config, the data shape) for loading without the
+    config.
     """
 
     def __init__(
@@ -63,27 +73,18 @@ class DiffusionModule(pl.LightningModule):
         loss,
         *,
         prediction: str,
-        lr: float = 2e-4,
-        betas: tuple[float, float] = (0.9, 0.999),
-        weight_decay: float = 0.0,
-        warmup_steps: int = 100,
-        num_classes: int = 0,
-        label_dropout: float = 0.1,
         sigma_data: float = SIGMA_DATA,
         extra_hparams: dict | None = None,
+        **settings,
     ):
         super().__init__()
-        check_optimizer(lr=lr, betas=betas, weight_decay=weight_decay, warmup_steps=warmup_steps)
-        check_conditioning(num_classes=num_classes, label_dropout=label_dropout)
+        adamw = {f.name for f in dataclasses.fields(AdamW)}
+        optim = AdamW(**{k: v for k, v in settings.items() if k in adamw})
+        cond = ClassConditioning(**{k: v for k, v in settings.items() if k not in adamw})
         self.net, self.schedule, self.loss = net, schedule, loss
         self.prediction, self.sigma_data = prediction, float(sigma_data)
-        self.num_classes, self.label_dropout = int(num_classes), float(label_dropout)
-        self.optim = {
-            "lr": lr,
-            "betas": list(betas),
-            "weight_decay": weight_decay,
-            "warmup_steps": warmup_steps,
-        }
+        self.num_classes, self.label_dropout = int(cond.num_classes), float(cond.label_dropout)
+        self.optim = {**dataclasses.asdict(optim), "betas": list(optim.betas)}
         self.save_hyperparameters(
             {
                 "schedule": schedule.params(),

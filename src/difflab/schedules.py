@@ -27,6 +27,8 @@ import math
 import torch
 from torch import Tensor
 
+from difflab.schema import Field, registry
+
 _REGISTRY: dict[str, type[Schedule]] = {}
 
 
@@ -618,6 +620,20 @@ def common_log_snr_range(*schedules: Schedule) -> tuple[float, float]:
     if not lo < hi:
         raise ValueError(f"no log-SNR is covered by all of {', '.join(map(repr, schedules))}")
     return lo, hi
+
+
+# ``schedule.<name>`` of the config: what ``schedule_from_config`` and training (its ``prediction``)
+# read; ``params`` are the schedule's own, checked by building it (``config._check_schedules``)
+SCHEDULE_FIELDS = {
+    "params": Field(dict, nullable=True, optional=True),
+    "prediction": Field(
+        str,
+        choices=registry("difflab.parametrization", "PREDICTIONS"),
+        nullable=True,
+        optional=True,
+        doc="null: the schedule's own",
+    ),
+}
 
 
 def schedule_from_config(cfg: dict, name: str) -> Schedule:

@@ -19,16 +19,6 @@ WANDB_DIR_VARS = {
 }
 
 
-def check_wandb(*, project, entity, group) -> None:
-    """The ``wandb`` section: ``project`` a non-empty name, ``entity`` and ``group`` null or a name
-    (group null: the experiment's name)."""
-    if not isinstance(project, str) or not project:
-        raise ValueError(f"project={project!r} must be a non-empty name")
-    for key, value in (("entity", entity), ("group", group)):
-        if value is not None and (not isinstance(value, str) or not value):
-            raise ValueError(f"{key}={value!r} must be null or a non-empty name")
-
-
 def wandb_mode() -> str:
     """``WANDB_MODE`` or ``offline``: nothing waits for a network unless the user asks for it."""
     return os.environ.get("WANDB_MODE") or "offline"
@@ -81,3 +71,32 @@ def finish_run(logger, summary: dict) -> None:
     logger.experiment.summary.update(summary)
     logger.finalize("success")
     wandb.finish()
+
+
+def start_run(cfg: dict, out_dir, group: str, *, job_type: str, name: str):
+    """A W&B run outside Lightning (the report's comparison run) in ``out_dir``, in the project and
+    entity of ``cfg["wandb"]`` (project ``difflab`` without one) and group ``group``, with ``cfg``
+    logged as its config; mode ``wandb_mode()``, W&B's folders under ``out_dir``."""
+    import wandb
+
+    wb = cfg.get("wandb") or {}
+    use_wandb_folders(out_dir)
+    settings = wandb.Settings(silent=True, console="off")
+    where = {"project": wb.get("project", "difflab"), "entity": wb.get("entity"), "group": group}
+    run = {"job_type": job_type, "name": name, "dir": str(out_dir), "mode": wandb_mode()}
+    return wandb.init(**where, **run, config=dict(cfg), settings=settings)
+
+
+def why_offline() -> str | None:
+    """Why nothing can be published to W&B now (a sentence), or ``None`` when it can be tried."""
+    if wandb_mode() in ("offline", "disabled", "dryrun"):
+        return "WANDB_MODE is offline (set WANDB_MODE=online to publish)"
+    if not os.environ.get("WANDB_API_KEY"):
+        try:
+            import wandb
+
+            if not wandb.Api().api_key:
+                return "no W&B API key (run `wandb login` or set WANDB_API_KEY)"
+        except Exception as e:  # no config, no network: say which
+            return f"W&B is not reachable ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+    return None

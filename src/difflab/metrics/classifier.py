@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -76,88 +77,79 @@ def _check_training_data(levels_images, labels, levels) -> None:
         raise ValueError("labels must name at least two classes to train a classifier")
 
 
+@dataclass(frozen=True)
+class ClassifierTraining:
+    """Adam at ``lr`` with a cosine decay over ``epochs`` of ``batch_size`` images, ``val_fraction``
+    held out for the accuracy, everything drawn from ``seed``."""
+
+    seed: int = 0
+    epochs: int = 20
+    batch_size: int = 32
+    lr: float = 3e-3
+    val_fraction: float = 0.1
+
+
 def train_classifier(
-    levels_images: Tensor,
-    labels: Tensor,
-    levels: int,
-    out_path,
-    *,
-    seed: int = 0,
-    epochs: int = 20,
-    batch_size: int = 32,
-    lr: float = 3e-3,
-    val_fraction: float = 0.1,
-    device="cpu",
+    levels_images: Tensor, labels: Tensor, levels: int, out_path, *, device="cpu", **options
 ) -> dict:
     """Train the feature classifier on ``levels_images`` ``[N, C, H, W]`` (integer levels) and
-    ``labels`` ``[N]``; save the checkpoint at ``out_path`` (atomic). Returns
-    ``dict(acc, train_acc, seconds, n_train, n_val)``, ``acc`` on a held-out ``val_fraction``."""
+    ``labels`` ``[N]`` (``options``: ``ClassifierTraining``'s fields); save the checkpoint at
+    ``out_path`` (atomic). Returns ``dict(acc, train_acc, seconds, n_train, n_val)``, ``acc`` on the
+    held-out ``val_fraction``."""
     _check_training_data(levels_images, labels, levels)
+    recipe = ClassifierTraining(**options)
+    from difflab.images import levels_to_uint8_images
+
+    start = time.perf_counter()
+    x = _uint8_to_model(levels_to_uint8_images(levels_images, levels)).to(device)
+    y = labels.long().to(device)
+    g = torch.Generator().manual_seed(recipe.seed)
+    perm = torch.randperm(len(x), generator=g)
+    n_val = max(1, int(len(x) * recipe.val_fraction))
+    val, train = perm[:n_val].to(device), perm[n_val:]
     # A net this small runs ~6x faster on one CPU thread than on several competing ones.
     threads = torch.get_num_threads()
     if torch.device(device).type == "cpu":
         torch.set_num_threads(1)
     try:
-        return _train(
-            levels_images, labels, levels, out_path, seed, epochs, batch_size, lr, val_fraction, device
-        )
+        model = _fit(x, y, train, recipe, g)
     finally:
         torch.set_num_threads(threads)
+    with torch.no_grad():
+        acc = (model(x[val]).argmax(1) == y[val]).float().mean().item()
+        train_acc = (model(x[train.to(device)]).argmax(1) == y[train.to(device)]).float().mean().item()
+    hparams = {"in_channels": int(x.shape[1]), "image_size": [int(x.shape[2]), int(x.shape[3])],
+               "num_classes": model.head.out_features, "feature_dim": FEATURE_DIM, "levels": levels,
+               "seed": recipe.seed, "epochs": recipe.epochs}  # fmt: skip
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    atomic_write(out_path, lambda tmp: torch.save({"state_dict": state, "hparams": hparams, "acc": acc}, tmp))
+    seconds = time.perf_counter() - start
+    return {"acc": acc, "train_acc": train_acc, "seconds": seconds, "n_train": len(train), "n_val": n_val}
 
 
-def _train(
-    levels_images, labels, levels, out_path, seed, epochs, batch_size, lr, val_fraction, device
-) -> dict:
-    from difflab.images import levels_to_uint8_images
-
-    g = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
-    start = time.perf_counter()
-    x = _uint8_to_model(levels_to_uint8_images(levels_images, levels))
-    y = labels.long()
-    num_classes = int(y.max()) + 1
-    perm = torch.randperm(len(x), generator=g)
-    n_val = max(1, int(len(x) * val_fraction))
-    val, train = perm[:n_val], perm[n_val:]
-    model = DigitClassifier(x.shape[1], num_classes).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * -(-len(train) // batch_size))
-    x, y = x.to(device), y.to(device)
-    for _ in range(epochs):
+def _fit(
+    x: Tensor, y: Tensor, train: Tensor, recipe: ClassifierTraining, g: torch.Generator
+) -> DigitClassifier:
+    """A ``DigitClassifier`` fitted to the rows ``train`` of images ``x`` ``[N, C, H, W]`` in [-1, 1] and
+    labels ``y`` ``[N]``, in eval mode; batches, shifts and initialisation drawn from ``g`` and the seed."""
+    torch.manual_seed(recipe.seed)
+    model = DigitClassifier(x.shape[1], int(y.max()) + 1).to(x.device)
+    opt = torch.optim.Adam(model.parameters(), lr=recipe.lr)
+    batches = -(-len(train) // recipe.batch_size)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=recipe.epochs * batches)
+    for _ in range(recipe.epochs):
         model.train()
         order = train[torch.randperm(len(train), generator=g)]
-        for i in range(0, len(order), batch_size):
-            idx = order[i : i + batch_size].to(device)
-            xb = x[idx]
+        for i in range(0, len(order), recipe.batch_size):
+            idx = order[i : i + recipe.batch_size].to(x.device)
             # small random shifts (+-1 pixel, circular): a more robust feature space
             sh = torch.randint(-1, 2, (2,), generator=g).tolist()
-            xb = torch.roll(xb, shifts=sh, dims=(2, 3))
-            loss = F.cross_entropy(model(xb), y[idx])
+            loss = F.cross_entropy(model(torch.roll(x[idx], shifts=sh, dims=(2, 3))), y[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
-    model.eval()
-    with torch.no_grad():
-        acc = (model(x[val.to(device)]).argmax(1) == y[val.to(device)]).float().mean().item()
-        train_acc = (model(x[train.to(device)]).argmax(1) == y[train.to(device)]).float().mean().item()
-    hparams = {
-        "in_channels": int(x.shape[1]),
-        "image_size": [int(x.shape[2]), int(x.shape[3])],
-        "num_classes": num_classes,
-        "feature_dim": FEATURE_DIM,
-        "levels": levels,
-        "seed": seed,
-        "epochs": epochs,
-    }
-    ckpt = {
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        "hparams": hparams,
-        "acc": acc,
-    }
-    atomic_write(out_path, lambda tmp: torch.save(ckpt, tmp))
-    seconds = time.perf_counter() - start
-    return {"acc": acc, "train_acc": train_acc, "seconds": seconds, "n_train": len(train), "n_val": n_val}
+    return model.eval()
 
 
 def load_classifier(path, device="cpu") -> tuple[DigitClassifier, dict]:

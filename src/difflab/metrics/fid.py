@@ -14,9 +14,10 @@ and take the 2.5/97.5 percentiles shifted by the bootstrap bias (``mean_b - fid`
 duplicates rows, which alone raises FID, so plain percentiles would sit above the estimate.
 
 ``fid_kid`` is its parts in order: ``check_inputs``, ``extractor_weights``, ``reference_statistics``,
-``extract_features``, ``fid_kid_from_features``; ``keep_features=True`` also returns the features
-and the bootstrap replicates, which rows of one seed draw at the same indices
-(``bootstrap_draws``), so ``difflab.metrics.paired`` can compare two rows from them.
+``extract_features``, ``fid_kid_from_features`` (the estimation's settings: ``FidOptions``);
+``keep_features=True`` also returns the features and the bootstrap replicates, which rows of one seed
+draw at the same indices (``bootstrap_draws``), so ``difflab.metrics.paired`` can compare two rows
+from them. The bootstrap's FID is computed in float64 throughout (``bootstrap_fid``).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import hashlib
 import math
 import os
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -235,15 +237,15 @@ def bootstrap_fid(
             out[b] = ((mu1 - mu2) ** 2).sum() + tr1 + tr2 - 2 * tr_covmean
         return out
     r = f @ root2  # [n, d]
-    r32 = r.to(torch.float32)
     sq = (f**2).sum(1)  # [n]
-    for lo in range(0, n_boot, 32):  # chunks bound the [chunk, d, n] intermediate
-        c = torch.stack([torch.bincount(i, minlength=n) for i in idx[lo : lo + 32]]).to(dev, torch.float64)
+    # float64 throughout: the reference covariance's eigenvalues span ~1e-14..1e2 for classifier
+    # features, and a float32 moment moves FID by ~1 there. Chunks bound the [chunk, d, n] intermediate.
+    chunk = max(1, min(32, 2**27 // (n * d)))
+    for lo in range(0, n_boot, chunk):
+        c = torch.stack([torch.bincount(i, minlength=n) for i in idx[lo : lo + chunk]]).to(dev, torch.float64)
         mu1, mu_r = c @ f / n, c @ r / n  # [b, d]
-        # the count-weighted second moment in float32 (the interval needs ~1e-6, not 1e-14), the
-        # centring and the eigenvalues in float64
-        moment = ((r32.T[None] * c.to(torch.float32)[:, None, :]) @ r32).to(torch.float64)
-        m = moment - n * mu_r[:, :, None] * mu_r[:, None, :]  # [b, d, d]
+        moment = (r.T[None] * c[:, None, :]) @ r  # count-weighted second moment, [b, d, d]
+        m = moment - n * mu_r[:, :, None] * mu_r[:, None, :]
         tr_covmean = torch.linalg.eigvalsh(m / (n - 1)).clamp_min(0).sqrt().sum(-1)
         tr1 = (c @ sq - n * (mu1**2).sum(1)) / (n - 1)
         out[lo : lo + len(c)] = ((mu1 - mu2) ** 2).sum(1) + tr1 + tr2 - 2 * tr_covmean
@@ -378,55 +380,58 @@ def fid_kid_from_features(
     }
 
 
+@dataclass(frozen=True)
+class FidOptions:
+    """How ``fid_kid`` estimates: ``bootstrap`` resamples for FID's 95% interval (0: none, NaN bounds),
+    drawn with ``seed`` (also KID's subsets); ``kid_subset_size`` (None: ``min(1000, n_samples,
+    n_reference)``) and ``kid_subsets`` (torch-fidelity's default 100); the extractor's ``batch_size``."""
+
+    bootstrap: int = 200
+    seed: int = 0
+    kid_subset_size: int | None = None
+    kid_subsets: int = 100
+    batch_size: int = 64
+
+
 def fid_kid(
     samples: Tensor,
     reference: Tensor,
     *,
+    cache_dir,
     feature_extractor: str = "classifier",
     extractor_path=None,
-    cache_dir,
-    bootstrap: int = 200,
-    seed: int = 0,
     device="cpu",
-    kid_subset_size: int | None = None,
-    kid_subsets: int = 100,
-    batch_size: int = 64,
     keep_features: bool = False,
+    **options,
 ) -> dict:
     """FID (with a 95% bootstrap interval) and KID between uint8 ``samples`` and ``reference``
     ``[N, C, H, W]`` (0..255; C = 1 or 3; same C, H, W): ``check_inputs``, ``extractor_weights``,
-    ``reference_statistics``, ``extract_features``, ``fid_kid_from_features``.
+    ``reference_statistics``, ``extract_features``, ``fid_kid_from_features``; ``options`` are
+    ``FidOptions``' fields.
 
     Returns ``dict(fid, fid_lo, fid_hi, kid_mean, kid_std, n_samples, n_reference, kid_subset_size,
     feature_dim, feature_extractor, weights_sha256, reference_cache_hit)``, and with
     ``keep_features`` also ``features`` (float32 ``[n, d]``) and ``fid_bootstrap`` (the bootstrap
-    replicates, drawn by ``bootstrap_draws(n, bootstrap, seed)``) for paired comparisons.
-    ``kid_subset_size`` defaults to ``min(1000, n_samples, n_reference)`` (``kid_subsets`` subsets,
-    torch-fidelity's default 100); fewer than 10 images on either side is an error for KID. FID with
-    fewer samples than feature dimensions is strongly biased: a warning, and ``n_samples`` is
-    reported beside every number. ``bootstrap=0`` skips the interval (NaN).
+    replicates, drawn by ``bootstrap_draws(n, bootstrap, seed)``) for paired comparisons. Fewer than
+    10 images on either side is an error for KID. FID with fewer samples than feature dimensions is
+    strongly biased: a warning, and ``n_samples`` is reported beside every number.
     """
+    opts = FidOptions(**options)
     samples, reference, kid_subset_size = check_inputs(
-        samples, reference, bootstrap=bootstrap, kid_subset_size=kid_subset_size
+        samples, reference, bootstrap=opts.bootstrap, kid_subset_size=opts.kid_subset_size
     )
     weights = extractor_weights(feature_extractor, extractor_path, samples.shape[2:])
-    ref, _, hit = reference_statistics(
-        reference,
-        feature_extractor=feature_extractor,
-        weights=weights,
-        cache_dir=cache_dir,
-        device=device,
-        batch_size=batch_size,
-    )
-    feats = _extract(samples, feature_extractor, weights, device, batch_size)
+    where = {"feature_extractor": feature_extractor, "weights": weights, "device": device}
+    ref, _, hit = reference_statistics(reference, cache_dir=cache_dir, batch_size=opts.batch_size, **where)
+    feats = _extract(samples, feature_extractor, weights, device, opts.batch_size)
     scores = fid_kid_from_features(
         feats,
         ref,
-        bootstrap=bootstrap,
-        seed=seed,
+        bootstrap=opts.bootstrap,
+        seed=opts.seed,
         device=device,
         kid_subset_size=kid_subset_size,
-        kid_subsets=kid_subsets,
+        kid_subsets=opts.kid_subsets,
     )
     boots = scores.pop("fid_bootstrap")
     out = {

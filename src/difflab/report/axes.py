@@ -44,6 +44,11 @@ def _finite(v) -> bool:
     return v is not None and math.isfinite(float(v))
 
 
+def _finite_or_inf(v: float | None) -> float:
+    """``v``, or infinity where it is missing or not finite (ranks as the worst)."""
+    return v if _finite(v) else math.inf
+
+
 # -- schedule invariance ---------------------------------------------------------------------------
 def invariance_marks(
     rows: Sequence[Row], solvers: Solvers, tol: float = INVARIANCE_TOL
@@ -69,16 +74,12 @@ def invariance_by_solver(marks: Sequence[tuple[Row, str]], solvers: Solvers) -> 
     for name, grid in sorted(keys, key=lambda k: (solvers.names.index(k[0]), order.get(k[1], len(order)))):
         mine = [(r, m) for r, m in marks if (r.solver, r.grid) == (name, grid)]
         measured = [(r, m) for r, m in mine if m != NOT_MEASURED]
-        worst = max(measured, key=lambda rm: _or_inf(rm[0].invariance_error), default=(None, None))[0]
+        worst = max(measured, key=lambda rm: _finite_or_inf(rm[0].invariance_error), default=(None, None))[0]
         above = sum(m == NOT_IDENTICAL for _, m in measured)
         mark = NOT_MEASURED if not measured else NOT_IDENTICAL if above else IDENTICAL
         top = (None, None) if worst is None else (worst.invariance_error, worst.key)
         out.append(Invariance(name, grid, solvers.group(name), len(mine), len(measured), above, *top, mark))
     return out
-
-
-def _or_inf(v: float) -> float:
-    return v if math.isfinite(v) else math.inf
 
 
 # -- t-stepping solvers under every sampling schedule ----------------------------------------------
@@ -150,10 +151,10 @@ def grid_effect(rows: Sequence[Row], solvers: Solvers) -> list[dict]:
             continue
         solver = min(names, key=lambda n: np.mean([r.fid for r in pool if r.solver == n]))
         mine = [r for r in pool if r.solver == solver]
-        mean = {
-            s: np.mean([r.fid for r in mine if r.schedule == s]) for s in _in_order(r.schedule for r in mine)
-        }
-        schedule = min(mean, key=mean.get)
+        schedule = min(
+            _in_order(r.schedule for r in mine),
+            key=lambda s: np.mean([r.fid for r in mine if r.schedule == s]),
+        )
         mine = sorted((r for r in mine if r.schedule == schedule), key=lambda r: r.nfe)
         lines = {g: [r for r in mine if r.grid == g] for g in _in_order((r.grid for r in mine), GRIDS)}
         panels.append(GridPanel(group, solver, schedule, w, lines))
@@ -215,9 +216,7 @@ def best_scales(rows: Sequence[Row], pairing: Pairing) -> list[Guided]:
     out = []
     for schedule, curves in by_schedule.items():
         finite = [c for c in curves if c.best is not None]
-        best = min(
-            finite, key=lambda c: (c.best.fid, c.best.nfe if _finite(c.best.nfe) else math.inf), default=None
-        )
+        best = min(finite, key=lambda c: (c.best.fid, _finite_or_inf(c.best.nfe)), default=None)
         out.append(Guided(schedule, best, tuple(curves)))
     return out
 

@@ -42,33 +42,26 @@ def data_uri(png: str | Path | bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
 
 
+LIBRARIES = tuple("difflab torch lightning torchdiffeq torch-fidelity wandb dvc hydra-core numpy".split())
+
+
 def versions() -> dict[str, str]:
-    """Versions of Python and the libraries the numbers depend on (package metadata, no import), and
-    the git commit."""
+    """Versions of Python and the ``LIBRARIES`` the numbers depend on (package metadata, no import),
+    and the git commit ("?" without git or a repository)."""
     from importlib.metadata import PackageNotFoundError, version
 
     out = {"python": platform.python_version()}
-    for dist in (
-        "difflab",
-        "torch",
-        "lightning",
-        "torchdiffeq",
-        "torch-fidelity",
-        "wandb",
-        "dvc",
-        "hydra-core",
-        "numpy",
-    ):
+    for dist in LIBRARIES:
         try:
             out[dist] = version(dist)
         except PackageNotFoundError:
             out[dist] = "not installed"
     try:
-        commit = subprocess.run(
+        git = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5
         )
-        out["git commit"] = commit.stdout.strip() or "?"
-    except Exception:  # no git, no repository: the page says so
+        out["git commit"] = git.stdout.strip() or "?"
+    except (OSError, subprocess.SubprocessError):
         out["git commit"] = "?"
     return out
 
@@ -115,19 +108,15 @@ def section(s: Section) -> str:
 
 def render(sections: Sequence[Section], cfg: Mapping) -> str:
     """The report's HTML: the title, every section in order, then the configuration and versions."""
-    setup = [
-        Section("Configuration"),
-        Section("Versions", tables=(Table("", ("library", "version"), tuple(versions().items())),)),
-    ]
     dump = html.escape(yaml.safe_dump(dict(cfg), sort_keys=False))
-    config = f"<details open><summary>params.yaml</summary><pre>{dump}</pre></details>"
+    shown = Table("", ("library", "version"), tuple(versions().items()))
     parts = [
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
         f"<title>{TITLE}</title><style>{CSS}</style></head><body><h1>{TITLE}</h1>",
         *(section(s) for s in sections),
-        section(setup[0]),
-        config,
-        section(setup[1]),
+        section(Section("Configuration")),
+        f"<details open><summary>params.yaml</summary><pre>{dump}</pre></details>",
+        section(Section("Versions", tables=(shown,))),
         "</body></html>",
     ]
     return "\n".join(parts)

@@ -1,12 +1,13 @@
 """The comparison computed from rows (one per setting over its training seeds,
-``results.aggregate_seeds``): the solvers' specs, the one pairing, budgets, frontier, the schedule
-matrix, the differences that survive training noise, paired.csv, the NLL and the nested metrics.
+``results.aggregate_seeds``): the one pairing, budgets, frontier, the schedule matrix, the differences
+that survive training noise, paired.csv and the nested metrics (the NLL: ``metrics.nll``).
 
-Solvers are compared at equal NFE (denoiser evaluations), not at equal steps. Every row draws sample
-``i`` from the same noise, so two rows are compared by the paired bootstrap of their difference
-(``Pairing``, from ``difflab.metrics.paired``): a row *cannot be separated* from another when the
-paired 95% interval of ``FID(a) - FID(b)`` contains 0. With several training seeds a row is the mean
-over its seeds and seed ``k`` of one row is paired with seed ``k`` of the other (the same noise).
+Solvers (``solvers.registry.Solvers``) are compared at equal NFE (denoiser evaluations), not at equal
+steps. Every row draws sample ``i`` from the same noise, so two rows are compared by the paired
+bootstrap of their difference (``Pairing``, from ``difflab.metrics.paired``): a row *cannot be
+separated* from another when the paired 95% interval of ``FID(a) - FID(b)`` contains 0. With several
+training seeds a row is the mean over its seeds and seed ``k`` of one row is paired with seed ``k`` of
+the other (the same noise).
 """
 
 from __future__ import annotations
@@ -14,60 +15,18 @@ from __future__ import annotations
 import csv
 import io
 import math
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from itertools import combinations
 
 import numpy as np
 
+from difflab.metrics.nll import nll_by_schedule, nll_from_rows, with_nll  # noqa: F401  (build.py, pipeline/report.py)
 from difflab.metrics.paired import holm, holm_adjusted, seed_combined_difference, seed_matrix_difference
-from difflab.results import ADAPTIVE_STEPS, CSV_COLUMNS, Row
-from difflab.solvers import SolverSpec, get_spec
+from difflab.results import ADAPTIVE_STEPS, CSV_COLUMNS, Row, _cell
+from difflab.solvers.registry import Solvers
 
 ALPHA = 0.05  # family-wise error of the Holm-corrected families
-
-
-# -- solvers ---------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Solvers:
-    """The solvers of a comparison: each one's spec with the options it sampled with
-    (``SolverSpec.is_stochastic(options)`` decides ODE or SDE), ODE before SDE, by order, adaptive
-    last, then as named."""
-
-    specs: tuple[SolverSpec, ...]
-    options: Mapping[str, Mapping] = field(default_factory=dict)
-
-    @classmethod
-    def of(cls, names: Iterable[str], options: Mapping | None = None) -> Solvers:
-        names, options = list(dict.fromkeys(names)), dict(options or {})
-        specs = [get_spec(n) for n in names]
-        specs.sort(
-            key=lambda s: (s.is_stochastic(options.get(s.name)), s.adaptive, s.order, names.index(s.name))
-        )
-        return cls(tuple(specs), options)
-
-    @property
-    def names(self) -> list[str]:
-        return [s.name for s in self.specs]
-
-    def spec(self, name: str) -> SolverSpec:
-        return next(s for s in self.specs if s.name == name)
-
-    def stochastic(self, name: str) -> bool:
-        return self.spec(name).is_stochastic(self.options.get(name))
-
-    def family(self, name: str) -> str:
-        """``"ode"`` or ``"sde"`` with the options the solver ran with."""
-        return "sde" if self.stochastic(name) else "ode"
-
-    def group(self, name: str) -> str:
-        """The legend heading, e.g. ``"ODE, order 2"`` or ``"ODE, adaptive (order 5)"``."""
-        spec = self.spec(name)
-        order = f"adaptive (order {spec.order})" if spec.adaptive else f"order {spec.order}"
-        return f"{self.family(name).upper()}, {order}"
-
-    def fixed_step_ode(self, name: str) -> bool:
-        return name in self.names and not self.stochastic(name) and not self.spec(name).adaptive
 
 
 # -- the pairing -----------------------------------------------------------------------------------
@@ -277,82 +236,37 @@ def paired_records(summary: Sequence[Budget], matrix: Matrix) -> list[dict]:
 
 
 def paired_csv(records: Sequence[dict]) -> str:
-    """``results/paired.csv``: ``PAIRED_COLUMNS``; ``significant`` as true/false, numbers ``.6g``."""
-
-    def cell(v):
-        if isinstance(v, bool):
-            return str(v).lower()
-        return "" if v is None else f"{v:.6g}" if isinstance(v, float) else str(v)
-
+    """``results/paired.csv``: ``PAIRED_COLUMNS``, cells as ``comparison.csv`` writes them."""
     buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(PAIRED_COLUMNS)
-    w.writerows([cell(p[c]) for c in PAIRED_COLUMNS] for p in records)
+    csv.writer(buf, lineterminator="\n").writerows(
+        [PAIRED_COLUMNS, *([_cell(p[c]) for c in PAIRED_COLUMNS] for p in records)]
+    )
     return buf.getvalue()
 
 
-# -- NLL and metrics.json --------------------------------------------------------------------------
-def with_nll(rows: Iterable[Row], nll: Mapping[str, Mapping[int, dict]]) -> list[Row]:
-    """Per-seed rows with their network's NLL record (``nll[schedule][seed]``: ``bpd``, ``bpd_se``);
-    a network without one is an error."""
-    out = []
-    for r in rows:
-        rec = nll.get(r.schedule, {}).get(r.seed[0])
-        if rec is None:
-            raise ValueError(
-                f"no NLL record for schedule {r.schedule!r} seed {r.seed[0]!r}; run the nll stage"
-            )
-        out.append(r.replace(nll_bpd=rec.get("bpd"), nll_bpd_se=rec.get("bpd_se")))
-    return out
-
-
-def nll_by_schedule(nll: Mapping[str, Mapping[int, dict]]) -> dict[str, dict]:
-    """``{schedule: {bpd, bpd_se, n_seeds}}`` from ``{schedule: {seed: record}}``: the mean over
-    seeds, its standard error the larger of the seeds' spread and the mean of their own standard
-    errors over sqrt(K) (``metrics.paired.seed_combined``'s rule)."""
-    out = {}
-    for schedule, by_seed in nll.items():
-        recs = [r for r in by_seed.values() if r.get("bpd") is not None]
-        if not recs:
-            out[schedule] = {"bpd": None, "bpd_se": None, "n_seeds": len(by_seed)}
-            continue
-        bpd = np.array([r["bpd"] for r in recs], np.float64)
-        se2 = np.mean([(r.get("bpd_se") or 0.0) ** 2 for r in recs])
-        spread = bpd.var(ddof=1) if len(bpd) > 1 else 0.0
-        se = float(np.sqrt(max(spread, se2) / len(bpd)))
-        out[schedule] = {"bpd": float(bpd.mean()), "bpd_se": se, "n_seeds": len(bpd)}
-    return out
-
-
-def nll_from_rows(rows: Iterable[Row]) -> dict[str, dict]:
-    """The per-schedule NLL a comparison table records (its nll_bpd, nll_bpd_se columns)."""
-    return {r.schedule: {"bpd": r.nll_bpd, "bpd_se": r.nll_bpd_se} for r in rows if r.nll_bpd is not None}
-
-
-_TEXT = ("schedule", "solver", "feature_extractor", "sample_schedule", "grid", "seed", "model", "nll_bpd_se")
-
-
+# -- metrics.json ----------------------------------------------------------------------------------
 def nested_metrics(rows: Sequence[Row], nll: Mapping[str, dict]) -> dict:
-    """``schedule -> [sample=S ->] [grid=G ->] [w=W ->] solver -> steps -> {nfe, fid, ...}`` for ``dvc
-    metrics show`` (an axis level only where the rows take several values on it; adaptive steps:
-    ``adaptive``), plus ``schedule -> nll_bpd``."""
+    """``model -> [sample=S ->] [grid=G ->] [w=W ->] solver -> steps -> {nfe, fid, ...}`` for ``dvc
+    metrics show`` (the network: its training schedule for a trained one; an axis level only where the
+    rows take several values on it; adaptive steps: ``adaptive``), plus ``model -> nll_bpd``."""
     axes = [
         lambda r: f"sample={r.sample_schedule}",
         lambda r: f"grid={r.grid}",
         lambda r: "w=none" if r.guidance_scale is None else f"w={r.guidance_scale:g}",
     ]
-    n_models = len({r.schedule for r in rows})
-    levels = [axes[0]] if len({(r.schedule, axes[0](r)) for r in rows}) > n_models else []
+    n_models = len({r.model for r in rows})
+    levels = [axes[0]] if len({(r.model, axes[0](r)) for r in rows}) > n_models else []
     levels += [a for a in axes[1:] if len({a(r) for r in rows}) > 1]
-    numeric = [c for c in CSV_COLUMNS[3:] if c not in _TEXT]
     out: dict = {}
     for r in rows:
-        node = out.setdefault(r.schedule, {})
+        node = out.setdefault(r.model, {})
         for level in levels:
             node = node.setdefault(level(r), {})
         steps = "adaptive" if r.steps == ADAPTIVE_STEPS else str(r.steps)
-        cell = {c: getattr(r, c) for c in numeric}
-        node.setdefault(r.solver, {})[steps] = {c: v for c, v in cell.items() if v is not None}
+        cells = ((c, getattr(r, c)) for c in CSV_COLUMNS[3:] if c != "nll_bpd_se")  # the NLL: per network
+        node.setdefault(r.solver, {})[steps] = {
+            c: v for c, v in cells if v is not None and not isinstance(v, str | tuple)
+        }
     for schedule, rec in nll.items():
         if schedule in out and rec.get("bpd") is not None:
             out[schedule]["nll_bpd"] = rec["bpd"]

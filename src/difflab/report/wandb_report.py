@@ -10,7 +10,6 @@ saves them to W&B only when online with a key and says why not otherwise.
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -18,6 +17,7 @@ from pathlib import Path
 from difflab.report import sections, tables, text
 from difflab.report.page import cell_text
 from difflab.results import ADAPTIVE_STEPS, CSV_COLUMNS, Row
+from difflab.tracking import start_run, why_offline
 
 TABLE_KEY = "comparison/table"
 PAIRED_KEY = "comparison/paired"
@@ -31,24 +31,6 @@ def _slug(title: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", title.lower()).strip("_") or "overview"
 
 
-def _start(cfg: Mapping, out_dir: Path, group: str):
-    import wandb
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for var, sub in {
-        "WANDB_CACHE_DIR": "cache",
-        "WANDB_DATA_DIR": "data",
-        "WANDB_CONFIG_DIR": "config",
-    }.items():
-        if not os.environ.get(var):  # W&B's own folders stay inside the output, not in $HOME
-            os.environ[var] = str(out_dir / sub)
-    wb = cfg.get("wandb") or {}
-    where = {"project": wb.get("project", "difflab"), "entity": wb.get("entity"), "group": group}
-    mode, settings = os.environ.get("WANDB_MODE", "offline"), wandb.Settings(silent=True, console="off")
-    run = {"job_type": "comparison", "name": f"{group}-comparison", "dir": str(out_dir), "mode": mode}
-    return wandb.init(**where, **run, config=dict(cfg), settings=settings)
-
-
 def _line_plots(rows: Sequence[Row]) -> dict:
     """FID vs NFE line plots, one per schedule (a line per solver) and per solver (a line per schedule)."""
     import wandb
@@ -58,9 +40,9 @@ def _line_plots(rows: Sequence[Row]) -> dict:
         for name in dict.fromkeys(getattr(r, kind) for r in rows):
             series: dict[str, tuple[list, list]] = {}
             for r in sorted((r for r in rows if getattr(r, kind) == name), key=lambda r: r.nfe):
-                series.setdefault(getattr(r, other), ([], []))
-                series[getattr(r, other)][0].append(r.nfe)
-                series[getattr(r, other)][1].append(r.fid)
+                xs, ys = series.setdefault(getattr(r, other), ([], []))
+                xs.append(r.nfe)
+                ys.append(r.fid)
             out[_fid_key(kind, name)] = wandb.plot.line_series(
                 xs=[v[0] for v in series.values()], ys=[v[1] for v in series.values()], keys=list(series),
                 title=f"FID vs NFE ({kind} = {name})", xname="NFE")  # fmt: skip
@@ -90,11 +72,13 @@ def log_comparison(
     the tables and figures of the sections ``shown``; the best row per budget in the run summary."""
     import wandb
 
-    run = _start(ctx.cfg, Path(out_dir), group)
+    run = start_run(ctx.cfg, Path(out_dir), group, job_type="comparison", name=f"{group}-comparison")
     try:
         summary = sections.budgets(rows, ctx)
         pairs = tables.paired_records(summary, sections.matrix(rows, ctx))
-        every = [[_value(r, c) for c in CSV_COLUMNS] for r in rows]
+        every = [
+            [" ".join(map(str, r.seed)) if c == "seed" else getattr(r, c) for c in CSV_COLUMNS] for r in rows
+        ]
         log = {
             TABLE_KEY: wandb.Table(columns=list(CSV_COLUMNS), data=every),
             PAIRED_KEY: wandb.Table(
@@ -112,17 +96,10 @@ def log_comparison(
             run.summary[f"best/nfe<={s.budget:.0f}"] = (
                 f"{s.best.schedule} x {s.best.solver} FID {s.best.fid:.4g}"
             )
-        for schedule, v in ctx.nll.items():
-            if v.get("bpd") is not None:
-                run.summary[f"nll_bpd/{schedule}"] = v["bpd"]
+        run.summary.update({f"nll_bpd/{schedule}": bpd for schedule, bpd, _ in nll})
         return Path(run.dir).parent
     finally:
         run.finish()
-
-
-def _value(r: Row, column: str):
-    v = getattr(r, column)
-    return " ".join(map(str, v)) if column == "seed" else v
 
 
 def report_blocks(rows: Sequence[Row], summary: Sequence[tables.Budget], where: Mapping[str, str]) -> list:
@@ -167,21 +144,6 @@ def report_blocks(rows: Sequence[Row], summary: Sequence[tables.Budget], where: 
         wr.H2(text="Bits/dim per schedule and samples"),
         grid([media("NLL", ["comparison/nll_bpd"]), media("samples", samples)]),
     ]
-
-
-def why_offline() -> str | None:
-    """Why a Report cannot be published now (a sentence), or ``None`` when it can be tried."""
-    if os.environ.get("WANDB_MODE", "offline") in ("offline", "disabled", "dryrun"):
-        return "WANDB_MODE is offline (set WANDB_MODE=online to publish)"
-    if not os.environ.get("WANDB_API_KEY"):
-        try:
-            import wandb
-
-            if not wandb.Api().api_key:
-                return "no W&B API key (run `wandb login` or set WANDB_API_KEY)"
-        except Exception as e:  # no config, no network: say which
-            return f"W&B is not reachable ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
-    return None
 
 
 def publish_report(rows: Sequence[Row], summary: Sequence[tables.Budget], where: Mapping[str, str]) -> str:

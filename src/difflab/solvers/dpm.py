@@ -77,9 +77,8 @@ def _multistep_coefficients(
     return [phi_1 + A / r0, B / r1 - A / r0, -B / r1]
 
 
-def _dpm_3m(solver, denoiser, schedule, noise, steps, grid, generator, cond, options) -> Tensor:
+def _dpm_3m(run: Run, generator) -> Tensor:
     """DPM-Solver++(3M) with noise ``eta`` (0: the ODE solver), shared by the two registrations."""
-    run = Run(solver, denoiser, schedule, noise, steps, grid, cond, options)
     eta, third_order = run.opts.get("eta", 0.0), run.opts.get("third_order", False)
     half = [lam / 2 for lam in run.lam]  # lambda = log(alpha / sigma)
     x = run.x
@@ -131,7 +130,8 @@ def sample_dpm_solver_3m(
     solver_type="heun", lower_order_final=False)``; like them it then weights d2 by half its exact
     integral and converges at second order asymptotically. The spec's order (3) is the option's.
     """
-    return _dpm_3m(sample_dpm_solver_3m, denoiser, schedule, noise, steps, grid, generator, cond, options)
+    run = Run(sample_dpm_solver_3m, denoiser, schedule, noise, steps, grid, cond, options)
+    return _dpm_3m(run, generator)
 
 
 _ETA = {"eta": Option(1.0, low=0.0, high=1.0, doc="0: the ODE solver; 1: the reverse SDE")}
@@ -198,4 +198,5 @@ def sample_dpm_solver_3m_sde(
     eta = 0 is ``dpm_solver_3m``. diffusers' third-order ``sde-dpmsolver++`` step weights d2 by
     ``(1 - e^-H - H)/H^2 - 1/2``, not ``-phi_3 = (1 - e^-H - H)/H^2 + 1/2``: it agrees for two steps only.
     """
-    return _dpm_3m(sample_dpm_solver_3m_sde, denoiser, schedule, noise, steps, grid, generator, cond, options)
+    run = Run(sample_dpm_solver_3m_sde, denoiser, schedule, noise, steps, grid, cond, options)
+    return _dpm_3m(run, generator)

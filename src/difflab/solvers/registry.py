@@ -6,17 +6,19 @@ report read a solver's spec, never a copy of it.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from difflab.schema import Field
 
 
 # -- the registry: one spec per solver -----------------------------------------------------------
 @dataclass(frozen=True)
 class Option:
-    """A solver option: its default and what is allowed (``kind`` ``float``, ``int`` or ``bool``;
-    bounds ``low``/``high``, open where ``low_open``/``high_open``; or a tuple of ``choices``)."""
+    """A solver option: its default and what is allowed (``kind`` ``float``, ``int``, ``bool`` or
+    ``str``; bounds ``low``/``high``, open where ``low_open``/``high_open``; or a tuple of ``choices``),
+    checked as the ``schema.Field`` it amounts to."""
 
     default: Any
     kind: type = float
@@ -27,34 +29,17 @@ class Option:
     choices: tuple | None = None
     doc: str = ""
 
+    @property
+    def field(self) -> Field:
+        """The option as a declared config value (``schema.Field``), which says what is allowed."""
+        return Field(self.kind, self.low, self.high, self.low_open, self.high_open, choices=self.choices)
+
     def allowed(self) -> str:
-        if self.choices is not None:
-            return "one of " + ", ".join(repr(c) for c in self.choices)
-        what = {float: "a finite number", int: "an integer", bool: "true or false"}[self.kind]
-        if self.low is not None and self.high is not None:
-            lo, hi = "(" if self.low_open else "[", ")" if self.high_open else "]"
-            return f"{what} in {lo}{self.low}, {self.high}{hi}"
-        if self.low is not None:
-            return f"{what} {'>' if self.low_open else '>='} {self.low}"
-        if self.high is not None:
-            return f"{what} {'<' if self.high_open else '<='} {self.high}"
-        return what
+        return self.field.allowed()
 
     def check(self, solver: str, key: str, value):
         """``value`` if allowed (ints accepted as floats), else ``ValueError`` naming it."""
-        if self.choices is not None:
-            ok = value in self.choices
-        elif self.kind is bool:
-            ok = isinstance(value, bool)
-        elif self.kind is int:
-            ok = isinstance(value, int) and not isinstance(value, bool)
-        else:
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-        if ok and self.low is not None:
-            ok = value > self.low if self.low_open else value >= self.low
-        if ok and self.high is not None:
-            ok = value < self.high if self.high_open else value <= self.high
-        if not ok:
+        if not self.field.accepts(value):
             raise ValueError(f"{solver}: option {key}={value!r} is not allowed; must be {self.allowed()}")
         return float(value) if self.kind is float else value
 
@@ -176,3 +161,45 @@ def check_steps(steps) -> None:
     """``steps`` must be a positive int (ValueError otherwise)."""
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps={steps!r} must be a positive int")
+
+
+@dataclass(frozen=True)
+class Solvers:
+    """The solvers of one comparison: each one's spec with the options it sampled with
+    (``SolverSpec.is_stochastic(options)`` decides ODE or SDE), ODE before SDE, by order, adaptive
+    last, then as named."""
+
+    specs: tuple[SolverSpec, ...]
+    options: Mapping[str, Mapping] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, names: Sequence[str], options: Mapping | None = None) -> Solvers:
+        names, options = list(dict.fromkeys(names)), dict(options or {})
+        specs = sorted(
+            map(get_spec, names),
+            key=lambda s: (s.is_stochastic(options.get(s.name)), s.adaptive, s.order, names.index(s.name)),
+        )
+        return cls(tuple(specs), options)
+
+    @property
+    def names(self) -> list[str]:
+        return [s.name for s in self.specs]
+
+    def spec(self, name: str) -> SolverSpec:
+        return next(s for s in self.specs if s.name == name)
+
+    def stochastic(self, name: str) -> bool:
+        return self.spec(name).is_stochastic(self.options.get(name))
+
+    def family(self, name: str) -> str:
+        """``"ode"`` or ``"sde"`` with the options the solver ran with."""
+        return "sde" if self.stochastic(name) else "ode"
+
+    def group(self, name: str) -> str:
+        """The legend heading, e.g. ``"ODE, order 2"`` or ``"ODE, adaptive (order 5)"``."""
+        spec = self.spec(name)
+        order = f"adaptive (order {spec.order})" if spec.adaptive else f"order {spec.order}"
+        return f"{self.family(name).upper()}, {order}"
+
+    def fixed_step_ode(self, name: str) -> bool:
+        return name in self.names and not self.stochastic(name) and not self.spec(name).adaptive

@@ -70,7 +70,7 @@ _ETA = Option(1.0, low=0.0, high=1.0, doc="0: the ODE solver; 1: ancestral sampl
 
 
 # -- DPM-Solver++(2S) and DPM-Solver-2, with k-diffusion's ancestral noise -------------------------
-def _midpoint_solver(solver, denoiser, schedule, noise, steps, grid, generator, cond, options, kind: str):
+def _midpoint_solver(run: Run, generator, kind: str) -> Tensor:
     """One grid step ``s_i -> s_{i+1}``: k-diffusion's split into ``s_down``, ``s_up`` (``_ancestral_split``),
     an Euler step in y (= DDIM) to the midpoint ``s_mid = sqrt(s_i s_down)`` (``h = lam_down - lam_i``),
 
@@ -79,7 +79,6 @@ def _midpoint_solver(solver, denoiser, schedule, noise, steps, grid, generator, 
     then, ``kind="dpmpp"`` (DPM-Solver++(2S), r = 1/2): ``y_down = e^-h y - expm1(-h) D_mid``;
     ``kind="dpm2"`` (DPM-Solver-2 as k-diffusion writes it, the slope at the midpoint):
     ``y_down = y + (s_down - s_i) (y_mid - D_mid) / s_mid``; and ``y' = y_down + s_up z``."""
-    run = Run(solver, denoiser, schedule, noise, steps, grid, cond, options)
     eta = run.opts.get("eta", 0.0)
     down, s_up = zip(*(_ancestral_split(run, i, eta) for i in range(run.K)))
     mids = _levels(run, [(run.lam[i] / 2 + down[i]) / 2 for i in range(run.K)])
@@ -124,9 +123,8 @@ def sample_dpm_solver_2s(
     ``DPMSolverSinglestepScheduler(solver_order=2, algorithm_type="dpmsolver++")`` on a grid that holds
     each step's midpoint as its own timestep.
     """
-    return _midpoint_solver(
-        sample_dpm_solver_2s, denoiser, schedule, noise, steps, grid, generator, cond, options, "dpmpp"
-    )
+    run = Run(sample_dpm_solver_2s, denoiser, schedule, noise, steps, grid, cond, options)
+    return _midpoint_solver(run, generator, "dpmpp")
 
 
 @register(
@@ -151,18 +149,8 @@ def sample_dpm_solver_2s_ancestral(
     eta = 1 draws ``y'`` with the variance of the kernel q(x' | x0) (ddpm's); eta = 0 is
     ``dpm_solver_2s``. Order: of the eta = 0 update (strong order 1 with noise). 2 K + 1 evaluations.
     """
-    return _midpoint_solver(
-        sample_dpm_solver_2s_ancestral,
-        denoiser,
-        schedule,
-        noise,
-        steps,
-        grid,
-        generator,
-        cond,
-        options,
-        "dpmpp",
-    )
+    run = Run(sample_dpm_solver_2s_ancestral, denoiser, schedule, noise, steps, grid, cond, options)
+    return _midpoint_solver(run, generator, "dpmpp")
 
 
 @register(
@@ -181,9 +169,8 @@ def sample_dpm_2(denoiser, schedule, noise, steps, *, grid="uniform", generator=
     with ``D(y) = D(alpha y, t(s))``: 2 K + 1 evaluations (its closing Euler step to s = 0 is our final
     denoising).
     """
-    return _midpoint_solver(
-        sample_dpm_2, denoiser, schedule, noise, steps, grid, generator, cond, options, "dpm2"
-    )
+    run = Run(sample_dpm_2, denoiser, schedule, noise, steps, grid, cond, options)
+    return _midpoint_solver(run, generator, "dpm2")
 
 
 @register(
@@ -202,9 +189,8 @@ def sample_dpm_2_ancestral(
     ``s_down = s' sqrt(1 - eta^2 m)`` (midpoint ``sqrt(s_i s_down)``), then noise ``s_up = eta s' sqrt(m)``
     in y, ``m = 1 - s'^2/s_i^2``; eta = 0 is ``dpm_2``. Order: of the eta = 0 update. 2 K + 1 evaluations.
     """
-    return _midpoint_solver(
-        sample_dpm_2_ancestral, denoiser, schedule, noise, steps, grid, generator, cond, options, "dpm2"
-    )
+    run = Run(sample_dpm_2_ancestral, denoiser, schedule, noise, steps, grid, cond, options)
+    return _midpoint_solver(run, generator, "dpm2")
 
 
 # -- DPM-Solver++(3S) ----------------------------------------------------------------------------
