@@ -8,7 +8,10 @@ and FEATURES/ (default data/features):
   classifier.pt    the dataset classifier: FID features (evaluate.feature_extractor: classifier) and,
                    for a class-conditional model, the judge of class accuracy
   fid_cache/       reference features for the feature extractor
-  floor.json       FID/KID of the held-out split against the reference: the real-data floor; for a
+  heldout_features.npy  the held-out split's features [m, d] (float32), for the report's floor at the
+                   rows' sample count
+  floor.json       FID/KID of the held-out split against the reference: the real-data floor, the
+                   reference features' file in fid_cache/ (``reference_features``); for a
                    class-conditional model also the classifier's held-out accuracy (the ceiling)
 """
 
@@ -17,66 +20,81 @@ from _common import add_device, atomic_dir, load_cfg, parser, resolve_device, ru
 
 def main(args):
     cfg = load_cfg(args)
-    import numpy as np
-
     from difflab.data.datamodules import build_datamodule
-    from difflab.images import levels_to_uint8_images
 
     dm = build_datamodule(cfg["data"], seed=cfg["seed"])
-    train_x, train_y = dm.train_levels()
-    held_x, held_y = dm.heldout_levels()
     if dm.levels is None:
         raise ValueError(f"data.name={cfg['data']['name']!r} is continuous; the pipeline compares images")
-    ev = cfg["evaluate"]
+    train, held = dm.train_levels(), dm.heldout_levels()
     with atomic_dir(args.out) as out:
-        arrays = {
-            "train_images": train_x,
-            "train_labels": train_y,
-            "heldout_images": held_x,
-            "heldout_labels": held_y,
-        }
-        for name, a in arrays.items():
-            np.save(out / f"{name}.npy", a.numpy())  # .npy, not .npz: no timestamps, same bytes every run
-        meta = {
-            "dataset": cfg["data"]["name"],
-            "shape": list(dm.data_shape),
-            "levels": int(dm.levels),
-            "num_classes": int(dm.num_classes),
-            "n_train": len(train_x),
-            "n_heldout": len(held_x),
-        }
-        write_json(out / "meta.json", meta)
+        meta = _write_splits(out, cfg["data"]["name"], dm, train, held)
     with atomic_dir(args.features) as out:
-        info = {"feature_extractor": ev["feature_extractor"]}
-        extractor_path = None
-        conditional = cfg["class_cond"]["num_classes"] > 0
-        if ev["feature_extractor"] == "classifier" or conditional:
-            from difflab.metrics.classifier import train_classifier
-
-            classifier = out / "classifier.pt"  # FID features, and the judge of class accuracy
-            info["classifier"] = train_classifier(
-                train_x, train_y, dm.levels, classifier, seed=cfg["seed"], epochs=ev["classifier_epochs"]
-            )
-            if ev["feature_extractor"] == "classifier":
-                extractor_path = classifier
-            if conditional:
-                info["classifier_ceiling"] = _ceiling(classifier, held_x, held_y, dm.levels, args.device)
-        from difflab.metrics.fid import fid_kid
-
-        # The held-out split against the reference: the FID a perfect model would reach at this size.
-        floor = fid_kid(
-            levels_to_uint8_images(held_x, dm.levels),
-            levels_to_uint8_images(train_x, dm.levels),
-            feature_extractor=ev["feature_extractor"],
-            extractor_path=extractor_path,
-            cache_dir=out / "fid_cache",
-            bootstrap=ev["bootstrap"],
-            seed=cfg["seed"],
-            device=resolve_device(args.device),
-        )
-        info["data_floor"] = {k: v for k, v in floor.items() if isinstance(v, (int, float, str))}
-        write_json(out / "floor.json", info)
+        _write_features(out, cfg, dm.levels, train, held, args.device)
     print(f"prepared {meta['dataset']}: {meta['n_train']} reference + {meta['n_heldout']} held-out images")
+
+
+def _write_splits(out, dataset: str, dm, train, held) -> dict:
+    """The splits as .npy (not .npz: no timestamps, the same bytes every run) and meta.json."""
+    import numpy as np
+
+    arrays = {
+        "train_images": train[0],
+        "train_labels": train[1],
+        "heldout_images": held[0],
+        "heldout_labels": held[1],
+    }
+    for name, a in arrays.items():
+        np.save(out / f"{name}.npy", a.numpy())
+    meta = {
+        "dataset": dataset,
+        "shape": list(dm.data_shape),
+        "levels": int(dm.levels),
+        "num_classes": int(dm.num_classes),
+        "n_train": len(train[0]),
+        "n_heldout": len(held[0]),
+    }
+    write_json(out / "meta.json", meta)
+    return meta
+
+
+def _write_features(out, cfg, levels: int, train, held, device) -> None:
+    """The classifier (where FID features or class accuracy need it), the reference features, the
+    held-out split's features and floor.json."""
+    import numpy as np
+
+    from difflab.images import levels_to_uint8_images
+    from difflab.metrics.fid import fid_kid
+
+    ev = cfg["evaluate"]
+    info, extractor_path = {"feature_extractor": ev["feature_extractor"]}, None
+    conditional = cfg["class_cond"]["num_classes"] > 0
+    if ev["feature_extractor"] == "classifier" or conditional:
+        from difflab.metrics.classifier import train_classifier
+
+        classifier = out / "classifier.pt"  # FID features, and the judge of class accuracy
+        info["classifier"] = train_classifier(
+            *train, levels, classifier, seed=cfg["seed"], epochs=ev["classifier_epochs"]
+        )
+        extractor_path = classifier if ev["feature_extractor"] == "classifier" else None
+        if conditional:
+            info["classifier_ceiling"] = _ceiling(classifier, *held, levels, device)
+    # The held-out split against the reference: the FID a perfect model would reach at this size.
+    floor = fid_kid(
+        levels_to_uint8_images(held[0], levels),
+        levels_to_uint8_images(train[0], levels),
+        feature_extractor=ev["feature_extractor"],
+        extractor_path=extractor_path,
+        cache_dir=out / "fid_cache",
+        bootstrap=ev["bootstrap"],
+        seed=cfg["seed"],
+        device=resolve_device(device),
+        keep_features=True,
+    )
+    np.save(out / "heldout_features.npy", floor["features"].numpy())
+    (reference,) = (out / "fid_cache").glob(f"ref-{ev['feature_extractor']}-*.pt")
+    info["reference_features"] = str(reference.relative_to(out))  # its "features" [N, d], mu, sigma
+    info["data_floor"] = {k: v for k, v in floor.items() if isinstance(v, (int, float, str))}
+    write_json(out / "floor.json", info)
 
 
 def _ceiling(classifier, images, labels, levels, device) -> dict:

@@ -1,5 +1,6 @@
 """Stage `report`: results/comparison.csv (one row per setting, averaged over the training seeds),
 results/seeds.csv (one row per setting and seed), results/paired.csv, results/metrics.json,
+results/diagnostics.json (per network: converged FIDs, the floor, memorization, training convergence),
 results/plots/, results/report.html and the W&B comparison run (results/wandb, offline unless
 WANDB_MODE=online).
 
@@ -13,11 +14,13 @@ Rows are compared in pairs from the bootstrap replicates the evaluate stage keep
 
 import os
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 from _common import load_cfg, parser, read_json, run, scratch_dir, self_contained
 
-OUTPUTS = ("comparison.csv", "seeds.csv", "paired.csv", "metrics.json", "plots", "wandb", "report.html")
+OUTPUTS = ("comparison.csv", "seeds.csv", "paired.csv", "metrics.json", "diagnostics.json", "plots", "wandb",
+           "report.html")  # fmt: skip
 
 
 def _place(src: Path, dst: Path) -> None:
@@ -58,6 +61,8 @@ def main(args):
             "grids": build.grid_sources(args.samples, rows),
         }
         ctx = build.context(rows, pairing, cfg, extra)
+        inputs = {k: getattr(args, k) for k in ("features", "data", "samples", "models")}
+        ctx = replace(ctx, diagnostics=build.network_diagnostics(seed_rows, rows, ctx, inputs))
         shown = build.write_page(rows, ctx, tmp)
         if not args.from_csv:
             build.write_tables(rows, seed_rows, ctx, tmp)
@@ -85,6 +90,7 @@ if __name__ == "__main__":
         "--data", default="data/prepared", help="the prepare stage's folder (default: %(default)s)"
     )
     p.add_argument("--features", default="data/features", help="the prepare stage's feature folder")
+    p.add_argument("--models", default="models", help="the train stages' folder, for the loss curves")
     p.add_argument("--out", default="results", help="output folder (default: %(default)s)")
     p.add_argument("--from-csv", action="store_true", help="rebuild plots and report.html from OUT/seeds.csv")
     p.add_argument("--no-wandb", action="store_true", help="skip the W&B comparison run")

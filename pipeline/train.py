@@ -1,9 +1,10 @@
 """Stage `train`: one denoiser per schedule x training seed (difflab.training.train), EMA weights to
 OUT/model.pt.
 
-Writes OUT/ (default models/SCHEDULE/seed_SEED): model.pt, last.ckpt, train_metrics.json and the offline
-W&B training run (group = the experiment). A run killed mid-way resumes from its last.ckpt the
-next time (the work folder under outputs/tmp is keyed by the params this stage reads and the code).
+Writes OUT/ (default models/SCHEDULE/seed_SEED): model.pt, last.ckpt, train_metrics.json (with the loss
+curves the report judges convergence by) and the offline W&B training run (group = the experiment). A
+run killed mid-way resumes from its last.ckpt the next time (the work folder under outputs/tmp is keyed
+by the params this stage reads and the code).
 """
 
 from _common import (

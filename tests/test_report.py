@@ -182,7 +182,7 @@ def test_replicates_load_from_the_evaluate_stage_files(tmp_path):
     assert np.array_equal(got["s1/rk45/adaptive/seed=0"], REPS["s1/rk45/adaptive/seed=0"])
     a = SEED_ROWS[0]
     with pytest.raises(FileNotFoundError, match="s3/seed_0/features.npz not found"):
-        build.load_replicates(tmp_path, [a.replace(schedule="s3", sample_schedule="s3")])
+        build.load_replicates(tmp_path, [a.replace(schedule="s3", sample_schedule="s3", model="s3")])
     with pytest.raises(FileNotFoundError, match="has no row s1/euler/50"):
         build.load_replicates(tmp_path, [a.replace(steps=50)])
     _save_features(tmp_path / "s2" / "seed_0", [SEED_ROWS[2]], first=1)
@@ -215,7 +215,7 @@ def test_collect_reads_rows_and_names_a_missing_file(tmp_path):
         build.collect(tmp_path, {**cfg, "seeds": [1]})
     with pytest.raises(FileNotFoundError, match=r"no rows for solvers \['heun'\]"):
         build.collect(tmp_path, {**cfg, "solvers": ["euler", "heun"]})
-    with pytest.raises(ValueError, match="no NLL record for schedule 's1' seed 0"):
+    with pytest.raises(ValueError, match="no NLL record for network 's1' seed 0"):
         tables.with_nll(SEED_ROWS[:1], {})
 
 

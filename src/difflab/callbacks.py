@@ -1,5 +1,5 @@
-"""Callbacks: the EMA of the weights (with a warmup), sample grids with a cheap solver, and a guard that
-stops on a non-finite loss."""
+"""Callbacks: the EMA of the weights (with a warmup), sample grids with a cheap solver, the loss curves
+and a guard that stops on a non-finite loss."""
 
 from __future__ import annotations
 
@@ -117,3 +117,42 @@ class SampleGrid(pl.Callback):
                 logger.log_image(
                     "samples/grid", [tile_grid(images, nrow, levels=256)], step=trainer.global_step
                 )
+
+
+class LossCurves(pl.Callback):
+    """The loss curves of a run by optimizer step: the mean training loss over each window of
+    ``trainer.log_every_n_steps`` steps, and the validation loss at every validation (the EMA weights
+    are swapped in then). ``curves()`` is ``{"train": {"step": [T], "loss": [T]}, "val": {"step": [V],
+    "loss": [V]}}``; it travels in the checkpoint, so a resumed run keeps its curve. A validation at a
+    step already recorded (the final ``trainer.validate``) adds no point."""
+
+    def __init__(self):
+        self.points: dict[str, tuple[list, list]] = {"train": ([], []), "val": ([], [])}
+        self._sum, self._n = 0.0, 0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        self._sum, self._n = self._sum + loss.detach(), self._n + 1  # a tensor: no device sync per step
+        if trainer.global_step % max(trainer.log_every_n_steps, 1) == 0:
+            self._add("train", trainer.global_step, float(self._sum) / self._n)
+            self._sum, self._n = 0.0, 0
+
+    def on_validation_end(self, trainer, pl_module):  # after the epoch's metrics are reduced
+        loss = trainer.callback_metrics.get("val/loss")
+        if not trainer.sanity_checking and loss is not None:
+            self._add("val", trainer.global_step, float(loss))
+
+    def _add(self, kind: str, step: int, value: float) -> None:
+        steps, values = self.points[kind]
+        if not steps or step > steps[-1]:
+            steps.append(int(step))
+            values.append(value)
+
+    def curves(self) -> dict:
+        return {kind: {"step": list(s), "loss": list(v)} for kind, (s, v) in self.points.items()}
+
+    def state_dict(self) -> dict:
+        return self.curves()
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.points = {kind: (list(c["step"]), list(c["loss"])) for kind, c in state_dict.items()}

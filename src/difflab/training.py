@@ -221,74 +221,92 @@ def save_model(out_dir: pathlib.Path, module, metrics: dict) -> None:
     atomic_write(out_dir / "train_metrics.json", lambda p: p.write_text(json.dumps(metrics, indent=2) + "\n"))
 
 
-def train(
-    cfg: dict, schedule_name: str, out_dir, *, seed: int | None = None, callbacks: list | None = None
-) -> dict:
-    """Train the denoiser of ``schedule_name`` on ``cfg["data"]``; write ``out_dir/model.pt`` (EMA weights
-    + plain hparams), ``out_dir/train_metrics.json``, ``out_dir/{last,best}.ckpt`` and
-    ``out_dir/samples/*.png``; return the metrics.
-
-    Keys read: ``seed``, ``experiment``, ``data`` (``build_datamodule``), ``denoiser`` (``build_net``),
-    ``schedule.<name>.{params, prediction}``, ``loss`` (``DiffusionLoss``), ``optim``
-    (``OPTIM_FIELDS``), ``ema`` (``callbacks.EMA``), ``class_cond.{num_classes, label_dropout}``
-    (num_classes 0 = unconditional; otherwise it must match the data's: ``check_classes``), ``trainer``
-    (``TRAINER_FIELDS``), ``wandb.{project, entity, group}``; every section in full, as composed from
-    conf/. ``seed``: the training seed (the network's initialisation, the batches' order and the
-    diffusion noise; one replicate of the ``seeds`` axis); default ``cfg["seed"]``, which always draws
-    the data split, so replicates differ in training only. ``callbacks``: extra Lightning callbacks,
-    run before the built-in ones.
-    Resumes from ``out_dir/last.ckpt`` when it exists. Bad input raises ``ValueError``
-    before anything is written; a non-finite loss raises ``NonFiniteLossError`` keeping the checkpoints.
-    """
+def _datamodule(cfg: dict, seed: int):
+    """The datamodule of ``cfg["data"]`` (split by ``cfg["seed"]``) with its classes checked against
+    ``class_cond.num_classes``, and its record saved with the model; seeds everything with the
+    training ``seed``."""
     import lightning.pytorch as pl
 
     from difflab.data.datamodules import build_datamodule
 
+    dm = build_datamodule(cfg["data"], cfg["seed"])
+    pl.seed_everything(seed, workers=True, verbose=False)
+    check_classes(cfg["class_cond"]["num_classes"], dm.name, dm.num_classes)
+    info = {"name": dm.name, "levels": dm.levels, "n_train": len(dm.train_levels()[0])}
+    if getattr(dm, "offline_split", False):  # MNIST offline: the 10k test split, split again
+        info["offline_split"] = True
+    return dm, info
+
+
+def _fit_record(trainer, module, dm, run: dict) -> dict:
+    """``train_metrics.json``: ``run`` (schedule, seed, data, ``resumed_from_step``, ``seconds``,
+    ``curves``) with the last logged training loss, the validation loss of the final (EMA) weights,
+    the steps, the throughput and the parameter count."""
+    train_loss = trainer.callback_metrics.get("train/loss")
+    val = trainer.validate(module, datamodule=dm, verbose=False)
+    steps = int(trainer.global_step)
+    images = (steps - (run["resumed_from_step"] or 0)) * dm.batch_size * trainer.world_size
+    return {
+        "schedule": run["schedule"],
+        "seed": run["seed"],
+        "train_loss": None if train_loss is None else float(train_loss),
+        "val_loss": float(val[0]["val/loss"]) if val else None,
+        "steps": steps,
+        "seconds": run["seconds"],
+        "images_per_second": images / max(run["seconds"], 1e-9),
+        "params": sum(p.numel() for p in module.net.parameters()),
+        "resumed_from_step": run["resumed_from_step"],
+        "data": run["data"],
+        "curves": run["curves"].curves(),
+    }
+
+
+def train(
+    cfg: dict, schedule_name: str, out_dir, *, seed: int | None = None, callbacks: list | None = None
+) -> dict:
+    """Train the denoiser of ``schedule_name`` on ``cfg["data"]``; write ``out_dir/model.pt`` (EMA weights
+    + plain hparams), ``out_dir/train_metrics.json`` (with the loss curves, ``callbacks.LossCurves``),
+    ``out_dir/{last,best}.ckpt`` and ``out_dir/samples/*.png``; return the metrics.
+
+    Keys read: ``seed``, ``experiment``, ``data`` (``build_datamodule``), ``denoiser`` (``build_net``),
+    ``schedule.<name>.{params, prediction}``, ``loss`` (``DiffusionLoss``), ``optim``
+    (``OPTIM_FIELDS``), ``ema`` (``callbacks.EMA``), ``class_cond.{num_classes, label_dropout}``
+    (``check_classes``), ``trainer`` (``TRAINER_FIELDS``), ``wandb.{project, entity, group}``; every
+    section in full, as composed from conf/. ``seed``: the training seed (the network's
+    initialisation, the batches' order and the diffusion noise; one replicate of the ``seeds`` axis);
+    default ``cfg["seed"]``, which always draws the data split, so replicates differ in training only.
+    ``callbacks``: extra Lightning callbacks, run before the built-in ones.
+    Resumes from ``out_dir/last.ckpt`` when it exists. Bad input raises ``ValueError``
+    before anything is written; a non-finite loss raises ``NonFiniteLossError`` keeping the checkpoints.
+    """
+    from difflab.callbacks import LossCurves
+
     cfg = _plain(cfg)  # a plain deep copy (OmegaConf resolved): what is logged and saved
     out_dir = pathlib.Path(out_dir)
     seed = cfg["seed"] if seed is None else int(seed)
-    dm = build_datamodule(cfg["data"], cfg["seed"])
-    pl.seed_everything(seed, workers=True, verbose=False)
-    num_classes = cfg["class_cond"]["num_classes"]
-    check_classes(num_classes, dm.name, dm.num_classes)
-    data_info = {"name": dm.name, "levels": dm.levels, "n_train": len(dm.train_levels()[0])}
-    if getattr(dm, "offline_split", False):  # MNIST offline: the 10k test split, split again
-        data_info["offline_split"] = True
+    dm, data_info = _datamodule(cfg, seed)
     extra = {"data": data_info, "seed": seed, "schedule_name": schedule_name}  # seed: the training seed
-    module = build_module(cfg, schedule_name, dm.data_shape, num_classes, extra)
+    module = build_module(cfg, schedule_name, dm.data_shape, cfg["class_cond"]["num_classes"], extra)
     if cfg["trainer"]["channels_last"]:
         module.net.to(memory_format=torch.channels_last)
     if cfg["trainer"]["compile"]:
         module.net.compile()
-    trainer, grids, logger = build_trainer(cfg, schedule_name, out_dir, callbacks or [], seed)
+    curves = LossCurves()
+    trainer, grids, logger = build_trainer(cfg, schedule_name, out_dir, [*(callbacks or []), curves], seed)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     start_step, seconds = fit_or_resume(trainer, module, dm, out_dir)
-    train_loss = trainer.callback_metrics.get("train/loss")
     grids.draw(trainer, module)  # after fit the EMA callback has copied the averaged weights in
-    val = trainer.validate(module, datamodule=dm, verbose=False)
-    steps = int(trainer.global_step)
-    metrics = {
-        "schedule": schedule_name,
-        "seed": seed,
-        "train_loss": None if train_loss is None else float(train_loss),
-        "val_loss": float(val[0]["val/loss"]) if val else None,
-        "steps": steps,
-        "seconds": seconds,
-        "images_per_second": (steps - (start_step or 0))
-        * dm.batch_size
-        * trainer.world_size
-        / max(seconds, 1e-9),
-        "params": sum(p.numel() for p in module.net.parameters()),
-        "resumed_from_step": start_step,
-        "data": data_info,
-    }
+    run = {"schedule": schedule_name, "seed": seed, "data": data_info, "curves": curves}
+    metrics = _fit_record(trainer, module, dm, {**run, "resumed_from_step": start_step, "seconds": seconds})
     if trainer.is_global_zero:
         save_model(out_dir, module, metrics)
         if logger is not None:
             from difflab.tracking import finish_run
 
-            finish_run(logger, {f"final/{k}": v for k, v in metrics.items() if v is not None})
+            finish_run(
+                logger, {f"final/{k}": v for k, v in metrics.items() if v is not None and k != "curves"}
+            )
     return metrics
 
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -33,6 +34,7 @@ import torch
 from difflab.metrics.paired import LEVEL, row_key, seed_combined_difference
 
 VS_COLUMNS = ("vs_converged", "vs_converged_lo", "vs_converged_hi", "beats_converged")
+CONVERGED_ODE_SOLVER = "rk45"  # the converged PF-ODE: the adaptive solve every network is sampled with
 
 
 # ------------------------------------------------------------------------------------------------
@@ -177,6 +179,92 @@ def fid_bias_coefficient(features) -> float:
 FLOOR_METHODS = ("auto", "subsample", "reference_split", "fid_infinity_fit")
 
 
+@dataclass(frozen=True)
+class _FloorDraws:
+    """How ``floor_at_n`` draws: ``repeats`` subsamples or splits, ``bootstrap`` resamples per interval,
+    the ``seed`` of each interval's bootstrap (``seed + k`` for the k-th draw), the ``level`` and the
+    generator ``g`` of the subsets."""
+
+    repeats: int
+    bootstrap: int
+    seed: int
+    level: float
+    g: torch.Generator
+
+
+def _floor_subsample(held, mu, sigma, n: int, draws: _FloorDraws) -> tuple[list, dict]:
+    """``"subsample"`` (``n <= m``): ``repeats`` subsamples of ``n`` of the ``m`` held-out images (one
+    when ``n = m``: the whole split, the number the prepare stage's ``data_floor`` holds). Returns each
+    draw's ``(fid, lo - fid, hi - fid)`` and the record's extra keys."""
+    m = held.shape[0]
+    if n > m:
+        raise ValueError(f"n={n} exceeds the held-out split ({m} images); use reference_split")
+    reps = 1 if n == m else draws.repeats
+    subsets = [held] if n == m else [held[torch.randperm(m, generator=draws.g)[:n]] for _ in range(reps)]
+    return [
+        _fid_and_offsets(sub, mu, sigma, draws.bootstrap, draws.seed + k, draws.level)
+        for k, sub in enumerate(subsets)
+    ], {"repeats": reps}
+
+
+def _floor_reference_split(reference_features, n: int, d: int, draws: _FloorDraws) -> tuple[list, dict]:
+    """``"reference_split"`` (``n > m``): ``repeats`` random splits of the training split's ``N``
+    features into ``n`` "samples" and a reference of the other ``N - n``, each draw's
+    ``(fid, lo - fid, hi - fid)``, and the larger bias of the smaller reference
+    ``c (1/(N - n) - 1/N)`` (``fid_bias_coefficient``) for the caller to subtract. The images are real
+    and unseen by their reference, at the rows' own ``n``; only the small correction leans on the
+    second-order formula. Needs ``N - n > d`` and the reference features (not their statistics)."""
+    if isinstance(reference_features, Mapping):
+        raise ValueError("reference_split needs the reference features [N, d], not their statistics")
+    ref = _features("reference_features", reference_features)
+    big_n = ref.shape[0]
+    if big_n - n <= d:
+        raise ValueError(f"n={n} leaves {big_n - n} of {big_n} reference images; reference_split needs > {d}")
+    parts = []
+    for k in range(draws.repeats):
+        perm = torch.randperm(big_n, generator=draws.g)
+        mu_k, sigma_k = _reference_stats(ref[perm[n:]])
+        parts.append(
+            _fid_and_offsets(ref[perm[:n]], mu_k, sigma_k, draws.bootstrap, draws.seed + k, draws.level)
+        )
+    correction = fid_bias_coefficient(ref) * (1 / (big_n - n) - 1 / big_n)
+    return parts, {"repeats": draws.repeats, "n_reference": big_n, "bias_correction": correction}
+
+
+def _floor_fit(held, mu, sigma, n: int, ns, draws: _FloorDraws) -> dict:
+    """``"fid_infinity_fit"``: ``fid_infinity``'s line ``a + b / n`` fitted to held-out subsamples at
+    ``ns`` (default 8 sizes evenly spaced in 1/n from ``m/2`` to ``m``) and evaluated at ``n`` (Chong &
+    Forsyth 2020). Subsamples of one held-out split estimate the slope poorly: measured on Gaussians
+    (d = 8, m = 500, n = 2000, 30 splits) its ``n * floor`` scattered with a standard deviation of 90%
+    of its true value (26), biased low, against 20% for ``m * FID_m`` itself; it is kept for comparison,
+    not used by ``"auto"``. The interval: the bootstrap offsets at the largest size scaled by
+    ``sqrt(n_max / n)`` (FID's spread shrinks between ``1/sqrt(n)`` and ``1/n``; the slower rate is the
+    wider), widened in quadrature by the fit's prediction half-width."""
+    m = held.shape[0]
+    if ns is None:
+        if m < 8:
+            raise ValueError(f"the held-out split holds {m} images; the fit needs at least 8")
+        ns = sorted({int(round(1.0 / u)) for u in np.linspace(1.0 / m, 2.0 / m, 8)})
+    ref = {"mu": mu, "sigma": sigma}
+    fit = fid_infinity(held, ref, ns, repeats=draws.repeats, seed=draws.seed, level=draws.level)
+    x = np.array([1.0, 1.0 / n])
+    floor = fit["fid_infinity"] + fit["slope"] / n
+    pred_half = _t_quantile(draws.level, fit["dof"]) * math.sqrt(
+        max(float(x @ np.array(fit["cov"]) @ x), 0.0)
+    )
+    n_max = fit["ns"][-1]
+    subset = held[torch.randperm(m, generator=draws.g)[:n_max]]
+    _, lo, hi = _fid_and_offsets(subset, mu, sigma, draws.bootstrap, draws.seed, draws.level)
+    scale = math.sqrt(n_max / n)
+    return {
+        "floor_fid": floor,
+        "floor_lo": max(0.0, floor - math.hypot(scale * lo, pred_half)),
+        "floor_hi": floor + math.hypot(scale * hi, pred_half),
+        "repeats": draws.repeats,
+        "fit": fit,
+    }
+
+
 def floor_at_n(
     reference_features,
     heldout_features,
@@ -195,28 +283,12 @@ def floor_at_n(
     (``fid.fid_of_features``, within ~1e-5 of torch-fidelity's). FID is biased upward by ~``c / n``
     (``fid_bias_coefficient``), so only a floor at the rows' own ``n`` compares with them.
 
-    ``method`` (``"auto"``: ``subsample`` where the held-out split holds ``m >= n`` images, else
-    ``reference_split``):
-
-    - ``"subsample"`` (``n <= m``): the mean FID of ``repeats`` subsamples of ``n`` held-out images
-      (one when ``n = m``: the whole split, the number the prepare stage's ``data_floor`` holds).
-    - ``"reference_split"`` (``n > m``): ``repeats`` random splits of the training split into ``n``
-      "samples" and a reference of the other ``N - n``; their mean FID, minus the larger bias of the
-      smaller reference ``c (1/(N - n) - 1/N)``. The images are real and unseen by their reference,
-      at the rows' own ``n``; only the small correction leans on the second-order formula. Needs
-      ``N - n > d`` and the reference features.
-    - ``"fid_infinity_fit"``: ``fid_infinity``'s line ``a + b / n`` fitted to held-out subsamples at
-      ``ns`` (default 8 sizes evenly spaced in 1/n from ``m/2`` to ``m``) and evaluated at ``n``
-      (Chong & Forsyth 2020). Subsamples of one held-out split estimate the slope poorly: measured on
-      Gaussians (d = 8, m = 500, n = 2000, 30 splits) its ``n * floor`` scattered with a standard
-      deviation of 90% of its true value (26), biased low, against 20% for ``m * FID_m`` itself; it is
-      kept for comparison, not used by ``"auto"``.
-
-    ``floor_lo``/``floor_hi``: the 95% interval a row of ``n`` real samples would carry, each row's
-    own bias-shifted bootstrap interval (``bootstrap`` resamples), its offsets averaged over the
-    repeats; for the fit, the offsets at the largest size scaled by ``sqrt(n_max / n)`` (FID's spread
-    shrinks between ``1/sqrt(n)`` and ``1/n``; the slower rate is the wider) and widened in quadrature
-    by the fit's prediction half-width.
+    ``method``: ``"subsample"`` (held-out subsamples, ``_floor_subsample``), ``"reference_split"``
+    (splits of the training split, ``_floor_reference_split``), ``"fid_infinity_fit"`` (the 1/n fit,
+    ``_floor_fit``) or ``"auto"``: ``subsample`` where the held-out split holds ``m >= n`` images, else
+    ``reference_split``. ``floor_lo``/``floor_hi``: the 95% interval a row of ``n`` real samples would
+    carry, each draw's own bias-shifted bootstrap interval (``bootstrap`` resamples), its offsets
+    averaged over the ``repeats`` draws.
 
     Returns ``dict(floor_fid, floor_lo, floor_hi, method, n, n_heldout, n_reference, repeats,
     bias_correction, fit)`` (``bias_correction``: the reference-size correction subtracted, else None;
@@ -228,66 +300,21 @@ def floor_at_n(
     if held.shape[1] != len(mu):
         raise ValueError(f"held-out features are {held.shape[1]}-d but the reference is {len(mu)}-d")
     n = _check_count("n", n, 2)
-    repeats = _check_count("repeats", repeats, 1)
-    bootstrap = _check_count("bootstrap", bootstrap, 2)
+    draws = _FloorDraws(
+        _check_count("repeats", repeats, 1), _check_count("bootstrap", bootstrap, 2), seed, level,
+        torch.Generator().manual_seed(seed),
+    )  # fmt: skip
     m, d = held.shape
     if method == "auto":
         method = "subsample" if n <= m else "reference_split"
-    g = torch.Generator().manual_seed(seed)
-    out = {
-        "method": method,
-        "n": n,
-        "n_heldout": m,
-        "n_reference": None,
-        "bias_correction": None,
-        "fit": None,
-    }
+    out = dict(method=method, n=n, n_heldout=m, n_reference=None, bias_correction=None, fit=None)
+    if method == "fid_infinity_fit":
+        return {**out, **_floor_fit(held, mu, sigma, n, ns, draws)}
     if method == "subsample":
-        if n > m:
-            raise ValueError(f"n={n} exceeds the held-out split ({m} images); use reference_split")
-        out["repeats"] = reps = 1 if n == m else repeats
-        subsets = [held] if n == m else [held[torch.randperm(m, generator=g)[:n]] for _ in range(reps)]
-        parts = [
-            _fid_and_offsets(sub, mu, sigma, bootstrap, seed + k, level) for k, sub in enumerate(subsets)
-        ]
-    elif method == "reference_split":
-        if isinstance(reference_features, Mapping):
-            raise ValueError("reference_split needs the reference features [N, d], not their statistics")
-        ref = _features("reference_features", reference_features)
-        big_n = ref.shape[0]
-        if big_n - n <= d:
-            raise ValueError(
-                f"n={n} leaves {big_n - n} of {big_n} reference images; reference_split needs > {d}"
-            )
-        out.update(repeats=repeats, n_reference=big_n)
-        parts = []
-        for k in range(repeats):
-            perm = torch.randperm(big_n, generator=g)
-            mu_k, sigma_k = _reference_stats(ref[perm[n:]])
-            parts.append(_fid_and_offsets(ref[perm[:n]], mu_k, sigma_k, bootstrap, seed + k, level))
-        out["bias_correction"] = fid_bias_coefficient(ref) * (1 / (big_n - n) - 1 / big_n)
+        parts, extra = _floor_subsample(held, mu, sigma, n, draws)
     else:
-        if ns is None:
-            if m < 8:
-                raise ValueError(f"the held-out split holds {m} images; the fit needs at least 8")
-            ns = sorted({int(round(1.0 / u)) for u in np.linspace(1.0 / m, 2.0 / m, 8)})
-        fit = fid_infinity(held, {"mu": mu, "sigma": sigma}, ns, repeats=repeats, seed=seed, level=level)
-        x = np.array([1.0, 1.0 / n])
-        floor = fit["fid_infinity"] + fit["slope"] / n
-        pred_half = _t_quantile(level, fit["dof"]) * math.sqrt(max(float(x @ np.array(fit["cov"]) @ x), 0.0))
-        n_max = fit["ns"][-1]
-        _, lo, hi = _fid_and_offsets(
-            held[torch.randperm(m, generator=g)[:n_max]], mu, sigma, bootstrap, seed, level
-        )
-        scale = math.sqrt(n_max / n)
-        return {
-            **out,
-            "floor_fid": floor,
-            "floor_lo": max(0.0, floor - math.hypot(scale * lo, pred_half)),
-            "floor_hi": floor + math.hypot(scale * hi, pred_half),
-            "repeats": repeats,
-            "fit": fit,
-        }
+        parts, extra = _floor_reference_split(reference_features, n, d, draws)
+    out.update(extra)
     # parts: [repeats, 3] rows of (fid, lo - fid, hi - fid)
     floor, lo_off, hi_off = np.mean(np.array(parts), 0).tolist()
     floor -= out["bias_correction"] or 0.0
@@ -363,7 +390,7 @@ def converged_partners(
     rows: Sequence,
     families: Mapping | None = None,
     *,
-    ode_solver: str = "rk45",
+    ode_solver: str = CONVERGED_ODE_SOLVER,
     sde_solver: str | None = None,
     sde_steps: int | None = None,
 ) -> list:
@@ -658,6 +685,96 @@ def _converged_text(name: str, e: Mapping) -> str:
     return f"{name}: " + ("; ".join(parts) if parts else "no converged solution measured") + "."
 
 
+def _floor_sentence(nets: Mapping[str, Mapping]) -> list[str]:
+    """The real-data floor (one sentence, from the first network that has one)."""
+    floors = [e for e in nets.values() if e.get("floor_fid") is not None]
+    if not floors:
+        return []
+    e = floors[0]
+    how = {
+        "subsample": "held-out images subsampled to that size",
+        "reference_split": "training images split off from the reference, corrected for its smaller size",
+        "fid_infinity_fit": "extrapolated from held-out subsamples by the 1/n fit (Chong & Forsyth 2020)",
+    }.get(e.get("floor_method"), "held-out images")
+    return [
+        f"Real-data floor at n = {e.get('floor_n')} samples: FID {_num(e['floor_fid'])} "
+        f"[{_num(e['floor_lo'])}, {_num(e['floor_hi'])}] ({how}); no network can score below it "
+        "except by chance or by copying."
+    ]
+
+
+def _network_error_sentence(nets: Mapping[str, Mapping]) -> list[str]:
+    """Network error dominates where every converged FID exceeds twice the floor."""
+    ratios = [
+        e[f"{k}_floor_ratio"] for e in nets.values() for k in ("ode", "sde") if e.get(f"{k}_floor_ratio")
+    ]
+    if not ratios or min(ratios) <= 2:
+        return []
+    return [
+        f"Every converged solution is at least {min(ratios):.2g}x the floor: network error dominates, "
+        "so solver rankings say how each solver's error combines with the network's, not how close "
+        "a network comes to the data."
+    ]
+
+
+def _copying_sentences(nets: Mapping[str, Mapping], alpha: float) -> list[str]:
+    """Each network that copies (``copy_p_value < alpha``), else one sentence that none does."""
+    copying = [n for n, e in nets.items() if e.get("copy_p_value") is not None and e["copy_p_value"] < alpha]
+    measured = [n for n, e in nets.items() if e.get("copy_fraction") is not None]
+    lines = [
+        f"{name} copies: {nets[name]['copy_fraction']:.0%} of its samples lie nearer a training image than "
+        f"any held-out one (chance: {nets[name]['copy_fraction_null']:.0%}), memorization ratio "
+        f"{_num(nets[name]['memorization_ratio'])}; its FID near the floor may reflect copying."
+        for name in copying
+    ]
+    if measured and not copying:
+        span = sorted({_num(nets[n]["memorization_ratio"]) for n in measured}, key=float)
+        ratio = span[0] if len(span) == 1 else f"{span[0]}-{span[-1]}"
+        lines.append(
+            f"No network copies its training images: no more of its samples lie nearer a training image "
+            f"than a held-out one than chance predicts (memorization ratio {ratio}: the samples' median "
+            "distance to the training images over the held-out images'; near 0 for copying)."
+        )
+    return lines
+
+
+def _training_sentences(nets: Mapping[str, Mapping]) -> list[str]:
+    """Each network still training, with the setting that would train it longer; else that none is."""
+    falling = [n for n, e in nets.items() if e.get("loss_still_falling")]
+    lines = [
+        f"{name} is still training: its validation loss fell {nets[name]['val_loss_drop']:.1%} over the "
+        f"last fifth; trainer.max_steps={nets[name]['suggested_max_steps']} would train it longer."
+        for name in falling
+    ]
+    if not falling and any(e.get("loss_still_falling") is not None for e in nets.values()):
+        lines.append("Every network's validation loss had levelled off over the last fifth of training.")
+    return lines
+
+
+def _budget_sentences(budgets: Sequence[Mapping]) -> list[str]:
+    """Whether a budget's best row beats its own converged solution, and what that does to rankings."""
+    budgets = [b for b in budgets if b.get("beats_converged") is not None]
+    beating = [b for b in budgets if b["beats_converged"]]
+    if beating:
+        shown = "; ".join(
+            f"NFE <= {b['budget']:g}: {b['row']} {b['vs_converged']:+.3g} "
+            f"[{b['vs_converged_lo']:+.3g}, {b['vs_converged_hi']:+.3g}]"
+            for b in beating
+        )
+        return [
+            f"At {len(beating)} of {len(budgets)} NFE budgets the best row beats its own network's converged "
+            f"solution ({shown}). Error cancellation: such a row is rewarded for how its solver's error "
+            "offsets the network's, not for solving the equation accurately, and a more accurate solver "
+            "ranks below it."
+        ]
+    if budgets:
+        return [
+            f"At none of {len(budgets)} NFE budgets does the best row beat its own network's converged "
+            "solution: the top of each ranking is not carried by error cancellation."
+        ]
+    return []
+
+
 def regime_sentences(diagnostics: Mapping, *, alpha: float = 1 - LEVEL) -> list[str]:
     """Plain sentences stating the regime of a run from ``diagnostics`` = ``dict(networks={name:
     network_entry(...)}, budgets=[...])``, ``budgets`` one entry per NFE budget with its best row:
@@ -668,72 +785,11 @@ def regime_sentences(diagnostics: Mapping, *, alpha: float = 1 - LEVEL) -> list[
     copying (``copy_p_value < alpha``); training still under way; whether a budget's best row beats its
     own converged solution, and what that does to the rankings."""
     nets: Mapping[str, Mapping] = diagnostics.get("networks") or {}
-    lines = []
-    floors = [e for e in nets.values() if e.get("floor_fid") is not None]
-    if floors:
-        e = floors[0]
-        how = {
-            "subsample": "held-out images subsampled to that size",
-            "reference_split": "training images split off from the reference, corrected for its smaller size",
-            "fid_infinity_fit": "extrapolated from held-out subsamples by the 1/n fit (Chong & Forsyth 2020)",
-        }.get(e.get("floor_method"), "held-out images")
-        lines.append(
-            f"Real-data floor at n = {e.get('floor_n')} samples: FID {_num(e['floor_fid'])} "
-            f"[{_num(e['floor_lo'])}, {_num(e['floor_hi'])}] ({how}); no network can score below it "
-            "except by chance or by copying."
-        )
-    lines += [_converged_text(name, e) for name, e in nets.items()]
-    ratios = [
-        e[f"{k}_floor_ratio"] for e in nets.values() for k in ("ode", "sde") if e.get(f"{k}_floor_ratio")
+    return [
+        *_floor_sentence(nets),
+        *(_converged_text(name, e) for name, e in nets.items()),
+        *_network_error_sentence(nets),
+        *_copying_sentences(nets, alpha),
+        *_training_sentences(nets),
+        *_budget_sentences(diagnostics.get("budgets") or []),
     ]
-    if ratios and min(ratios) > 2:
-        lines.append(
-            f"Every converged solution is at least {min(ratios):.2g}x the floor: network error dominates, "
-            "so solver rankings say how each solver's error combines with the network's, not how close "
-            "a network comes to the data."
-        )
-    copying = [n for n, e in nets.items() if e.get("copy_p_value") is not None and e["copy_p_value"] < alpha]
-    measured = [n for n, e in nets.items() if e.get("copy_fraction") is not None]
-    for name in copying:
-        e = nets[name]
-        lines.append(
-            f"{name} copies: {e['copy_fraction']:.0%} of its samples lie nearer a training image than any "
-            f"held-out one (chance: {e['copy_fraction_null']:.0%}), memorization ratio "
-            f"{_num(e['memorization_ratio'])}; its FID near the floor may reflect copying."
-        )
-    if measured and not copying:
-        span = sorted({_num(nets[n]["memorization_ratio"]) for n in measured}, key=float)
-        ratio = span[0] if len(span) == 1 else f"{span[0]}-{span[-1]}"
-        lines.append(
-            f"No network copies its training images: samples are as far from them as held-out images "
-            f"are (memorization ratio {ratio}), and no more often nearer a training image than chance."
-        )
-    falling = [n for n, e in nets.items() if e.get("loss_still_falling")]
-    for name in falling:
-        e = nets[name]
-        lines.append(
-            f"{name} is still training: its validation loss fell {e['val_loss_drop']:.1%} over the last "
-            f"fifth; trainer.max_steps={e['suggested_max_steps']} would train it longer."
-        )
-    if not falling and any(e.get("loss_still_falling") is not None for e in nets.values()):
-        lines.append("Every network's validation loss had levelled off over the last fifth of training.")
-    budgets = [b for b in diagnostics.get("budgets") or [] if b.get("beats_converged") is not None]
-    beating = [b for b in budgets if b["beats_converged"]]
-    if beating:
-        shown = "; ".join(
-            f"NFE <= {b['budget']:g}: {b['row']} {b['vs_converged']:+.3g} "
-            f"[{b['vs_converged_lo']:+.3g}, {b['vs_converged_hi']:+.3g}]"
-            for b in beating
-        )
-        lines.append(
-            f"At {len(beating)} of {len(budgets)} NFE budgets the best row beats its own network's converged "
-            f"solution ({shown}). Error cancellation: such a row is rewarded for how its solver's error "
-            "offsets the network's, not for solving the equation accurately, and a more accurate solver "
-            "ranks below it."
-        )
-    elif budgets:
-        lines.append(
-            f"At none of {len(budgets)} NFE budgets does the best row beat its own network's converged "
-            "solution: the top of each ranking is not carried by error cancellation."
-        )
-    return lines

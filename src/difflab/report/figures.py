@@ -27,6 +27,7 @@ MARKERS = "osD^v<>PX*"
 ORDER_MARKERS = {1: "o", 2: "s", 3: "D"}  # higher orders (rk45's 5): "*"
 FAMILY_LINES = {"ode": "-", "sde": "--"}
 _POINTS = {"textcoords": "offset points"}
+RING = {"s": 90, "facecolors": "none", "edgecolors": "red", "lw": 1.2, "zorder": 5}  # beats_converged
 
 
 def _save(fig, path) -> Path:
@@ -72,11 +73,11 @@ def _grouped_legend(solvers: Solvers, handles: Mapping[str, object]) -> tuple[li
     return out_h, out_l
 
 
-def _panels(n: int, width: float = 4.0, height: float = 3.2):
+def _panels(n: int, width: float = 4.0, height: float = 3.2, sharey: bool = True):
     ncols = min(n, 4)
     nrows = math.ceil(n / ncols)
     size = (width * ncols, height * nrows)
-    fig, axes = plt.subplots(nrows, ncols, figsize=size, squeeze=False, sharey=True)
+    fig, axes = plt.subplots(nrows, ncols, figsize=size, squeeze=False, sharey=sharey)
     for ax in axes.flat[n:]:
         ax.set_visible(False)
     return fig, list(axes.flat[:n])
@@ -114,7 +115,8 @@ def _log_axes(ax, xlabel: str = "NFE (denoiser evaluations)", y: bool = True):
 
 def fid_vs_nfe(rows: Sequence[Row], by: str, path, solvers: Solvers) -> Path:
     """One panel per ``by`` value (``"schedule"`` or ``"solver"``), one line per the other, FID vs
-    NFE (log-log) with 95% bars; adaptive solvers are single markers."""
+    NFE (log-log) with 95% bars; adaptive solvers are single markers; rows that beat their network's
+    converged solution (``beats_converged``) ringed in red."""
     styles, cmap = solver_styles(solvers), plt.get_cmap("tab10")
     schedules = list(dict.fromkeys(r.schedule for r in rows))
     used = [n for n in solvers.names if any(r.solver == n for r in rows)]
@@ -133,6 +135,8 @@ def fid_vs_nfe(rows: Sequence[Row], by: str, path, solvers: Solvers) -> Path:
             if all(r.steps == ADAPTIVE_STEPS for r in pts):
                 style["linestyle"] = "none"
             handles[name] = _errorbar(ax, pts, style)
+        beats = [r for r in rows if getattr(r, by) == p and r.beats_converged]
+        ax.scatter([r.nfe for r in beats], [r.fid for r in beats], **RING)
         _log_axes(ax)
         ax.set_title(f"schedule = {p}" if by == "schedule" else f"{p} ({solvers.group(p)})", fontsize=10)
     axes[0].set_ylabel("FID (95% interval)")
@@ -141,6 +145,8 @@ def fid_vs_nfe(rows: Sequence[Row], by: str, path, solvers: Solvers) -> Path:
     else:
         labels = [n for n in lines if n in handles]
         h = [handles[n] for n in labels]
+    if any(r.beats_converged for r in rows):
+        h, labels = [*h, ax.scatter([], [], **RING)], [*labels, "beats its converged solution"]
     return _finish(fig, (h, labels, other), f"FID vs NFE, one panel per {by}", path)
 
 
@@ -380,3 +386,29 @@ def fid_vs_accuracy(
         h, labels = h + [line], labels + [f"classifier ceiling {ceiling['accuracy']:.3g}{band}"]
     title = "FID vs class accuracy as the guidance scale w grows (labels: w)"
     return _finish(fig, (h, labels, None), title, path)
+
+
+def loss_curves(curves: Mapping[str, Mapping | None], path) -> Path | None:
+    """One panel per network: its training and validation loss against the step (``curves[name]``:
+    ``{"train"|"val": {"step", "loss"}}``, the train stage's ``LossCurves``), EMA-smoothed
+    (``diagnostics.ema`` over about a twentieth of the points) with each validation as a dot, the last
+    fifth of training shaded."""
+    from difflab.metrics.diagnostics import ema
+
+    drawn = {name: c for name, c in curves.items() if c and c["val"]["step"]}
+    if not drawn:
+        return None
+    fig, axes = _panels(len(drawn), sharey=False)  # each network's loss on its own scale
+    for ax, (name, c) in zip(axes, drawn.items()):
+        for kind, color in (("train", "tab:blue"), ("val", "tab:orange")):
+            loss = c[kind]["loss"]  # an EMA spanning about a twentieth of the run, so it hardly lags
+            ax.plot(c[kind]["step"], ema(loss, max(0.0, 1 - 20 / max(len(loss), 1))), color=color, label=kind)
+        ax.plot(c["val"]["step"], c["val"]["loss"], ".", color="tab:orange", ms=4)
+        end = max(c["train"]["step"] + c["val"]["step"])
+        ax.axvspan(0.8 * end, end, color="gray", alpha=0.15)
+        ax.set(title=name, xlabel="step")
+        ax.grid(alpha=0.3, which="both")
+    axes[0].set_ylabel("loss")
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)

@@ -52,8 +52,8 @@ class ReportContext:
     """Everything a section reads beside the rows: the resolved params ``cfg`` (schedules, solvers,
     the sample axes, the config shown), the ``pairing`` of the rows, the ``solvers`` with their specs,
     the NLL per schedule (``tables.nll_by_schedule``), the data's ``meta`` (dataset, image counts,
-    ``data_floor``, ``classifier_ceiling``), the ``plots`` folder figures are drawn into and the
-    sample grids ``grids[schedule][solver] -> png``."""
+    ``data_floor``, ``classifier_ceiling``), the ``plots`` folder figures are drawn into, the
+    sample grids ``grids[model][solver] -> png`` and ``build.network_diagnostics``' record."""
 
     cfg: Mapping
     pairing: Pairing
@@ -62,6 +62,7 @@ class ReportContext:
     meta: Mapping = field(default_factory=dict)
     plots: Path = Path("plots")
     grids: Mapping[str, Mapping[str, Path]] = field(default_factory=dict)
+    diagnostics: Mapping = field(default_factory=dict)
 
     def png(self, name: str) -> Path:
         return Path(self.plots) / f"{name}.png"
@@ -100,7 +101,8 @@ def _steps(r: Row) -> int | str:
 
 def _row_cells(r: Row, columns: Sequence[str]) -> tuple:
     """A row's cells: ``steps`` "adaptive" for an adaptive solver, NFE as a whole number."""
-    special = {"steps": _steps(r), "nfe": f"{r.nfe:.0f}", "seed": " ".join(map(str, r.seed))}
+    special = {"steps": _steps(r), "nfe": f"{r.nfe:.0f}", "seed": " ".join(map(str, r.seed)),
+               "vs_converged": text.vs_converged(r)}  # fmt: skip
     return tuple(special.get(c, getattr(r, c)) for c in columns)
 
 
@@ -113,6 +115,28 @@ def _marks(shown: Sequence[Row], rows: Sequence[Row], ctx: ReportContext) -> tup
 
 
 # -- the sections ----------------------------------------------------------------------------------
+NETWORK_HEADER = ("network", "converged PF-ODE FID [95%]", "converged SDE FID [95%]", "floor FID [95%]", "n",
+                  "memorization ratio", "copy fraction (chance)", "val loss drop, last fifth",
+                  "still falling")  # fmt: skip
+
+
+def _network_cells(name: str, e: Mapping) -> tuple:
+    fids = [text.interval(e[f"{k}_fid"], e[f"{k}_lo"], e[f"{k}_hi"])
+            for k in ("converged_ode", "converged_sde", "floor")]  # fmt: skip
+    copy = None if e["copy_fraction"] is None else f"{e['copy_fraction']:.2f} ({e['copy_fraction_null']:.2f})"
+    drop = None if e["val_loss_drop"] is None else f"{e['val_loss_drop']:.1%}"
+    return (name, *fids, e["floor_n"], e["memorization_ratio"], copy, drop, e["loss_still_falling"])
+
+
+def network_first(rows: Sequence[Row], ctx: ReportContext) -> Section | None:
+    d = ctx.diagnostics
+    if not d.get("networks"):
+        return None
+    table = Table("", NETWORK_HEADER, tuple(_network_cells(name, e) for name, e in d["networks"].items()))
+    drawn = ctx.figure("loss_curves", figures.loss_curves(d.get("curves") or {}, ctx.png("loss_curves")))
+    return Section("Network first: what this run can conclude", (), tuple(d["regime"]), drawn, (table,))
+
+
 def overview(rows: Sequence[Row], ctx: ReportContext) -> Section:
     main = main_rows(rows, ctx)
     n = ", ".join(str(k) for k in sorted({r.n_samples for r in main if r.n_samples}))
@@ -153,7 +177,8 @@ def solvers_and_floor(rows: Sequence[Row], ctx: ReportContext) -> Section:
     return Section("Solvers and the real-data floor", paragraphs=tuple(paragraphs), level=3)
 
 
-FRONTIER_COLUMNS = ("schedule", "solver", "steps", "nfe", "fid", "fid_lo", "fid_hi", "solver_error")
+FRONTIER_COLUMNS = ("schedule", "solver", "steps", "nfe", "fid", "fid_lo", "fid_hi", "solver_error",
+                    "vs_converged", "beats_converged")  # fmt: skip
 
 
 def frontier(rows: Sequence[Row], ctx: ReportContext) -> Section:
@@ -167,10 +192,10 @@ def frontier(rows: Sequence[Row], ctx: ReportContext) -> Section:
 
 def _budget_table(s: tables.Budget) -> Table:
     b = s.best
-    cells = [(b.key, f"{b.nfe:.0f}", b.fid, "best", None, None)]
+    cells = [(text.marked(b), f"{b.nfe:.0f}", b.fid, "best", None, None)]
     for d in s.others:
         verdict = "cannot be separated" if not d.resolved else "worse" if d.fid_diff > 0 else "better"
-        cells.append((d.a.key, f"{d.a.nfe:.0f}", d.a.fid, text.diff(d), f"{d.p_value:.2g}", verdict))
+        cells.append((text.marked(d.a), f"{d.a.nfe:.0f}", d.a.fid, text.diff(d), f"{d.p_value:.2g}", verdict))
     tied = f"{len(s.tied)} of {len(s.others)} others cannot be separated"
     caption = f"NFE ≤ {s.budget:.0f}: best {b.key} (FID {b.fid:.4g}); {tied}"
     header = ("row", "nfe", "fid", "FID − best [95%]", "p", "verdict")
@@ -365,6 +390,7 @@ EVERY_COLUMNS = (
     "schedule", "solver", "steps", "nfe", "fid", "fid_lo", "fid_hi", "kid_mean", "kid_std", "nll_bpd",
     "solver_error", "seconds_per_sample", "n_samples", "feature_extractor", "nll_bpd_se", "sample_schedule",
     "grid", "guidance_scale", "seed", "precision", "recall", "class_accuracy", "invariance_error",
+    "vs_converged", "beats_converged",
 )  # fmt: skip
 
 
@@ -387,6 +413,7 @@ def samples(rows: Sequence[Row], ctx: ReportContext) -> Section | None:
 
 
 SECTIONS: tuple[Callable[[Sequence[Row], ReportContext], Section | None], ...] = (
+    network_first,
     overview,
     numbers,
     training_seeds,

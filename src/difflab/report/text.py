@@ -34,14 +34,39 @@ def label(r: Row) -> str:
     return f"{r.schedule} x {r.solver} ({steps(r)}, NFE {r.nfe:.0f})"
 
 
+def vs_converged(r: Row) -> str | None:
+    """FID(row) - FID(its network's converged solution) with its interval; None without a partner."""
+    return (
+        None
+        if r.vs_converged is None
+        else interval(r.vs_converged, r.vs_converged_lo, r.vs_converged_hi, "+.3g")
+    )
+
+
+def marked(r: Row) -> str:
+    """The row's key, marked where it beats its own network's converged solution."""
+    return r.key + (" (beats converged)" if r.beats_converged else "")
+
+
+def _beats_clause(s: Budget) -> str:
+    """Where a budget's best row beats its own converged solution: so, and the best row that does not."""
+    b = s.best
+    if not b.beats_converged:
+        return ""
+    honest = next((d.a for d in s.others if not d.a.beats_converged), None)
+    other = f"{label(honest)}, FID {interval(honest.fid, honest.fid_lo, honest.fid_hi)}" if honest else "none"
+    return (f" It beats its own network's converged solution (FID difference {vs_converged(b)}): error "
+            f"cancellation, not accuracy; the best row in the budget that does not: {other}.")  # fmt: skip
+
+
 def _names(items: Sequence[str], limit: int = 6) -> str:
     more = f" and {len(items) - limit} more" if len(items) > limit else ""
     return "; ".join(items[:limit]) + more
 
 
 def summary_sentences(summary: Sequence[Budget]) -> list[str]:
-    """One sentence per budget: the best pair, its interval, and the rows whose paired difference to
-    it is not resolved."""
+    """One sentence per budget: the best pair, its interval, the rows whose paired difference to it is
+    not resolved and, where the best row beats its own converged solution, the best row that does not."""
     lines = []
     for s in summary:
         if s.best is None:
@@ -56,7 +81,7 @@ def summary_sentences(summary: Sequence[Budget]) -> list[str]:
             text += f"; the paired 95% intervals cannot separate it from {tied_of} ({names})."
         else:
             text += f"; separated from all {len(s.others)} others within the budget."
-        lines.append(text)
+        lines.append(text + _beats_clause(s))
     return lines
 
 
@@ -300,6 +325,9 @@ GUIDANCE_INTRO = (
     "difference (the same noise per sample)."
 )
 CAPTIONS = {
+    "loss_curves": "Training and validation loss of each network (lines: EMA over a twentieth of the run; "
+    "dots: each validation; shaded: the last fifth of training, where a still falling validation loss flags "
+    "the network)",
     "fid_vs_nfe_by_schedule": "FID vs NFE per schedule (colour: solver; solid: ODE, dashed: SDE; marker: "
     "order; legend grouped by family and order; bars: {interval}; adaptive solvers are single points)",
     "fid_vs_nfe_by_solver": "FID vs NFE per solver, panels ordered by family and order (one line per "
