@@ -51,10 +51,10 @@ test-all: lint spec-check  ## every test, slow end-to-end runs included
 # The slow tests that guard against lost work (CI runs them after `make test`): the smallest end-to-end
 # repro, a second repro doing nothing, kill -9 mid-stage, resume of a killed training, the NaN guard,
 # and two ranks writing what one process writes.
-RELIABILITY := tests/test_pipeline.py tests/test_ranks.py \
+RELIABILITY := tests/test_pipeline.py tests/test_pretrained_pipeline.py tests/test_ranks.py \
 	tests/test_module.py::test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint \
 	tests/test_sampling.py::test_torch_distributed_two_ranks_match_one_process
-test-reliability: setup  ## the slow reliability subset: kill -9, resume, NaN guard, 2 ranks, smallest repro
+test-reliability: setup  ## the slow reliability subset: kill -9, resume, NaN guard, 2 ranks, smallest repro, a pretrained model end to end
 	$(RUN) pytest -q $(RELIABILITY)
 
 bench: setup  ## the benchmarks in bench/ (results go to BENCHMARKS.md by hand)

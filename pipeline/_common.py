@@ -47,6 +47,30 @@ def add_schedule_args(p: argparse.ArgumentParser, *, model: bool = True, data: b
         )
 
 
+def add_network_args(p: argparse.ArgumentParser, *, model: bool = True) -> None:
+    """The arguments of a per-network stage: a trained network (``--schedule``, ``--seed``) or a
+    pretrained entry (``--pretrained NAME``), where the stage reads it the network's folder, and the
+    prepare stage's folder (``network_arg`` checks them against the params)."""
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--schedule", help="a trained network: one of the params' schedules")
+    which.add_argument("--pretrained", help="a pretrained network: one of the params' pretrained names")
+    p.add_argument("--seed", type=int, default=0, help="the trained network's seed (default: 0)")
+    if model:
+        p.add_argument(
+            "--model", default=None, help="the network's folder (default: models/NETWORK/seed_SEED)"
+        )
+    p.add_argument(
+        "--data", default="data/prepared", help="the prepare stage's folder (default: %(default)s)"
+    )
+
+
+def network_arg(cfg: dict, args):
+    """The network (``difflab.networks.NetworkId``) the arguments of ``add_network_args`` name."""
+    from difflab.networks import find_network
+
+    return find_network(cfg, schedule=args.schedule, seed=args.seed, pretrained=args.pretrained)
+
+
 def check_schedule(cfg: dict, schedule: str) -> None:
     """A per-stage ``--schedule`` must be one of the params' schedules."""
     if schedule not in cfg["schedules"]:

@@ -1,13 +1,13 @@
 """Stage `evaluate`: FID and KID (95% bootstrap interval), precision and recall (torch-fidelity's
 `prc` on the same features; `evaluate.precision_recall`) and, for guided rows, the class accuracy of
-every row of one network (schedule x seed: every solver x grid x sampling schedule x guidance scale x
-step count) against the prepared reference, with the prepared feature extractor
-(``difflab.metrics.scoring``).
+every row of one network (a trained one, schedule x seed, or a pretrained entry: every solver x grid x
+sampling schedule x guidance scale x step count, and its converged reverse-SDE solve) against the
+prepared reference, with the prepared feature extractor (``difflab.metrics.scoring``).
 
 One process per network, not per solver: starting the feature extractor (torch-fidelity imports
 torchvision) costs seconds, which one process per row would pay again and again.
 
-Writes OUT (default evals/SCHEDULE/seed_SEED/fid.json): the scored rows (``Row.to_dict``); and
+Writes OUT (default evals/NETWORK/seed_SEED/fid.json): the scored rows (``Row.to_dict``); and
 ROW_FEATURES (default features.npz beside OUT): every row's features (float32), FID bootstrap
 replicates and sample indices, keyed by ``Row.key`` (``metrics.paired.save_row_features``), from which
 the report pairs rows.
@@ -18,12 +18,10 @@ from pathlib import Path
 
 from _common import (
     add_device,
-    add_schedule_args,
+    add_network_args,
     atomic_file,
-    check_schedule,
-    check_seed,
     load_cfg,
-    model_dir,
+    network_arg,
     parser,
     read_json,
     resolve_device,
@@ -33,17 +31,16 @@ from _common import (
 
 def main(args):
     cfg = load_cfg(args)
-    check_schedule(cfg, args.schedule)
-    check_seed(cfg, args.seed)
+    net = network_arg(cfg, args)
     from difflab.distributed import gather, is_main, shard
     from difflab.metrics.paired import save_row_features
 
     scorer, levels = _scorer(args, cfg)
-    jobs = [(row, folder) for folder in _folders(args, cfg) for row in _rows(folder)]
+    jobs = [(row, folder) for folder in _folders(args, cfg, net) for row in _rows(folder)]
     mine = shard(list(enumerate(jobs)))  # several ranks: each scores every world-th row
     done = [(k, *_score(scorer, levels, row, folder)) for k, (row, folder) in mine]
     done = sorted((item for part in gather(done) for item in part), key=lambda item: item[0])
-    out = Path(args.out or f"{model_dir(args.schedule, args.seed, 'evals')}/fid.json")
+    out = Path(args.out or f"{net.folder('evals')}/fid.json")
     if is_main():
         kept = {row.key: features for _, row, features in done}
         save_row_features(args.row_features or out.parent / "features.npz", kept, bootstrap_seed=cfg["seed"])
@@ -68,12 +65,13 @@ def _scorer(args, cfg):
     return RowScorer(reference, args.features, scoring, resolve_device(args.device)), levels
 
 
-def _folders(args, cfg) -> list[Path]:
-    return [
-        Path(model_dir(args.schedule, args.seed, f"{args.samples}/{solver}/{grid}"))
-        for solver in cfg["solvers"]
-        for grid in cfg["sample"]["grids"]
-    ]
+def _folders(args, cfg, net) -> list[Path]:
+    """The network's rows: every solver x grid, and its converged reverse-SDE solve."""
+    from difflab.sweep import CONVERGED_SDE
+
+    grids = [*cfg["sample"]["grids"], *cfg["sample"]["fitted_grids"]]
+    folders = [Path(net.folder(f"{args.samples}/{v}/{g}")) for v in cfg["solvers"] for g in grids]
+    return [*folders, Path(net.folder(f"{args.samples}/{CONVERGED_SDE}"))]
 
 
 def _rows(folder: Path):
@@ -94,10 +92,10 @@ def _score(scorer, levels: int, row, folder: Path):
 
 if __name__ == "__main__":
     p = parser(__doc__)
-    add_schedule_args(p, model=False)
+    add_network_args(p, model=False)
     p.add_argument("--samples", default="samples", help="the sample stages' folder (default: %(default)s)")
     p.add_argument("--features", default="data/features", help="the prepare stage's feature folder")
-    p.add_argument("--out", default=None, help="output file (default: evals/SCHEDULE/seed_SEED/fid.json)")
+    p.add_argument("--out", default=None, help="output file (default: evals/NETWORK/seed_SEED/fid.json)")
     p.add_argument(
         "--row-features", default=None, help="every row's features (default: features.npz beside OUT)"
     )

@@ -1,7 +1,7 @@
-"""Stage `nll`: bits/dim of one trained network (schedule x seed) on the held-out split (PF-ODE
-likelihood).
+"""Stage `nll`: bits/dim of one network (a trained one, schedule x seed, or a pretrained entry) on the
+held-out split (PF-ODE likelihood).
 
-Writes OUT (default evals/SCHEDULE/seed_SEED/nll.json): schedule, seed, bpd, bpd_se, n_images,
+Writes OUT (default evals/NETWORK/seed_SEED/nll.json): model, schedule, seed, bpd, bpd_se, n_images,
 nfe_per_image, divergence.
 """
 
@@ -9,12 +9,10 @@ import json
 
 from _common import (
     add_device,
-    add_schedule_args,
+    add_network_args,
     atomic_file,
-    check_schedule,
-    check_seed,
     load_cfg,
-    model_dir,
+    network_arg,
     parser,
     read_json,
     resolve_device,
@@ -24,24 +22,23 @@ from _common import (
 
 def main(args):
     cfg = load_cfg(args)
-    check_schedule(cfg, args.schedule)
-    check_seed(cfg, args.seed)
+    net = network_arg(cfg, args)
     ev = cfg["evaluate"]
-    out = args.out or f"{model_dir(args.schedule, args.seed, 'evals')}/nll.json"
+    out = args.out or f"{net.folder('evals')}/nll.json"
     if ev["nll_images"] == 0:
-        record = {"schedule": args.schedule, "seed": args.seed, "bpd": None, "n_images": 0}
+        record = {"model": net.model, "seed": net.seed, "bpd": None, "n_images": 0}
         atomic_file(out, json.dumps(record) + "\n")
         return
     import numpy as np
     import torch
 
     from difflab.metrics.nll import evaluate_bpd
-    from difflab.training import load_denoiser
+    from difflab.networks import load_network
 
     meta = read_json(f"{args.data}/meta.json")
     images = torch.from_numpy(np.load(f"{args.data}/heldout_images.npy")[: ev["nll_images"]])
     device = resolve_device(args.device)
-    D = load_denoiser(args.model or model_dir(args.schedule, args.seed), device)
+    D = load_network(args.model or net.folder("models"), device)
     schedule = D.schedule  # the same alpha, sigma; only where the likelihood ODE starts may differ
     if ev.get("nll_t_min") is not None:
         from difflab.schedules import get_schedule
@@ -59,17 +56,17 @@ def main(args):
         seed=cfg["seed"],
         device=device,
     )
-    record = {"schedule": args.schedule, "seed": args.seed, "n_images": len(images)}
+    record = {"model": net.model, "schedule": schedule.name, "seed": net.seed, "n_images": len(images)}
     record["divergence"] = ev["nll_divergence"]
     record["t_min"] = schedule.t_min
     record.update({k: v for k, v in result.items() if isinstance(v, (int, float, str)) or v is None})
     atomic_file(out, json.dumps(record, indent=2) + "\n")
-    print(f"{args.schedule} seed {args.seed}: {record.get('bpd')} bits/dim on {len(images)} held-out images")
+    print(f"{net.model} seed {net.seed}: {record.get('bpd')} bits/dim on {len(images)} held-out images")
 
 
 if __name__ == "__main__":
     p = parser(__doc__)
-    add_schedule_args(p)
+    add_network_args(p)
     p.add_argument("--out", default=None)
     add_device(p)
-    run(main, p.parse_args(), imports=("torch", "difflab.metrics.nll", "difflab.training"), ranks=True)
+    run(main, p.parse_args(), imports=("torch", "difflab.metrics.nll", "difflab.networks"), ranks=True)

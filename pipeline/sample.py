@@ -1,4 +1,5 @@
-"""Stage `sample`: one solver on one time grid, for every network (schedule x seed), every
+"""Stage `sample`: one solver on one time grid, for every network (the trained ones, schedule x seed,
+and the pretrained entries: ``difflab.networks.network_ids``), every
 sampling-time schedule (``sample.schedules``), every guidance scale and every step count of
 ``sample.steps`` (adaptive solvers once, steps = 0), with each row's solver error and, for
 schedule-invariant solvers, its invariance error (``difflab.sweep``).
@@ -6,8 +7,11 @@ schedule-invariant solvers, its invariance error (``difflab.sweep``).
 One process per solver x grid: a changed solver option or a new grid re-runs only its stages, and
 every stage pays torch's import and DVC's start-up once.
 
-Writes OUT/ (default samples/SOLVER/GRID): SCHEDULE/seed_SEED/<stem>.npz per row (uint8 levels,
-requested labels when guided, nfe, seconds per sample; <stem> = ``Row.stem``), <stem>.png and
+With ``--converged-sde``, stage `converged`: every network's converged reverse-SDE solution
+(``sample.converged_sde``: a stochastic solver at many steps, logsnr grid), the partner of its SDE rows.
+
+Writes OUT/ (default samples/SOLVER/GRID, samples/_converged): MODEL/seed_SEED/<stem>.npz per row
+(uint8 levels, requested labels when guided, nfe, seconds per sample; <stem> = ``Row.stem``), <stem>.png and
 rows.json (the rows, ``Row.to_dict``).
 """
 
@@ -15,7 +19,6 @@ from _common import (
     add_device,
     atomic_dir,
     load_cfg,
-    model_dir,
     parser,
     read_json,
     resolve_device,
@@ -26,66 +29,70 @@ from _common import (
 
 def main(args):
     cfg = load_cfg(args)
+    solver, grid, steps = _what(args, cfg)
+    from difflab.networks import network_ids
+    from difflab.sweep import CONVERGED_SDE, load_network_for, sweep_network
+
+    sweep = _sweep(args, cfg, solver, grid, steps)
+    default = f"samples/{CONVERGED_SDE}" if args.converged_sde else f"samples/{solver}/{grid}"
+    with atomic_dir(args.out or default) as out:
+        for net_id in network_ids(cfg):
+            folder = out / net_id.model / f"seed_{net_id.seed}"
+            folder.mkdir(parents=True)
+            net = load_network_for(cfg, net_id, sweep, models=args.models, references=args.references)
+            rows = sweep_network(net, sweep, folder)
+            write_json(folder / "rows.json", [r.to_dict() for r in rows])
+
+
+def _what(args, cfg) -> tuple[str, str, tuple | None]:
+    """The solver, grid and step counts of this stage: ``--solver``/``--grid`` from the params' lists
+    (the sample.steps), or with ``--converged-sde`` the ``sample.converged_sde`` solve on the logsnr
+    grid."""
+    if args.converged_sde:
+        section = cfg["sample"]["converged_sde"]
+        return section["solver"], "logsnr", (section["steps"],)
     if args.solver not in cfg["solvers"]:
         raise ValueError(f"--solver {args.solver!r} is not in params solvers {cfg['solvers']}")
-    args.grid = args.grid or cfg["sample"]["grids"][0]
-    if args.grid not in cfg["sample"]["grids"]:
-        raise ValueError(f"--grid {args.grid!r} is not in params sample.grids {cfg['sample']['grids']}")
-    from difflab.sweep import sweep_network
-
-    sweep = _sweep(args, cfg)
-    with atomic_dir(args.out or f"samples/{args.solver}/{args.grid}") as out:
-        for schedule in cfg["schedules"]:
-            for seed in cfg["seeds"]:
-                folder = out / schedule / f"seed_{seed}"
-                folder.mkdir(parents=True)
-                rows = sweep_network(_network(args, cfg, sweep, schedule, seed), sweep, folder)
-                write_json(folder / "rows.json", [r.to_dict() for r in rows])
+    grids = [*cfg["sample"]["grids"], *cfg["sample"]["fitted_grids"]]
+    grid = args.grid or grids[0]
+    if grid not in grids:
+        raise ValueError(f"--grid {grid!r} is not in params sample.grids or sample.fitted_grids {grids}")
+    return args.solver, grid, None
 
 
-def _sweep(args, cfg):
+def _sweep(args, cfg, solver: str, grid: str, steps: tuple | None):
     from difflab.sampling import Draw
     from difflab.solvers import get_spec
     from difflab.sweep import Sweep
 
     s, meta = cfg["sample"], read_json(f"{args.data}/meta.json")
-    spec = get_spec(args.solver)
+    spec = get_spec(solver)
     draw = Draw(s["n_samples"], tuple(meta["shape"]), s["seed"], s["batch_size"], resolve_device(args.device))
     return Sweep(
         spec,
-        spec.check_options(s["options"][args.solver]),
-        args.grid,
-        tuple(s["steps"]),
+        spec.check_options(s["options"].get(solver, {})),
+        grid,
+        steps or tuple(s["steps"]),
         tuple(s["guidance_scales"]),
         draw,
         levels=meta["levels"],
-        invariance_samples=s["invariance_samples"],
+        invariance_samples=0 if steps else s["invariance_samples"],
     )
-
-
-def _network(args, cfg, sweep, schedule: str, seed: int):
-    from difflab.sweep import Network, invariance_schedules, load_references, sampling_schedules
-    from difflab.training import load_denoiser
-
-    targets = sampling_schedules(cfg, schedule)
-    check = sweep.spec.schedule_invariant and sweep.invariance_samples > 0
-    redraw = invariance_schedules(cfg, schedule) if check and len(targets) < 2 else None
-    wants_reference = (
-        not sweep.spec.is_stochastic(sweep.options) and cfg["sample"]["solver_error_samples"] > 0
-    )
-    references = (
-        load_references(model_dir(schedule, seed, args.references), schedule, sweep.guidance_scales)
-        if wants_reference
-        else {}
-    )
-    D = load_denoiser(model_dir(schedule, seed, args.models), sweep.draw.device)
-    return Network(schedule, schedule, seed, D, targets, redraw, references)
 
 
 if __name__ == "__main__":
     p = parser(__doc__)
-    p.add_argument("--solver", required=True, help="one of the params' solvers")
-    p.add_argument("--grid", default=None, help="one of the params' sample.grids (default: the first)")
+    p.add_argument("--solver", default=None, help="one of the params' solvers")
+    p.add_argument(
+        "--converged-sde",
+        action="store_true",
+        help="sample every network with params sample.converged_sde instead (out: samples/_converged)",
+    )
+    p.add_argument(
+        "--grid",
+        default=None,
+        help="one of the params' sample.grids or sample.fitted_grids (default: the first)",
+    )
     p.add_argument("--models", default="models", help="the train stages' folder (default: %(default)s)")
     p.add_argument(
         "--references", default="references", help="the reference stages' folder (default: %(default)s)"

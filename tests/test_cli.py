@@ -11,7 +11,8 @@ import yaml
 from difflab.config import compose
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
-STAGES = ("compose", "prepare", "train", "reference", "sample", "evaluate", "nll", "report", "wandb_tools")
+STAGES = ("compose", "prepare", "train", "pretrained", "reference", "fit_grid", "sample", "evaluate")
+STAGES += ("nll", "report", "wandb_tools")
 
 
 def _run(*args, cwd=ROOT):
@@ -109,3 +110,27 @@ def test_make_params_rejects_every_bad_value(compose_cli, override, words):
     for w in words:
         assert w in lines[0], (w, lines[0])
     assert params.read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    "stage, args, words",
+    [
+        ("reference.py", ["--pretrained", "absent"], "--pretrained 'absent' is not in params pretrained"),
+        ("nll.py", ["--schedule", "ve"], "--schedule 've' is not in params schedules"),
+        ("evaluate.py", ["--schedule", "flow", "--seed", "3"], "--seed 3 is not in params seeds"),
+        ("pretrained.py", ["--name", "absent"], "--pretrained 'absent' is not in params pretrained"),
+        ("sample.py", ["--solver", "euler", "--grid", "gits"], "--grid 'gits' is not in params sample.grids"),
+    ],
+)
+def test_per_network_stages_reject_unknown_networks_before_any_work(tmp_path, stage, args, words):
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(compose(["experiment=smoke"])))
+    out = tmp_path / "out"
+    line = _error_line(_run(ROOT / "pipeline" / stage, "--params", params, *args, "--out", out))
+    assert words in line, line
+    assert not out.exists()
+
+
+def test_a_per_network_stage_names_one_network(tmp_path):
+    r = _run(ROOT / "pipeline/nll.py", "--schedule", "flow", "--pretrained", "tiny")
+    assert r.returncode == 2 and "not allowed with argument" in r.stderr

@@ -169,8 +169,12 @@ def test_stochastic_solvers():
     assert not any(get_spec(s).is_stochastic() for s in ("euler", "heun", "dpm_solver_2m", "rk45"))
 
 
-def _expand(template: str, item: dict) -> str:
-    return re.sub(r"\$\{item\.(\w+)\}", lambda m: item[m.group(1)], template)
+def _expand(template: str, item: dict, cfg: dict) -> str:
+    """A dvc.yaml template with ``${item.X}`` (matrix), ``${key}`` (foreach over ``pretrained``) and
+    ``${a.b}`` (a params value) filled in."""
+    text = re.sub(r"\$\{item\.(\w+)\}", lambda m: item[m.group(1)], template)
+    text = text.replace("${key}", item["key"])
+    return re.sub(r"\$\{([\w.]+)\}", lambda m: str(_lookup(cfg, m.group(1))), text)
 
 
 def _lookup(cfg, dotted):
@@ -181,6 +185,7 @@ def _lookup(cfg, dotted):
 
 
 def test_dvc_stages_declare_resolvable_and_minimal_params(default):
+    default = {**default, "pretrained": {"tiny": "models/tiny"}}  # the foreach stages resolve too
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
     assert {"prepare", "train", "reference", "sample", "evaluate", "nll", "report"} <= set(stages)
     assert stages["train"]["matrix"] == {"schedule": "${schedules}", "seed": "${seeds}"}
@@ -188,8 +193,9 @@ def test_dvc_stages_declare_resolvable_and_minimal_params(default):
     assert stages["sample"]["matrix"] == {"solver": "${solvers}", "grid": "${sample.grids}"}
     assert "sample.grids" not in stages["sample"]["params"]  # a new grid re-runs only its own stages
     for stage in stages.values():
+        stage = stage.get("do", stage)  # foreach stages
         items = [
-            {"schedule": s, "solver": v, "seed": k, "grid": g}
+            {"schedule": s, "solver": v, "seed": k, "grid": g, "key": "tiny"}
             for s in default["schedules"]
             for v in default["solvers"]
             for k in default["seeds"]
@@ -197,7 +203,7 @@ def test_dvc_stages_declare_resolvable_and_minimal_params(default):
         ]
         for item in items:
             for p in stage.get("params", []):
-                _lookup(default, _expand(p, item))  # KeyError if a declared param is missing
+                _lookup(default, _expand(p, item, default))  # KeyError if a declared param is missing
     # one solver's stage reads its own options only, so changing ddim's eta re-runs only ddim
     sample_params = stages["sample"]["params"]
     assert "sample.options.${item.solver}" in sample_params

@@ -1,6 +1,7 @@
 """End to end: `dvc repro` of the `smoke` experiment in a temporary git clone produces every output
 SPEC names, a second repro does nothing, one solver's option re-runs only its stages, and a stage
-SIGKILLed mid-way leaves nothing cached and the next repro completes."""
+SIGKILLed mid-way leaves nothing cached and the next repro completes. (A pretrained network end to end:
+tests/test_pretrained_pipeline.py.)"""
 
 import csv
 import json
@@ -20,6 +21,8 @@ COLUMNS = (
     "schedule,solver,steps,nfe,fid,fid_lo,fid_hi,kid_mean,kid_std,nll_bpd,solver_error,seconds_per_sample"
 )
 COLUMNS = COLUMNS.split(",") + ["n_samples", "feature_extractor"]
+DIAGNOSTICS = ("converged_ode_fid", "converged_sde_fid", "floor_fid", "memorization_ratio", "copy_fraction",
+               "loss_still_falling")  # fmt: skip
 
 
 def _env(tmp):
@@ -38,8 +41,11 @@ def _run(cmd, cwd, env, timeout=900):
 
 
 def _stale(repo, env) -> set[str]:
+    """The stages `dvc status` finds changed, less the pretrained stages (always_changed: they copy
+    their model on every repro and DVC hashes the copy; tests/test_pretrained_pipeline.py)."""
     out = _run(["dvc", "status", "--json"], repo, env)
-    return set(json.loads(out[out.index("{") :]) if "{" in out else {})
+    status = json.loads(out[out.index("{") :]) if "{" in out else {}
+    return {stage for stage, why in status.items() if why != ["always changed"]}
 
 
 @pytest.fixture(scope="module")
@@ -65,15 +71,22 @@ def test_smoke_repro_writes_every_output(smoke):
         rows = list(csv.DictReader(fh))
     assert list(rows[0])[: len(COLUMNS)] == COLUMNS
     fixed = [v for v in cfg["solvers"] if v != "rk45"]
-    assert len(rows) == len(cfg["schedules"]) * (len(fixed) * len(cfg["sample"]["steps"]) + 1)
+    models = cfg["schedules"]
+    per_network = len(fixed) * len(cfg["sample"]["steps"]) + 1 + 1  # rk45 once, the converged SDE once
+    assert len(rows) == len(models) * per_network
+    assert [r["model"] for r in rows[::per_network]] == models == [r["schedule"] for r in rows[::per_network]]
+    converged = cfg["sample"]["converged_sde"]
+    assert (
+        sum(r["solver"] == converged["solver"] and r["steps"] == str(converged["steps"]) for r in rows) == 2
+    )
     for r in rows:
         assert float(r["fid_lo"]) <= float(r["fid"]) <= float(r["fid_hi"])
         assert int(r["n_samples"]) == cfg["sample"]["n_samples"] and r["nll_bpd"] != ""
-        assert (r["solver_error"] == "") == (r["solver"] == "ddpm")  # stochastic: no ODE error
+        assert (r["solver_error"] == "") == (r["solver"] in ("ddpm", converged["solver"]))  # stochastic
         if r["solver"] == "rk45":
             assert r["steps"] == "0" and float(r["nfe"]) > 2
     metrics = json.loads((res / "metrics.json").read_text())
-    assert set(metrics) == set(cfg["schedules"]) and "adaptive" in metrics["flow"]["rk45"]
+    assert set(metrics) == set(models) and "adaptive" in metrics["flow"]["rk45"]
     plots = {p.name for p in (res / "plots").glob("*.png")}
     assert {"fid_vs_nfe_by_schedule.png", "fid_vs_nfe_by_solver.png", "pareto.png"} <= plots
     html = (res / "report.html").read_text()
@@ -85,6 +98,14 @@ def test_smoke_repro_writes_every_output(smoke):
     assert "Running stage 'report'" in log
     shown = _run(["dvc", "metrics", "show", "--json"], repo, env)
     assert "fid" in shown
+    diagnostics = json.loads((res / "diagnostics.json").read_text())  # every network, SPEC's keys
+    nets = [f"{m}/seed_{k}" for m in cfg["schedules"] for k in cfg["seeds"]]
+    nets += [f"{m}/seed_0" for m in cfg.get("pretrained") or {}]  # a pretrained entry: one network
+    assert sorted(diagnostics["networks"]) == sorted(nets) and diagnostics["regime"]
+    for e in diagnostics["networks"].values():
+        assert set(DIAGNOSTICS) <= set(e) and e["converged_ode_fid"] > 0 and e["floor_fid"] > 0
+        assert 0 <= e["copy_fraction"] <= 1 and e["memorization_ratio"] > 0
+    assert html.index("Network first") < html.index("What the numbers say")
 
 
 @pytest.mark.slow

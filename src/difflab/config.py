@@ -22,7 +22,7 @@ from pathlib import Path
 import yaml
 
 from difflab.io import atomic_write
-from difflab.schema import ConfigError, Field, check_built, check_section, registry
+from difflab.schema import ConfigError, Field, check_built, check_section
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 CONFIG_NAME = "config"
@@ -56,18 +56,6 @@ def compose(overrides: Sequence[str] = (), conf_dir: str | os.PathLike | None = 
 
 
 # -- the declared sections ----------------------------------------------------------------------
-# ``schedule.<name>``: what training reads of it (``training.build_module``); its ``params`` are the
-# schedule's own, checked by building it (``_check_schedules``)
-SCHEDULE_FIELDS = {
-    "params": Field(dict, nullable=True, optional=True),
-    "prediction": Field(
-        str,
-        choices=registry("difflab.parametrization", "PREDICTIONS"),
-        nullable=True,
-        optional=True,
-        doc="null: the schedule's own",
-    ),
-}
 WANDB_FIELDS = {  # read by ``tracking.make_logger`` and ``tracking.wandb_group``
     "project": Field(str),
     "entity": Field(str, nullable=True),
@@ -80,7 +68,9 @@ def sections() -> dict[str, Field]:
     ``denoiser`` take the keys of the dataset and network they name (``check_data``, ``check_net``)."""
     from difflab.losses import LOSS_FIELDS
     from difflab.metrics import EVALUATE_FIELDS
+    from difflab.pretrained import PRETRAINED_FIELD
     from difflab.sample_config import SAMPLE_FIELDS, SCHEDULE_NAME, SOLVER_NAME
+    from difflab.schedules import SCHEDULE_FIELDS
     from difflab.training import CLASS_COND_FIELDS, EMA_FIELDS, OPTIM_FIELDS, TRAINER_FIELDS
 
     return {
@@ -90,7 +80,9 @@ def sections() -> dict[str, Field]:
         "data": Field(dict),
         "denoiser": Field(dict),
         "trainer": Field(dict, fields=TRAINER_FIELDS),
-        "schedules": Field(list, item=SCHEDULE_NAME),
+        "schedules": Field(
+            list, item=SCHEDULE_NAME, may_be_empty=True, doc="the trained networks (empty: pretrained only)"
+        ),
         "schedule": Field(dict, keys=SCHEDULE_NAME, values=Field(dict, fields=SCHEDULE_FIELDS)),
         "solvers": Field(list, item=SOLVER_NAME),
         "sample": Field(dict, fields=SAMPLE_FIELDS),
@@ -100,6 +92,7 @@ def sections() -> dict[str, Field]:
         "class_cond": Field(dict, fields=CLASS_COND_FIELDS),
         "evaluate": Field(dict, fields=EVALUATE_FIELDS),
         "wandb": Field(dict, fields=WANDB_FIELDS),
+        "pretrained": PRETRAINED_FIELD,
     }
 
 
@@ -119,8 +112,13 @@ def _check_model(cfg: dict) -> None:
 
 
 def _check_schedules(cfg: dict) -> None:
-    """Every listed schedule has a ``schedule.<name>`` section, and every section (listed or not)
-    builds its schedule with its ``params``."""
+    """At least one network (a trained schedule or a pretrained entry); every listed schedule has a
+    ``schedule.<name>`` section, and every section (listed or not) builds its schedule with its
+    ``params``."""
+    if not cfg["schedules"] and not cfg.get("pretrained"):
+        raise ConfigError(
+            "params: schedules=[] and pretrained={} name no network; list a schedule or a model"
+        )
     for name in cfg["schedules"]:
         if name not in cfg["schedule"]:
             raise ConfigError(f"params: missing key 'schedule.{name}'")
@@ -138,15 +136,23 @@ def _build_schedule(name: str, params: dict):
 def cross_checks() -> tuple[Callable[[dict], None], ...]:
     """What no single key's ``Field`` states, each ``check(cfg)`` run once after ``sections()``."""
     from difflab.metrics import check_kid_subset
-    from difflab.sample_config import check_guidance, check_sample_schedules, check_solver_options
+    from difflab.pretrained import check_pretrained
+    from difflab.sample_config import (
+        check_converged_sde,
+        check_guidance,
+        check_sample_schedules,
+        check_solver_options,
+    )
 
     return (
         _check_model,
         _check_schedules,
         check_solver_options,
+        check_converged_sde,
         check_sample_schedules,
         check_guidance,
         check_kid_subset,
+        check_pretrained,
     )
 
 

@@ -28,12 +28,35 @@ class NetworkId:
         """Its folder below ``root`` (``models``, ``references``, ``evals``, ``samples/<solver>/<grid>``)."""
         return f"{root}/{self.model}/seed_{self.seed}"
 
+    def stage(self, name: str) -> str:
+        """The DVC stage ``name`` of this network: ``evaluate@vp_linear-0`` for a trained network
+        (dvc.yaml's matrix over schedules x seeds), ``evaluate-pretrained@NAME`` for a pretrained one."""
+        return f"{name}-pretrained@{self.model}" if self.pretrained else f"{name}@{self.model}-{self.seed}"
+
 
 def network_ids(cfg: dict) -> list[NetworkId]:
     """Every network of a composed config: the trained ones (``schedules`` x ``seeds``), then the
     ``pretrained`` entries (seed 0: one network each)."""
     trained = [NetworkId(s, seed) for s in cfg["schedules"] for seed in cfg["seeds"]]
     return trained + [NetworkId(name, 0, True) for name in cfg.get("pretrained") or {}]
+
+
+def find_network(cfg: dict, *, schedule: str | None = None, seed: int = 0, pretrained: str | None = None):
+    """The network a per-network stage names (``--schedule S --seed N`` or ``--pretrained NAME``), one
+    of ``network_ids(cfg)``; anything else is a ``ValueError`` naming what the params allow."""
+    if (schedule is None) == (pretrained is None):
+        raise ValueError("name one network: --schedule (with --seed) or --pretrained, not both or neither")
+    if pretrained is not None:
+        if pretrained not in (cfg.get("pretrained") or {}):
+            raise ValueError(
+                f"--pretrained {pretrained!r} is not in params pretrained {list(cfg.get('pretrained') or {})}"
+            )
+        return NetworkId(pretrained, 0, True)
+    if schedule not in cfg["schedules"]:
+        raise ValueError(f"--schedule {schedule!r} is not in params schedules {cfg['schedules']}")
+    if seed not in cfg["seeds"]:
+        raise ValueError(f"--seed {seed!r} is not in params seeds {cfg['seeds']}")
+    return NetworkId(schedule, seed)
 
 
 def load_network(folder: str | Path, device="cpu"):

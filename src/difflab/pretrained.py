@@ -34,6 +34,7 @@ from torch import Tensor, nn
 
 from difflab.parametrization import to_x0
 from difflab.schedules import Schedule, get_schedule
+from difflab.schema import ConfigError, Field
 
 # diffusers' prediction_type -> difflab's prediction name (parametrization.PREDICTIONS)
 DIFFUSERS_PREDICTIONS = {"epsilon": "eps", "v_prediction": "v", "sample": "x0"}
@@ -370,6 +371,15 @@ def _checkpoint(kind: str, where, source) -> Checkpoint:
     return _read_checkpoint(folder, str(source))
 
 
+def model_folder(source) -> pathlib.Path | None:
+    """The local folder holding a diffusers ``source`` (the folder itself, or a Hub id's cached
+    snapshot, downloaded when not cached); None for an adapter, which loads what it loads."""
+    kind, where = _resolve(source)
+    if kind == "adapter":
+        return None
+    return _hub_folder(where) if kind == "hub" else pathlib.Path(where)
+
+
 def inspect_pretrained(source) -> dict:
     """What ``load_pretrained(source)`` would give, from the config files alone (no weights):
     ``sample_shape``, ``num_classes``, ``null_label``, ``prediction``, ``clip_sample_range`` and
@@ -410,3 +420,49 @@ def load_pretrained(source, *, device="cpu") -> PretrainedDenoiser | AdapterDeno
         raise ValueError(f"{source}: cannot load its UNet2DModel ({type(e).__name__}: {e})") from None
     net = net.to(device).eval().requires_grad_(False)  # gradients still flow to x (exact divergence)
     return PretrainedDenoiser(net, checkpoint).eval()
+
+
+# -- the config section ---------------------------------------------------------------------------
+_NAME = re.compile(r"^[A-Za-z][\w.-]*$")
+PRETRAINED_FIELD = Field(
+    dict,
+    keys=Field(str),
+    values=Field(str),
+    doc="NAME: SOURCE (a diffusers folder, a Hub id or 'package.module:function'); each is one more "
+    "network of the comparison (its own stage, models/NAME/seed_0)",
+)
+
+
+def check_pretrained(cfg: dict) -> None:
+    """Every ``pretrained`` entry, before any work: a name usable as a folder and stage name that no
+    trained schedule takes, a source ``inspect_pretrained`` reads (a missing folder, a source of no
+    known form, an unknown ``prediction_type``: its one line), the data's sample shape, and a class-
+    conditional model where ``sample.guidance_scales`` guides."""
+    from difflab.data.datamodules import check_data
+
+    entries = cfg.get("pretrained") or {}
+    data_shape = None
+    scales = cfg["sample"]["guidance_scales"]
+    for name, source in entries.items():
+        where = f"params: pretrained.{name}"
+        if not _NAME.match(name) or name in cfg["schedules"]:
+            raise ConfigError(
+                f"{where}: the name {name!r} must start with a letter, hold only letters, digits, "
+                f"'_', '.', '-', and not be a trained schedule ({', '.join(cfg['schedules'])})"
+            )
+        try:
+            info = inspect_pretrained(source)
+        except (ValueError, FileNotFoundError, ImportError) as e:
+            raise ConfigError(f"{where}={source!r}: {e}") from None
+        data_shape = data_shape or tuple(check_data(cfg["data"])[0])
+        shape = info["sample_shape"]
+        if shape is not None and tuple(shape) != data_shape:
+            raise ConfigError(
+                f"{where}={source!r}: the model's sample shape {tuple(shape)} differs from the data's "
+                f"{data_shape} (data.name={cfg['data']['name']!r})"
+            )
+        if any(w is not None for w in scales) and not info["num_classes"]:
+            raise ConfigError(
+                f"{where}={source!r}: sample.guidance_scales={scales} needs a class-conditional model; "
+                "this one is unconditional (allowed: [null])"
+            )

@@ -21,6 +21,12 @@ SAMPLE_FIELDS = {
     ),
     "steps": Field(list, item=Field(int, low=0, low_open=True)),
     "grids": Field(list, item=GRID_NAME, doc="one sample stage per solver x grid"),
+    "fitted_grids": Field(
+        list,
+        item=Field(str, choices=registry("difflab.solvers", "FIT_METHODS")),
+        may_be_empty=True,
+        doc="grids fitted to each network and solver (stages fit_grid, sample-fitted); []: none",
+    ),
     "schedules": Field(
         list,
         item=SCHEDULE_NAME,
@@ -34,6 +40,12 @@ SAMPLE_FIELDS = {
     "invariance_samples": Field(int, low=0, doc="0: no invariance check"),
     "solver_error_samples": Field(int, low=0),
     "reference": Field(dict, doc="options of the reference solver rk45"),
+    "converged_sde": Field(
+        dict,
+        fields={"solver": SOLVER_NAME, "steps": Field(int, low=1)},
+        doc="the converged reverse-SDE solve of every network (a stochastic solver at many steps, its "
+        "options from sample.options), the partner of its SDE rows (stage converged)",
+    ),
 }
 
 
@@ -63,6 +75,21 @@ def check_solver_options(cfg: dict) -> None:
     for name, section in options.items():
         check_options(get_spec(name), section, f"sample.options.{name}")
     check_options(get_spec("rk45"), cfg["sample"]["reference"], "sample.reference")
+
+
+def check_converged_sde(cfg: dict) -> None:
+    """``sample.converged_sde.solver`` solves the reverse SDE (stochastic at its configured options),
+    with fixed steps."""
+    from difflab.solvers import get_spec
+
+    section = cfg["sample"]["converged_sde"]
+    spec = get_spec(section["solver"])
+    if spec.adaptive or not spec.is_stochastic(cfg["sample"]["options"].get(spec.name, {})):
+        raise ConfigError(
+            f"params: sample.converged_sde.solver={spec.name!r} does not solve the reverse SDE at its "
+            "sample.options; allowed: a stochastic fixed-step solver (euler_maruyama, ddpm, "
+            "euler_ancestral, dpm_solver_2m_sde, ...)"
+        )
 
 
 def check_sample_schedules(cfg: dict) -> None:

@@ -42,7 +42,8 @@ class Field:
     ``high_open``. ``choices``: the allowed values, or a function returning them (a registry's keys,
     read when checking). ``nullable``: null allowed. ``optional``: the key may be absent (the reader's
     default applies). ``any_of``: alternatives, one must allow the value.
-    Lists: ``item`` each item's field; non-empty and distinct, or exactly ``length`` items (one value:
+    Lists: ``item`` each item's field; distinct and non-empty (``may_be_empty``: or empty), or exactly
+    ``length`` items (one value:
     a bad item names the whole list). Mappings: ``fields`` (fixed keys), or ``keys`` and ``values``
     (free keys: registry names); neither: any mapping, left to a cross-check. ``noun`` names what a
     ``choices`` value is ("schedule"): a bad list item or mapping key reads "unknown schedule 'x'".
@@ -59,6 +60,7 @@ class Field:
     any_of: tuple[Field, ...] = ()
     item: Field | None = None
     length: int | None = None
+    may_be_empty: bool = False
     fields: Mapping[str, Field] | None = None
     keys: Field | None = None
     values: Field | None = None
@@ -80,7 +82,9 @@ class Field:
         if not _KINDS[self.kind][0](v):
             return False
         if self.kind is list and self.item is not None:
-            size_ok = len(v) == self.length if self.length else bool(v) and _distinct(v)
+            size_ok = (
+                len(v) == self.length if self.length else (bool(v) or self.may_be_empty) and _distinct(v)
+            )
             return size_ok and all(self.item.accepts(x) for x in v)
         lo = self.low is None or (v > self.low if self.low_open else v >= self.low)
         return lo and (self.high is None or (v < self.high if self.high_open else v <= self.high))
@@ -95,9 +99,8 @@ class Field:
             text = ("values among " if plural else "one of ") + shown
         elif self.kind is list and self.item is not None:
             each = self.item.allowed(plural=True)
-            text = (
-                f"a list of {self.length} {each}" if self.length else f"a non-empty list of distinct {each}"
-            )
+            some = "a list of distinct" if self.may_be_empty else "a non-empty list of distinct"
+            text = f"a list of {self.length} {each}" if self.length else f"{some} {each}"
         else:
             text = _KINDS[self.kind][2 if plural else 1] + self._bounds()
         return f"null or {text}" if self.nullable else text

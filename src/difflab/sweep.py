@@ -24,36 +24,48 @@ from difflab.images import save_grid, save_samples
 from difflab.results import ADAPTIVE_STEPS, Row
 from difflab.sampling import Conditioning, Draw, SampleResult, generate
 
+CONVERGED_SDE = "_converged"  # samples/<this>/: every network's converged reverse-SDE rows
 
-def _restricted(cfg: dict, trained: str, names) -> dict:
-    """``{name: schedule}`` for ``names``, each restricted to the log-SNR range that they and the
-    ``trained`` schedule all cover (``schedules.common_log_snr_range``; ``ValueError`` if none)."""
+
+def _restricted(cfg: dict, trained, names) -> dict:
+    """``{name: schedule}`` for ``names`` (the network's own ``trained`` schedule under its name, the
+    others built from the config), each restricted to the log-SNR range that they and ``trained`` all
+    cover (``schedules.common_log_snr_range``; ``ValueError`` if none)."""
     from difflab.schedules import common_log_snr_range, schedule_from_config
 
     names = list(dict.fromkeys(names))
-    built = {name: schedule_from_config(cfg, name) for name in names}
-    lo, hi = common_log_snr_range(schedule_from_config(cfg, trained), *built.values())
+    built = {name: trained if name == trained.name else schedule_from_config(cfg, name) for name in names}
+    lo, hi = common_log_snr_range(trained, *built.values())
     return {name: s.with_log_snr_range(lo, hi) for name, s in built.items()}
 
 
-def sampling_schedules(cfg: dict, trained: str) -> dict:
-    """The sampling-time schedules of the network trained on ``trained`` (config ``sample.schedules``),
-    ``{name: Schedule}``: null gives the training schedule alone, over its own interval; a list gives
-    every listed schedule restricted to the one log-SNR range that all of them and ``trained`` cover,
-    so that the rows under them integrate the same noise levels and can be compared."""
+def _schedule(cfg: dict, trained):
+    """A network's training schedule: a ``Schedule`` (a pretrained network's, or a loaded one's), or
+    the name of a config schedule."""
     from difflab.schedules import schedule_from_config
 
+    return schedule_from_config(cfg, trained) if isinstance(trained, str) else trained
+
+
+def sampling_schedules(cfg: dict, trained) -> dict:
+    """The sampling-time schedules of a network trained on ``trained`` (a ``Schedule``, or a config
+    schedule's name) from config ``sample.schedules``, ``{name: Schedule}``: null gives the training
+    schedule alone, over its own interval; a list gives every listed schedule restricted to the one
+    log-SNR range that all of them and ``trained`` cover, so that the rows under them integrate the
+    same noise levels and can be compared."""
+    trained = _schedule(cfg, trained)
     names = cfg["sample"]["schedules"]
     if names is None:
-        return {trained: schedule_from_config(cfg, trained)}
+        return {trained.name: trained}
     return _restricted(cfg, trained, names)
 
 
-def invariance_schedules(cfg: dict, trained: str) -> dict:
+def invariance_schedules(cfg: dict, trained) -> dict:
     """The schedules a schedule-invariant solver's rows are redrawn under to check the invariance on a
-    trained network: the training schedule first, then every other trained and sampling schedule of
-    the config, all restricted to their common log-SNR range (``{name: Schedule}``)."""
-    names = [trained, *cfg["schedules"], *(cfg["sample"]["schedules"] or ())]
+    network: its training schedule first, then every other trained and sampling schedule of the
+    config, all restricted to their common log-SNR range (``{name: Schedule}``)."""
+    trained = _schedule(cfg, trained)
+    names = [trained.name, *cfg["schedules"], *(cfg["sample"]["schedules"] or ())]
     return _restricted(cfg, trained, names)
 
 
@@ -61,8 +73,10 @@ def invariance_schedules(cfg: dict, trained: str) -> dict:
 class Network:
     """One network to sample: its name (``model``), training schedule and seed, its denoiser, the
     sampling schedules (``targets``, ``{name: Schedule}``), where the invariance is checked by
-    redrawing the schedules to redraw under (``redraw``), and its reference samples by guidance scale
-    (``references``, float ``[m, ...]``; empty: no solver error)."""
+    redrawing the schedules to redraw under (``redraw``), its reference samples by guidance scale
+    (``references``, float ``[m, ...]``; empty: no solver error) and, on a fitted grid, the times
+    fitted to it under each sampling schedule by step count (``grids[name][steps]``,
+    ``solvers.fitted.load_fitted``; empty: the sweep's named grid)."""
 
     model: str
     schedule: str
@@ -71,6 +85,7 @@ class Network:
     targets: Mapping
     redraw: Mapping | None = None
     references: Mapping = field(default_factory=dict)
+    grids: Mapping = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -101,9 +116,8 @@ def draw_samples(net: Network, sweep: Sweep, name: str, steps: int, n: int, cond
     target = {**net.targets, **(net.redraw or {})}[name]
     D = reparametrize(net.denoiser, net.denoiser.schedule, target)
     draw = Draw(n, sweep.draw.shape, sweep.draw.seed, sweep.draw.batch_size, sweep.draw.device)
-    return generate(
-        D, target, sweep.spec.name, steps, draw, grid=sweep.grid, cond=cond, options=sweep.options
-    )
+    grid = net.grids[name][steps] if net.grids else sweep.grid
+    return generate(D, target, sweep.spec.name, steps, draw, grid=grid, cond=cond, options=sweep.options)
 
 
 def invariance_errors(pool: Mapping[str, torch.Tensor]) -> dict[str, float | None]:
@@ -131,7 +145,9 @@ def _sweep_steps(net: Network, sweep: Sweep, w, steps: int, cond, out: Path) -> 
     """The rows of one guidance scale and step count, one per sampling schedule."""
     from difflab.metrics.solver_error import solver_error
 
-    n_check = min(sweep.invariance_samples, sweep.draw.n) if sweep.spec.schedule_invariant else 0
+    # a fitted grid holds times, which mean other noise levels under another schedule
+    invariant = sweep.spec.schedule_invariant and not net.grids
+    n_check = min(sweep.invariance_samples, sweep.draw.n) if invariant else 0
     reference = None if sweep.spec.is_stochastic(sweep.options) else net.references.get(w)
     rows, firsts = [], {}
     for name in net.targets:
@@ -171,12 +187,48 @@ def _invariance_pool(net: Network, sweep: Sweep, w, steps: int, firsts: dict) ->
     return {name: draw_samples(net, sweep, name, steps, n, cond).x for name in net.redraw}
 
 
-def load_references(folder: str | Path, schedule: str, guidance_scales: Sequence) -> dict:
-    """The reference stage's samples of one network by guidance scale (float ``x`` ``[m, ...]``)."""
+def load_references(folder: str | Path, model: str, schedule: str, guidance_scales: Sequence) -> dict:
+    """The reference stage's samples of one network (``model``, trained on ``schedule``) by guidance
+    scale (float ``x`` ``[m, ...]``)."""
     from difflab.images import load_samples
 
     out = {}
     for w in guidance_scales:
-        stem = Row(schedule, "rk45", ADAPTIVE_STEPS, schedule, guidance_scale=w).stem
+        stem = reference_row(model, schedule, w).stem
         out[w] = np.asarray(load_samples(Path(folder) / f"{stem}.npz")["x"])
     return out
+
+
+def reference_row(model: str, schedule: str, guidance_scale=None) -> Row:
+    """The identity of a network's reference solution (rk45 under its training schedule): its file
+    ``<stem>.npz`` in the reference stage's folder."""
+    return Row(schedule, "rk45", ADAPTIVE_STEPS, schedule, guidance_scale=guidance_scale, model=model)
+
+
+def load_network_for(cfg: dict, net_id, sweep: Sweep, *, models="models", references="references") -> Network:
+    """The ``Network`` a sample stage sweeps for ``net_id`` (``difflab.networks.NetworkId``): its
+    denoiser from ``models``, its sampling schedules, the schedules the invariance is redrawn under
+    (schedule-invariant solvers with one sampling schedule), its references (deterministic solvers,
+    ``sample.solver_error_samples`` > 0) and, on a fitted grid (``sample.fitted_grids``), the times
+    fitted to it (``grids/<solver>/<grid>/<model>/seed_<seed>/grid.json``) mapped onto each sampling
+    schedule."""
+    from difflab.networks import load_network
+    from difflab.solvers.fitted import FIT_METHODS
+
+    D = load_network(net_id.folder(models), sweep.draw.device)
+    trained = D.schedule
+    targets = sampling_schedules(cfg, trained)
+    fitted = sweep.grid in FIT_METHODS
+    check = sweep.spec.schedule_invariant and sweep.invariance_samples > 0 and not fitted
+    redraw = invariance_schedules(cfg, trained) if check and len(targets) < 2 else None
+    deterministic = not sweep.spec.is_stochastic(sweep.options)
+    refs = {}
+    if deterministic and cfg["sample"]["solver_error_samples"] > 0:
+        refs = load_references(net_id.folder(references), net_id.model, trained.name, sweep.guidance_scales)
+    grids = {}
+    if fitted:
+        from difflab.solvers.fitted import load_fitted
+
+        path = f"{net_id.folder(f'grids/{sweep.spec.name}/{sweep.grid}')}/grid.json"
+        grids = {name: load_fitted(path, schedule=target) for name, target in targets.items()}
+    return Network(net_id.model, trained.name, net_id.seed, D, targets, redraw, refs, grids)

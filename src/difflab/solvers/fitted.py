@@ -2,26 +2,43 @@
 
 ``fit_grid(method, denoiser, schedule, solver, steps, noise, *, cond=None, **options)`` returns
 ``steps + 1`` float64 times strictly decreasing from ``schedule.t_max`` to ``schedule.t_min``, an explicit
-grid for ``solver(..., grid=ts)``:
+grid for ``solver(..., grid=ts)``; ``fit_grids`` does the same for several step counts at once:
 
 - ``"gits"``: dynamic programming over a fine teacher's trajectories from ``noise`` (uses the denoiser);
 - ``"dmn"``: model-free, from alpha(t) and sigma(t) alone (``denoiser``, ``noise`` and ``cond`` unused).
+
+For a pipeline, ``fit_for_sampling`` fits one network's grids for any solver (``grid_student``: a
+stochastic solver gets DDIM's grid, an adaptive one the two ends), ``write_fitted`` saves them as
+``grid.json`` and ``load_fitted`` reads them back, mapped onto a sampling schedule by log-SNR::
+
+    {"method": "gits", "solver": "euler_ancestral", "fitted_for": "ddim",
+     "steps": {"5": [t_0, ..., t_5], ...}, "log_snr": {"5": [lam_0, ..., lam_5], ...}}
+
+with times decreasing (noise to data) under the fitting schedule and their log-SNRs.
 """
 
 from __future__ import annotations
 
+import functools
+import json
 import math
+import os
 import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from difflab.io import atomic_write
 from difflab.schedules import Schedule
-from difflab.solvers.grids import GRIDS, get_grid
+from difflab.solvers.grids import GRIDS, get_grid, resolve_grid
 from difflab.solvers.registry import Option, check_steps, get_solver, get_spec, solver_names
 
 FIT_METHODS = ("gits", "dmn")
+SAMPLE_GRIDS = (*GRIDS, *FIT_METHODS)  # the names a pipeline's ``sample.grids`` may hold
+FALLBACK_STUDENT = "ddim"  # the solver a stochastic solver's grid is fitted for (``grid_student``)
 
 _OPTIONS = {
     "gits": {
@@ -56,23 +73,45 @@ def fit_grid(
     deterministic fixed-step solver with its default options; ``noise`` ``[B, ...]`` (standard normal, as
     a solver takes it) and ``cond`` feed GITS's teacher. Same inputs -> same grid.
     """
+    return fit_grids(method, denoiser, schedule, solver, [steps], noise, cond=cond, **options)[steps]
+
+
+def fit_grids(
+    method: str,
+    denoiser,
+    schedule: Schedule,
+    solver: str,
+    steps: Sequence[int],
+    noise: Tensor,
+    *,
+    cond=None,
+    solver_options: Mapping | None = None,
+    **options,
+) -> dict[int, Tensor]:
+    """``fit_grid`` for every step count of ``steps`` (``{K: [K + 1] times}``), with ``solver`` run with
+    ``solver_options`` (deterministic with them). GITS's teacher and step costs do not depend on K: they
+    are computed once and only the dynamic programming runs per step count."""
     if method not in FIT_METHODS:
         raise ValueError(f"unknown fit method {method!r}; valid methods: {', '.join(FIT_METHODS)}")
-    check_steps(steps)
-    _check_deterministic(solver, "solver")
+    for k in steps:
+        check_steps(k)
+    _check_deterministic(solver, "solver", solver_options)
     opts = _check_options(method, options)
     if method == "gits":
-        ts = _fit_gits(denoiser, schedule, solver, steps, noise, cond, **opts)
+        grids = _fit_gits(denoiser, schedule, solver, steps, noise, cond, dict(solver_options or {}), opts)
     else:
-        ts = _fit_dmn(schedule, solver, steps, **opts)
-    if not (torch.isfinite(ts).all() and (ts[1:] < ts[:-1]).all()):
-        raise ValueError(f"fit_grid({method!r}) gave a grid that is not strictly decreasing: {ts.tolist()}")
-    return ts
+        grids = {k: _fit_dmn(schedule, solver, k, **opts) for k in steps}
+    for ts in grids.values():
+        if not (torch.isfinite(ts).all() and (ts[1:] < ts[:-1]).all()):
+            raise ValueError(
+                f"fit_grid({method!r}) gave a grid that is not strictly decreasing: {ts.tolist()}"
+            )
+    return grids
 
 
-def _check_deterministic(solver: str, what: str) -> None:
+def _check_deterministic(solver: str, what: str, options: Mapping | None = None) -> None:
     spec = get_spec(solver)  # unknown name -> ValueError listing the solvers
-    if spec.adaptive or spec.is_stochastic():
+    if spec.adaptive or spec.is_stochastic(options):
         deterministic = [
             n for n in solver_names() if not get_spec(n).adaptive and not get_spec(n).is_stochastic()
         ]
@@ -99,69 +138,172 @@ def _check_options(method: str, options: dict) -> dict:
     return out
 
 
+# -- for a pipeline: any solver, grid.json ------------------------------------------------------------
+def grid_student(solver: str, options: Mapping | None = None) -> str | None:
+    """The solver a fitted grid for ``solver`` run with ``options`` is fitted for: ``solver`` itself when
+    it is deterministic with fixed steps; ``FALLBACK_STUDENT`` (ddim, the step GITS's paper scores every
+    solver's grid with) when it draws noise, whose single-step and multistep error models do not apply;
+    None when it is adaptive (it reads only a grid's two ends)."""
+    spec = get_spec(solver)
+    if spec.adaptive:
+        return None
+    return FALLBACK_STUDENT if spec.is_stochastic(options) else solver
+
+
+def fit_for_sampling(
+    method: str,
+    denoiser,
+    schedule: Schedule,
+    solver: str,
+    steps: Sequence[int],
+    noise: Tensor | None,
+    *,
+    cond=None,
+    solver_options: Mapping | None = None,
+    **options,
+) -> dict[int, Tensor]:
+    """One network's grids ``{K: [K + 1] times}`` for a sample stage running ``solver`` with
+    ``solver_options``: ``fit_grids`` for ``grid_student(solver, solver_options)`` with the method's
+    ``options``, or, for an adaptive solver, ``[t_max, t_min]`` under every key of ``steps`` (its rows'
+    steps, e.g. 0)."""
+    student = grid_student(solver, solver_options)
+    if student is None:
+        return {k: get_grid("logsnr", schedule, 1) for k in steps}
+    own = solver_options if student == solver else None
+    return fit_grids(
+        method, denoiser, schedule, student, steps, noise, cond=cond, solver_options=own, **options
+    )
+
+
+def write_fitted(
+    path: str | os.PathLike,
+    method: str,
+    solver: str,
+    grids: Mapping,
+    schedule: Schedule,
+    *,
+    solver_options: Mapping | None = None,
+) -> None:
+    """Write ``grids`` (``{K: times}``, fitted under ``schedule`` by ``fit_for_sampling`` for ``solver``
+    with ``solver_options``) as ``grid.json`` (the module docstring's format), atomically."""
+    if method not in FIT_METHODS:
+        raise ValueError(f"unknown fit method {method!r}; valid methods: {', '.join(FIT_METHODS)}")
+    ordered = sorted(grids.items())
+    record = {
+        "method": method,
+        "solver": solver,
+        "fitted_for": grid_student(solver, solver_options),
+        "steps": {str(k): ts.tolist() for k, ts in ordered},
+        "log_snr": {str(k): schedule.log_snr(ts.to(torch.float64)).tolist() for k, ts in ordered},
+    }
+    text = json.dumps(record, indent=1) + "\n"
+    atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+def load_fitted(path: str | os.PathLike, schedule: Schedule | None = None) -> dict[int, Tensor]:
+    """The grids of a ``grid.json``, ``{K: [K + 1] float64 times}`` decreasing from noise to data.
+
+    Without ``schedule``: the times as fitted. With one (a sampling schedule, possibly restricted to a
+    shorter log-SNR range): the fitted log-SNRs mapped affinely onto its range
+    ``[lam(t_max), lam(t_min)]`` and back to its times, so its ends are exactly ``t_max`` and ``t_min``
+    (the identity in log-SNR where the ranges agree; a schedule-invariant solver then gives the same
+    samples under every schedule)."""
+    record = json.loads(Path(path).read_text())
+    if not isinstance(record, dict) or record.get("method") not in FIT_METHODS:
+        raise ValueError(
+            f"{path}: not a fitted grid file (its 'method' must be one of {', '.join(FIT_METHODS)})"
+        )
+    times, lams = record.get("steps"), record.get("log_snr")
+    if not isinstance(times, dict) or not isinstance(lams, dict) or set(times) != set(lams):
+        raise ValueError(f"{path}: 'steps' and 'log_snr' must map the same step counts to lists of numbers")
+    out = {}
+    for key in times:
+        try:
+            ts = resolve_grid(torch.tensor(times[key], dtype=torch.float64), None, None, "cpu")
+            lam = torch.tensor(lams[key], dtype=torch.float64)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{path}: steps {key!r}: {e}") from None
+        if not key.isdigit() or lam.shape != ts.shape or int(key) not in (0, ts.numel() - 1):
+            raise ValueError(f"{path}: step count {key!r} does not match its {ts.numel()} times")
+        out[int(key)] = ts if schedule is None else _on_schedule(lam, schedule)
+    return dict(sorted(out.items()))
+
+
+def _on_schedule(lam: Tensor, schedule: Schedule) -> Tensor:
+    """Times of ``schedule`` at the log-SNRs ``lam`` (increasing) mapped affinely onto its range."""
+    ends = torch.tensor([schedule.t_max, schedule.t_min], dtype=torch.float64)
+    lo, hi = schedule.log_snr(ends).tolist()
+    lam = lam.to(torch.float64)
+    mapped = lo + (lam - lam[0]) * (hi - lo) / (lam[-1] - lam[0])
+    ts = schedule.t_from_log_snr(mapped).to(torch.float64)
+    ts[0], ts[-1] = ends
+    return resolve_grid(ts, schedule, None, "cpu")
+
+
 # -- GITS -----------------------------------------------------------------------------------------
 class _StepDone(Exception):
     """Raised from a solver's callback once its single step is taken (skips its final denoising)."""
 
 
-def _fit_gits(
-    denoiser,
-    schedule,
-    solver,
-    steps,
-    noise,
-    cond,
-    *,
-    candidates,
-    candidate_grid,
-    teacher,
-    teacher_refine,
-    coeff,
-):
+@torch.no_grad()
+def _fit_gits(denoiser, schedule, solver, steps, noise, cond, solver_options, opts) -> dict[int, Tensor]:
     """GITS (Chen et al., ICML 2024, "On the Trajectory Regularity of ODE-based Diffusion Sampling";
-    zju-pi/diff-sampler ``gits-main/gits_utils.py``).
+    zju-pi/diff-sampler ``gits-main/gits_utils.py``), for each step count K of ``steps``; ``opts`` are
+    the checked ``_OPTIONS["gits"]``.
 
     1. Candidates ``tau_0 = t_max > ... > tau_{N-1} = t_min`` (``candidates`` = N times of
        ``candidate_grid``; the paper: 61 times of EDM's rho = 7 grid).
     2. The teacher (``teacher`` on the candidate grid refined ``teacher_refine`` times; the paper: iPNDM on
-       the 61 times) from ``noise`` (the paper: 256 noises) gives states ``X_i ~ x(tau_i)``, ``[N, B, ...]``.
+       the 61 times) from ``noise`` (the paper: 256 noises) gives states ``X_i ~ x(tau_i)``, ``[N, B, ...]``
+       (``_gits_teacher``).
     3. Costs ``c[i, j] = mean_b |solver_step(X_i, tau_i -> tau_j) - X_j|_2`` for i < j: one step of
-       ``solver`` from the teacher's state (the paper's ``metric="l2"``; its default ``"dev"``, a deviation
-       from the straight line of an image trajectory, is not implemented). The paper takes an Euler step
-       in EDM's variables, which is ``ddim``'s step, for every student; here it is the student's own
-       first step. A multistep solver's first step has no history (ddim's step for DPM-Solver++), so its
-       cost is an approximation of its steps inside a run.
-    4. Dynamic programming for the path ``0 = p_0 < ... < p_K = N - 1`` of exactly K = ``steps`` steps
-       minimising ``sum_k coeff^k c[p_k, p_{k+1}]`` (``_gits_path``; the paper's ``dp`` with ``coeff``).
+       ``solver`` (with ``solver_options``) from the teacher's state (``_gits_costs``; the paper's
+       ``metric="l2"``; its default ``"dev"``, a deviation from the straight line of an image trajectory,
+       is not implemented). The paper takes an Euler step in EDM's variables, which is ``ddim``'s step,
+       for every student; here it is the student's own first step. A multistep solver's first step has
+       no history (ddim's step for DPM-Solver++), so its cost is an approximation of its steps inside a
+       run.
+    4. Dynamic programming for the path ``0 = p_0 < ... < p_K = N - 1`` of exactly K steps minimising
+       ``sum_k coeff^k c[p_k, p_{k+1}]`` (``_gits_path``; the paper's ``dp`` with ``coeff``).
 
-    Cost: the teacher's NFE plus ``N (N - 1) / 2`` single steps of ``solver`` (1830 for N = 61).
+    Cost: the teacher's NFE plus ``N (N - 1) / 2`` single steps of ``solver`` (1830 for N = 61), once for
+    every K; no autograd graph (a network's parameters require grad).
     """
-    if candidates - 1 < steps:
+    if opts["candidates"] - 1 < max(steps):
         raise ValueError(
-            f"fit_grid('gits'): candidates={candidates} allows at most {candidates - 1} steps, not {steps}"
+            f"fit_grid('gits'): candidates={opts['candidates']} allows at most {opts['candidates'] - 1} "
+            f"steps, not {max(steps)}"
         )
-    _check_deterministic(teacher, "teacher")
+    _check_deterministic(opts["teacher"], "teacher")
     if not isinstance(noise, Tensor) or not noise.is_floating_point() or noise.ndim < 1:
         raise ValueError("fit_grid('gits'): noise must be a floating-point tensor of shape [B, ...]")
-    fine = get_grid(candidate_grid, schedule, (candidates - 1) * teacher_refine, device=noise.device)
-    tau = fine[::teacher_refine]  # [N]
-    sigma = schedule.sigma(tau).tolist()
-    states = [sigma[0] * noise.to(torch.float64)]
-    get_solver(teacher)(
+    tau, X = _gits_teacher(denoiser, schedule, noise, cond, opts)
+    step = functools.partial(get_solver(solver), **solver_options)
+    cost = _gits_costs(step, denoiser, schedule, tau, X, cond)
+    return {k: tau[_gits_path(cost, k, opts["coeff"])] for k in steps}
+
+
+def _gits_teacher(denoiser, schedule, noise, cond, opts) -> tuple[Tensor, Tensor]:
+    """The candidates ``tau`` ``[N]`` and the teacher's states at them ``X`` ``[N, B, ...]`` (float64)."""
+    N, refine = opts["candidates"], opts["teacher_refine"]
+    fine = get_grid(opts["candidate_grid"], schedule, (N - 1) * refine, device=noise.device)
+    states = [schedule.sigma(fine[:1]).item() * noise.to(torch.float64)]
+    get_solver(opts["teacher"])(
         denoiser, schedule, noise, None, grid=fine, cond=cond, callback=lambda info: states.append(info["x"])
     )
-    X = torch.stack(states[::teacher_refine])  # [N, B, ...] teacher states at the candidates
-    cost = torch.full((candidates, candidates), math.inf, dtype=torch.float64)
-    step = get_solver(solver)
-    for i in range(candidates - 1):
-        for j in range(i + 1, candidates):
-            cost[i, j] = (
-                (_one_step(step, denoiser, schedule, X[i] / sigma[i], tau[[i, j]], cond) - X[j])
-                .flatten(1)
-                .norm(dim=1)
-                .mean()
-            )
-    return tau[_gits_path(cost, steps, coeff)]
+    return fine[::refine], torch.stack(states[::refine])
+
+
+def _gits_costs(step, denoiser, schedule, tau: Tensor, X: Tensor, cond) -> Tensor:
+    """``c[i, j] = mean_b |step(X_i, tau_i -> tau_j) - X_j|_2`` for i < j, inf elsewhere, ``[N, N]``."""
+    N = len(tau)
+    sigma = schedule.sigma(tau).tolist()
+    cost = torch.full((N, N), math.inf, dtype=torch.float64)
+    for i in range(N - 1):
+        for j in range(i + 1, N):
+            x_j = _one_step(step, denoiser, schedule, X[i] / sigma[i], tau[[i, j]], cond)
+            cost[i, j] = (x_j - X[j]).flatten(1).norm(dim=1).mean().item()
+    return cost
 
 
 def _one_step(step, denoiser, schedule, noise, grid, cond) -> Tensor:
