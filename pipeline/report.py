@@ -43,7 +43,9 @@ def _data_meta(args) -> dict:
 
 def main(args):
     cfg = load_cfg(args)
-    from difflab.report import build, tables, text
+    from difflab.metrics.diagnostics import network_diagnostics
+    from difflab.metrics.nll import nll_by_schedule, nll_from_rows
+    from difflab.report import build, text
     from difflab.report.sections import budgets
 
     if args.from_csv:
@@ -51,7 +53,7 @@ def main(args):
     else:
         seed_rows, by_seed = build.collect(args.evals, cfg)
     rows, pairing = build.comparison(seed_rows, build.load_replicates(args.evals, seed_rows), cfg)
-    nll = tables.nll_by_schedule(by_seed) if by_seed else tables.nll_from_rows(rows)
+    nll = nll_by_schedule(by_seed) if by_seed else nll_from_rows(rows)
     results = Path(args.out)
     with scratch_dir(results) as tmp:
         extra = {
@@ -62,7 +64,7 @@ def main(args):
         }
         ctx = build.context(rows, pairing, cfg, extra)
         inputs = {k: getattr(args, k) for k in ("features", "data", "samples", "models")}
-        ctx = replace(ctx, diagnostics=build.network_diagnostics(seed_rows, rows, ctx, inputs))
+        ctx = replace(ctx, diagnostics=network_diagnostics(seed_rows, cfg, inputs, budgets(rows, ctx)))
         shown = build.write_page(rows, ctx, tmp)
         if not args.from_csv:
             build.write_tables(rows, seed_rows, ctx, tmp)

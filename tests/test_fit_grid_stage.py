@@ -15,10 +15,18 @@ from difflab.config import ConfigError, compose, validate
 from difflab.data.toy import GaussianMixture
 from difflab.sampling import Draw, generate
 from difflab.schedules import common_log_snr_range, get_schedule
-from difflab.solvers.fitted import fit_for_sampling, fit_grids, grid_student, load_fitted, write_fitted
+from difflab.solvers.fitted import (
+    GridFit,
+    fit_for_sampling,
+    fit_grids,
+    grid_student,
+    load_fitted,
+    write_fitted,
+)
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
 STEPS = [3, 6]
+GITS = GridFit("gits", {"candidates": 13})  # 13 candidates, to stay fast
 
 
 def mixture() -> GaussianMixture:
@@ -38,7 +46,7 @@ def fitted():
     schedule = get_schedule("vp_linear")
     D, noise = mixture().denoiser(schedule), randn(32, 0)
     return schedule, {
-        "gits": fit_grids("gits", D, schedule, "dpm_solver_2m", STEPS, noise, candidates=13),
+        "gits": fit_grids(GITS, D, schedule, "dpm_solver_2m", STEPS, noise),
         "dmn": fit_for_sampling("dmn", D, schedule, "dpm_solver_2m", STEPS, None),
     }
 
@@ -77,7 +85,7 @@ def test_loaded_grids_on_a_sampling_schedule(tmp_path, target_name):
     lo, hi = common_log_snr_range(*(get_schedule(n) for n in SCHEDULES))
     schedule = get_schedule("vp_linear").with_log_snr_range(lo, hi)
     D, noise = mixture().denoiser(schedule), randn(32, 0)
-    grids = fit_grids("gits", D, schedule, "ddim", STEPS, noise, candidates=13)
+    grids = fit_grids(GITS, D, schedule, "ddim", STEPS, noise)
     path = tmp_path / "grid.json"
     write_fitted(path, "gits", "ddim", grids, schedule)
     target = get_schedule(target_name).with_log_snr_range(lo, hi)
@@ -109,26 +117,31 @@ def test_solver_a_grid_is_fitted_for():
     assert grid_student("rk45") is None and grid_student("dpm_adaptive") is None
     schedule = get_schedule("vp_cosine")
     D, noise = mixture().denoiser(schedule), randn(16, 2)
-    ends = fit_for_sampling("gits", D, schedule, "rk45", [0], noise, candidates=13)
+    ends = fit_for_sampling(GITS, D, schedule, "rk45", [0], noise)
     assert list(ends) == [0] and ends[0].tolist() == [schedule.t_max, schedule.t_min]
-    stochastic = fit_for_sampling("gits", D, schedule, "euler_ancestral", [4], noise, candidates=13)
-    assert torch.equal(stochastic[4], fit_grids("gits", D, schedule, "ddim", [4], noise, candidates=13)[4])
+    stochastic = fit_for_sampling(GITS, D, schedule, "euler_ancestral", [4], noise)
+    assert torch.equal(stochastic[4], fit_grids(GITS, D, schedule, "ddim", [4], noise)[4])
     # the configured options reach the student: dpm_solver_sde at eta = 0 is fitted for itself, and its
     # intermediate level r moves the grid
     r_half, r_one = (
         fit_for_sampling(
-            "gits",
-            D,
-            schedule,
-            "dpm_solver_sde",
-            [3],
-            noise,
-            candidates=13,
-            solver_options={"eta": 0.0, "r": r},
+            GITS, D, schedule, "dpm_solver_sde", [3], noise, solver_options={"eta": 0.0, "r": r}
         )[3]
         for r in (0.5, 1.0)
     )
     assert not torch.equal(r_half, r_one)
+
+
+def test_a_grid_fit_checks_its_method_and_options_when_built():
+    """The method's options are checked and completed with their defaults once, where the fit is named."""
+    assert GITS.options["candidates"] == 13 and GITS.options["coeff"] == 1.15  # the rest: the defaults
+    assert GridFit("dmn").options == {"power": 1.0, "init": "logsnr", "maxiter": 500}
+    with pytest.raises(ValueError, match="unknown fit method 'ays'; valid methods: gits, dmn"):
+        GridFit("ays")
+    with pytest.raises(ValueError, match="unknown option 'candidates'"):
+        GridFit("dmn", {"candidates": 13})
+    with pytest.raises(ValueError, match="candidates"):
+        GridFit("gits", {"candidates": 2})
 
 
 def test_bad_grid_files_fail_with_one_line_naming_the_file(tmp_path):

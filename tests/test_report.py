@@ -11,10 +11,12 @@ import torch
 
 from difflab.images import save_grid
 from difflab.metrics.fid import bias_shifted_interval
-from difflab.metrics.paired import save_row_features
+from difflab.metrics.nll import nll_by_schedule, nll_from_rows, with_nll
+from difflab.metrics.paired import Pairing, save_row_features
 from difflab.report import build, tables, text
 from difflab.report.sections import SECTIONS, budgets, matrix
-from difflab.results import CSV_COLUMNS, Row, read_csv
+from difflab.results import CSV_COLUMNS, Row, nested_metrics, read_csv, records_csv
+from difflab.solvers.registry import Solvers
 
 
 def _row(schedule, solver, steps, nfe, fid, lo, hi, err=None):
@@ -63,7 +65,7 @@ ROWS, PAIRING = build.comparison(
     SEED_ROWS, REPS, CFG
 )  # config order: s1 euler, heun, rk45, s2 euler, heun, ddpm
 A, B, E, C, D, F = ROWS
-SOLVERS = tables.Solvers.of(CFG["solvers"])
+SOLVERS = Solvers.of(CFG["solvers"])
 
 
 def test_one_seed_rows_keep_their_numbers():
@@ -124,17 +126,17 @@ def test_resolved_is_symmetric_and_the_paired_test_sees_through_overlap():
 def test_pairing_refuses_rows_without_replicates():
     reps = {r.key: REPS[r.seed_key] for r in SEED_ROWS}
     with pytest.raises(ValueError, match="no bootstrap replicates for 1 rows, e.g. s2/ddpm/20"):
-        tables.Pairing(ROWS, {k: v for k, v in reps.items() if k != "s2/ddpm/20"})
+        Pairing(ROWS, {k: v for k, v in reps.items() if k != "s2/ddpm/20"})
     with pytest.raises(ValueError, match="replicates of shapes"):
-        tables.Pairing(ROWS, {**reps, "s2/ddpm/20": np.zeros(10)})
+        Pairing(ROWS, {**reps, "s2/ddpm/20": np.zeros(10)})
 
 
 def test_solvers_from_specs_and_the_invariance_sentence():
-    solvers = tables.Solvers.of(["ddpm", "rk45", "heun", "euler"])
+    solvers = Solvers.of(["ddpm", "rk45", "heun", "euler"])
     assert solvers.names == ["euler", "heun", "rk45", "ddpm"]  # ODE by order, adaptive last, then SDE
     assert solvers.group("heun") == "ODE, order 2" and solvers.group("ddpm") == "SDE, order 1"
     assert solvers.spec("rk45").adaptive and solvers.family("ddpm") == "sde"
-    assert tables.Solvers.of(["ddim"], {"ddim": {"eta": 1.0}}).family("ddim") == "sde"  # the options decide
+    assert Solvers.of(["ddim"], {"ddim": {"eta": 1.0}}).family("ddim") == "sde"  # the options decide
     sentence = text.invariance_sentence(ROWS, solvers)
     assert (
         "Identical by schedule invariance: rk45, ddpm" in sentence
@@ -142,7 +144,7 @@ def test_solvers_from_specs_and_the_invariance_sentence():
     )
     assert "euler, heun step in t" in sentence
     with pytest.raises(ValueError, match="unknown solver"):
-        tables.Solvers.of(["no_such_solver"])
+        Solvers.of(["no_such_solver"])
 
 
 def test_schedule_matrix_pairs_schedules_per_ode_solver_with_holm():
@@ -160,7 +162,7 @@ def test_schedule_matrix_pairs_schedules_per_ode_solver_with_holm():
     assert len(pairs) == 1 + 4 + 5 + 2
     assert pairs[0]["row_a"] == "s2/euler/10" and pairs[0]["row_b"] == "s1/euler/10"
     assert pairs[-1]["comparison"] == "schedules at nfe<=21 (Holm over 2)"
-    lines = tables.paired_csv(pairs).splitlines()
+    lines = records_csv(tables.PAIRED_COLUMNS, pairs).splitlines()
     assert lines[0] == "row_a,row_b,fid_diff,diff_lo,diff_hi,significant,comparison,p_value,p_holm"
     assert lines[1].startswith("s2/euler/10,s1/euler/10,0.5,") and ",true,nfe<=11 vs best," in lines[1]
     assert lines[1].endswith(",")  # no Holm p-value for a pair against the best
@@ -216,12 +218,12 @@ def test_collect_reads_rows_and_names_a_missing_file(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"no rows for solvers \['heun'\]"):
         build.collect(tmp_path, {**cfg, "solvers": ["euler", "heun"]})
     with pytest.raises(ValueError, match="no NLL record for network 's1' seed 0"):
-        tables.with_nll(SEED_ROWS[:1], {})
+        with_nll(SEED_ROWS[:1], {})
 
 
 def test_nll_over_seeds():
     nll = {"s1": {0: {"bpd": 3.0, "bpd_se": 0.03}, 1: {"bpd": 3.2, "bpd_se": 0.04}}, "s2": {0: {"bpd": None}}}
-    got = tables.nll_by_schedule(nll)
+    got = nll_by_schedule(nll)
     spread, se2 = np.var([3.0, 3.2], ddof=1), (0.03**2 + 0.04**2) / 2
     assert got["s1"] == {
         "bpd": pytest.approx(3.1),
@@ -229,20 +231,20 @@ def test_nll_over_seeds():
         "n_seeds": 2,
     }
     assert got["s2"] == {"bpd": None, "bpd_se": None, "n_seeds": 1}
-    assert tables.nll_from_rows(ROWS) == {
+    assert nll_from_rows(ROWS) == {
         "s1": {"bpd": 2.5, "bpd_se": 0.05},
         "s2": {"bpd": 3.0, "bpd_se": 0.05},
     }
 
 
 def test_nested_metrics_for_dvc():
-    m = tables.nested_metrics(ROWS, {"s1": {"bpd": 2.5}})
+    m = nested_metrics(ROWS, {"s1": {"bpd": 2.5}})
     assert m["s1"]["rk45"]["adaptive"]["fid"] == 4.9
     assert m["s2"]["euler"]["10"]["fid_hi"] == C.fid_hi and m["s2"]["euler"]["10"]["kid_mean"] == 0.105
     assert "solver_error" not in m["s2"]["ddpm"]["20"]
     assert m["s1"]["nll_bpd"] == 2.5
     guided = [r.replace(guidance_scale=w) for r in ROWS[:1] for w in (1.0, 2.0)]
-    assert set(tables.nested_metrics(guided, {})["s1"]) == {"w=1", "w=2"}  # an axis with several values
+    assert set(nested_metrics(guided, {})["s1"]) == {"w=1", "w=2"}  # an axis with several values
 
 
 @pytest.fixture(scope="module")

@@ -4,10 +4,11 @@ invariance marks, the cross-schedule heat map and the grid-effect plot on synthe
 import numpy as np
 
 from difflab.losses import DiffusionLoss, implied_weight, log_snr_density
+from difflab.metrics.paired import Pairing
 from difflab.report import axes, figures, page, sections, text, weights
-from difflab.report.tables import Pairing, Solvers
 from difflab.results import Row
 from difflab.schedules import get_schedule
+from difflab.solvers.registry import Solvers
 
 PARAMS = {
     "vp_linear": {"beta_min": 0.1, "beta_max": 20.0},

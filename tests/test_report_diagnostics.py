@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from difflab.metrics.diagnostics import floor_at_n
+from difflab.metrics.diagnostics import floor_at_n, network_diagnostics
 from difflab.report import build, text
 from difflab.report.sections import SECTIONS, budgets, network_first
 from difflab.results import Row
@@ -121,7 +121,7 @@ def _inputs(tmp_path, falling: dict[str, bool]) -> dict:
 def test_diagnostics_per_network_in_the_first_section_and_diagnostics_json(tmp_path):
     inputs = _inputs(tmp_path, {"s1": True, "s2": False})
     ctx = build.context(ROWS, PAIRING, CFG, {"plots": tmp_path / "plots"})
-    ctx = replace(ctx, diagnostics=build.network_diagnostics(SEED_ROWS, ROWS, ctx, inputs))
+    ctx = replace(ctx, diagnostics=network_diagnostics(SEED_ROWS, CFG, inputs, budgets(ROWS, ctx)))
     build.write_tables(ROWS, SEED_ROWS, ctx, tmp_path)
     saved = json.loads((tmp_path / "diagnostics.json").read_text())
     nets = saved["networks"]

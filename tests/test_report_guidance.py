@@ -7,9 +7,10 @@ import math
 import numpy as np
 import pytest
 
+from difflab.metrics.paired import Pairing
 from difflab.report import axes, figures, page, sections, text
-from difflab.report.tables import Pairing, Solvers
 from difflab.results import Row
+from difflab.solvers.registry import Solvers
 
 NAN = float("nan")
 CEILING = {"accuracy": 0.97, "accuracy_lo": 0.96, "accuracy_hi": 0.98, "n": 2000}

@@ -13,15 +13,17 @@ import pytest
 
 from difflab.metrics.fid import bias_shifted_interval
 from difflab.metrics.paired import (
+    Pairing,
     paired_difference,
     replicate_matrix_difference,
     seed_combined,
     seed_combined_difference,
     seed_matrix_difference,
 )
-from difflab.report.tables import Pairing, Solvers, budget_summary, plausible_frontier, surviving_differences
+from difflab.report.tables import budget_summary, plausible_frontier, surviving_differences
 from difflab.report.text import survival_sentences
 from difflab.results import Row, aggregate_seeds
+from difflab.solvers.registry import Solvers
 
 Z = NormalDist().inv_cdf(0.975)
 SOLVERS = Solvers.of(["ddim", "rk45", "ddpm"])

@@ -7,7 +7,7 @@ A row is one network sampled one way: the identity (``model``: the network, its 
 distance to the reference; evaluate the FID, KID, precision/recall and class accuracy; the report the
 NLL, the seed aggregation and the comparison with the network's converged solution). Every stage
 passes rows, never bare dicts; ``Row.key`` names a setting everywhere (feature files, pairing, the
-report), ``Row.seed_key`` one network's row of it.
+report), ``Row.seed_key`` one network's row of it. ``nested_metrics`` nests rows for metrics.json.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import csv
 import dataclasses
 import io
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -188,14 +188,18 @@ def _cell(v) -> str:
     return str(v)
 
 
-def to_csv(rows: Iterable[Row]) -> str:
-    """CSV text with ``CSV_COLUMNS``; a value not measured is an empty cell."""
+def records_csv(columns: Sequence[str], records: Iterable[Mapping]) -> str:
+    """CSV text of ``records`` under the header ``columns``; a value not measured is an empty cell."""
     buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(CSV_COLUMNS)
-    for r in rows:
-        writer.writerow([_cell(getattr(r, c)) for c in CSV_COLUMNS])
+    csv.writer(buf, lineterminator="\n").writerows(
+        [columns, *([_cell(r[c]) for c in columns] for r in records)]
+    )
     return buf.getvalue()
+
+
+def to_csv(rows: Iterable[Row]) -> str:
+    """CSV text with ``CSV_COLUMNS`` (``records_csv``)."""
+    return records_csv(CSV_COLUMNS, ({c: getattr(r, c) for c in CSV_COLUMNS} for r in rows))
 
 
 def _parse(column: str, text: str):
@@ -228,6 +232,36 @@ def sort_rows(rows: Sequence[Row], models: Sequence[str] = (), solvers: Sequence
     return sorted(
         rows, key=lambda r: (rank(models, r.model), r.model, rank(solvers, r.solver), r.solver, r.steps)
     )
+
+
+# -- metrics.json ----------------------------------------------------------------------------------
+def nested_metrics(rows: Sequence[Row], nll: Mapping[str, dict]) -> dict:
+    """``model -> [sample=S ->] [grid=G ->] [w=W ->] solver -> steps -> {nfe, fid, ...}`` for ``dvc
+    metrics show`` (the network: its training schedule for a trained one; an axis level only where the
+    rows take several values on it; adaptive steps: ``adaptive``), plus ``model -> nll_bpd`` from
+    ``nll`` (``metrics.nll.nll_by_schedule``)."""
+    axes = [
+        lambda r: f"sample={r.sample_schedule}",
+        lambda r: f"grid={r.grid}",
+        lambda r: "w=none" if r.guidance_scale is None else f"w={r.guidance_scale:g}",
+    ]
+    n_models = len({r.model for r in rows})
+    levels = [axes[0]] if len({(r.model, axes[0](r)) for r in rows}) > n_models else []
+    levels += [a for a in axes[1:] if len({a(r) for r in rows}) > 1]
+    out: dict = {}
+    for r in rows:
+        node = out.setdefault(r.model, {})
+        for level in levels:
+            node = node.setdefault(level(r), {})
+        steps = "adaptive" if r.steps == ADAPTIVE_STEPS else str(r.steps)
+        cells = ((c, getattr(r, c)) for c in CSV_COLUMNS[3:] if c != "nll_bpd_se")  # the NLL: per network
+        node.setdefault(r.solver, {})[steps] = {
+            c: v for c, v in cells if v is not None and not isinstance(v, str | tuple)
+        }
+    for schedule, rec in nll.items():
+        if schedule in out and rec.get("bpd") is not None:
+            out[schedule]["nll_bpd"] = rec["bpd"]
+    return out
 
 
 # -- training seeds: one row per setting ---------------------------------------------------------------

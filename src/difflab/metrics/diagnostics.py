@@ -16,17 +16,21 @@ row against its own network's converged solution), memorization and training con
 - ``loss_still_falling`` (and ``ema`` for plotting): whether the validation loss still fell over the
   last fifth of training.
 - ``network_entry``, ``regime_sentences``: one network's record of ``results/diagnostics.json`` and
-  the plain sentences that state the regime.
+  the plain sentences that state the regime; ``network_diagnostics``: the whole record, read from the
+  pipeline's stage folders (``config_partners``: the converged partners under a config).
 
-torch, numpy and scipy only; rows are the comparison's rows, mappings or ``difflab.results.Row``.
+torch, numpy and scipy only (``network_diagnostics`` also reads the stages' JSON and arrays); rows
+are the comparison's rows, mappings or ``difflab.results.Row``.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -275,7 +279,6 @@ def floor_at_n(
     seed: int = 0,
     bootstrap: int = 100,
     ns: Sequence[int] | None = None,
-    level: float = LEVEL,
 ) -> dict:
     """The real-data FID floor at ``n`` samples: the FID that ``n`` real images never trained on score
     against the reference (the training split's features ``[N, d]``; ``subsample`` and
@@ -286,9 +289,9 @@ def floor_at_n(
     ``method``: ``"subsample"`` (held-out subsamples, ``_floor_subsample``), ``"reference_split"``
     (splits of the training split, ``_floor_reference_split``), ``"fid_infinity_fit"`` (the 1/n fit,
     ``_floor_fit``) or ``"auto"``: ``subsample`` where the held-out split holds ``m >= n`` images, else
-    ``reference_split``. ``floor_lo``/``floor_hi``: the 95% interval a row of ``n`` real samples would
-    carry, each draw's own bias-shifted bootstrap interval (``bootstrap`` resamples), its offsets
-    averaged over the ``repeats`` draws.
+    ``reference_split``. ``floor_lo``/``floor_hi``: the 95% (``LEVEL``) interval a row of ``n`` real
+    samples would carry, each draw's own bias-shifted bootstrap interval (``bootstrap`` resamples), its
+    offsets averaged over the ``repeats`` draws.
 
     Returns ``dict(floor_fid, floor_lo, floor_hi, method, n, n_heldout, n_reference, repeats,
     bias_correction, fit)`` (``bias_correction``: the reference-size correction subtracted, else None;
@@ -301,7 +304,7 @@ def floor_at_n(
         raise ValueError(f"held-out features are {held.shape[1]}-d but the reference is {len(mu)}-d")
     n = _check_count("n", n, 2)
     draws = _FloorDraws(
-        _check_count("repeats", repeats, 1), _check_count("bootstrap", bootstrap, 2), seed, level,
+        _check_count("repeats", repeats, 1), _check_count("bootstrap", bootstrap, 2), seed, LEVEL,
         torch.Generator().manual_seed(seed),
     )  # fmt: skip
     m, d = held.shape
@@ -370,7 +373,7 @@ def _sampling(r) -> tuple:
 
 
 def _family_of(families: Mapping | None) -> Callable[[str], str]:
-    """``solver -> "ode" | "sde"``: from ``families`` (``report.tables.Solvers``' mapping, or
+    """``solver -> "ode" | "sde"``: from ``families`` (``difflab.solvers.registry.Solvers``' mapping, or
     ``name -> "ode"/"sde"``), else from the solver registry's spec."""
     if families is None:
         from difflab.solvers import get_spec
@@ -400,7 +403,7 @@ def converged_partners(
     row at ``sde_steps`` (the fine-step reverse-SDE solve the config sizes; None: SDE rows get no
     partner). A converged solution does not depend on the time grid, so the partner on the row's own
     grid is taken where there is one, else the first in ``rows``. A converged row is its own partner
-    (difference 0). ``families``: ``solver -> "ode"/"sde"`` (or ``report.tables.Solvers``'
+    (difference 0). ``families``: ``solver -> "ode"/"sde"`` (or ``difflab.solvers.registry.Solvers``'
     mapping); None asks the solver registry. Returns a list parallel to ``rows``: the partner or None."""
     family = _family_of(families)
     if family(ode_solver) != "ode":
@@ -793,3 +796,92 @@ def regime_sentences(diagnostics: Mapping, *, alpha: float = 1 - LEVEL) -> list[
         *_training_sentences(nets),
         *_budget_sentences(diagnostics.get("budgets") or []),
     ]
+
+
+# ------------------------------------------------------------------------------------------------
+# The pipeline's record: results/diagnostics.json from the stages' folders
+# ------------------------------------------------------------------------------------------------
+
+
+def config_partners(rows: Sequence, cfg: Mapping) -> list:
+    """``converged_partners`` of ``rows`` under the config ``cfg``: families from the solvers' specs at
+    ``sample.options``, the converged SDE from ``sample.converged_sde``."""
+    from difflab.solvers.registry import Solvers
+
+    sample = cfg.get("sample") or {}
+    sde = sample.get("converged_sde") or {}
+    names = [CONVERGED_ODE_SOLVER, *([sde["solver"]] if sde else []), *(_get(r, "solver") for r in rows)]
+    solvers = Solvers.of(names, sample.get("options"))
+    families = {n: solvers.family(n) for n in solvers.names}
+    return converged_partners(rows, families, sde_solver=sde.get("solver"), sde_steps=sde.get("steps"))
+
+
+def _stage_floor(inputs: Mapping, n: int, cfg: Mapping) -> dict | None:
+    """``floor_at_n`` at ``n`` from the prepare stage's held-out and reference features (None without
+    them, or where the data are too few for ``n``)."""
+    folder = Path(inputs["features"])
+    if not (folder / "heldout_features.npy").is_file():
+        return None
+    ref = json.loads((folder / "floor.json").read_text())["reference_features"]  # fid.reference_statistics
+    ref = torch.load(folder / ref, weights_only=False)["features"]
+    held = np.load(folder / "heldout_features.npy")
+    try:
+        return floor_at_n(ref, held, n, bootstrap=cfg["evaluate"]["bootstrap"], seed=cfg["seed"])
+    except ValueError:  # n leaves too few images for a reference: no floor at this n
+        return None
+
+
+def _stage_copying(inputs: Mapping, r) -> dict | None:
+    """``memorization`` of row ``r``'s samples in pixels (levels scaled to [0, 1]) against the prepared
+    train and held-out splits (None without them)."""
+    from difflab.images import load_samples
+
+    data, samples = Path(inputs["data"]), Path(inputs["samples"])
+    npz = r and samples / r.solver / str(r.grid) / r.model / f"seed_{r.seed[0]}" / f"{r.stem}.npz"
+    if not (npz and npz.is_file() and (data / "meta.json").is_file()):
+        return None
+    x, top = load_samples(npz), json.loads((data / "meta.json").read_text())["levels"] - 1
+    train, held = (np.load(data / f"{split}_images.npy") / top for split in ("train", "heldout"))
+    return memorization(x["images"].double() / (x["levels"] - 1), train, held)
+
+
+def _stage_training(inputs: Mapping, net) -> tuple[dict | None, dict | None]:
+    """A network's loss curves (the train stage's ``train_metrics.json``) and ``loss_still_falling``'s
+    verdict on them (None without curves or with fewer than 3 validations in the last fifth)."""
+    path = Path(net.folder(str(inputs["models"]))) / "train_metrics.json"
+    curves = json.loads(path.read_text()).get("curves") if path.is_file() else None
+    try:
+        return curves, curves and loss_still_falling(curves["val"]["step"], curves["val"]["loss"])
+    except ValueError:  # too few validations to judge
+        return curves, None
+
+
+def network_diagnostics(seed_rows: Sequence, cfg: Mapping, inputs: Mapping, budgets: Sequence) -> dict:
+    """``results/diagnostics.json`` (``networks``, ``budgets``, ``regime``) and the loss ``curves``: per
+    network of ``cfg`` (``"<model>/seed_<seed>"``) its converged PF-ODE and SDE rows among the per-seed
+    ``seed_rows`` (``difflab.results.Row``; the partners of its own-schedule rows), the floor at their
+    sample count, memorization of its converged ODE samples and whether its validation loss still fell
+    (``network_entry``); per NFE budget its best row against its converged solution (``budgets``:
+    ``report.tables.budget_summary``'s, each with ``budget`` and ``best``). ``inputs``: the folders
+    ``features``, ``data``, ``samples``, ``models``; a part whose files are absent is None."""
+    from difflab.networks import network_ids
+
+    scale = ((cfg.get("sample") or {}).get("guidance_scales") or [None])[0]
+    floors, nets, curves = {}, {}, {}
+    for net in network_ids(cfg):
+        mine = [
+            r for r in seed_rows if (r.model, r.seed[0], r.guidance_scale) == (net.model, net.seed, scale)
+        ]
+        partners = [p for p in config_partners([r for r in mine if r.on_diagonal], cfg) if p is not None]
+        ode = next((p for p in partners if p.solver == CONVERGED_ODE_SOLVER), None)
+        sde = next((p for p in partners if p.solver != CONVERGED_ODE_SOLVER), None)
+        n = (ode or mine[0]).n_samples
+        floors[n] = floors[n] if n in floors else _stage_floor(inputs, n, cfg)
+        name = f"{net.model}/seed_{net.seed}"
+        curves[name], training = _stage_training(inputs, net)
+        parts = {"floor": floors[n], "copying": _stage_copying(inputs, ode), "training": training}
+        nets[name] = network_entry(converged_ode=ode, converged_sde=sde, **parts)
+    shown = [{"budget": s.budget, "row": s.best.key, **{c: getattr(s.best, c) for c in VS_COLUMNS}}
+             for s in budgets if s.best is not None]  # fmt: skip
+    out = {"networks": nets, "budgets": shown}
+    return {**out, "regime": regime_sentences(out), "curves": curves}

@@ -13,26 +13,36 @@ The interval is the percentile interval of the replicate differences shifted by 
 bias, exactly as each row's own interval (``fid.bias_shifted_interval``); the p-value of
 ``FID(a) = FID(b)`` is the normal approximation ``2 Phi(-|diff| / se)`` with ``se`` the replicates'
 standard deviation (200 replicates cannot resolve percentile p-values below 1/200, which a
-multiple-comparison correction needs). ``holm`` adjusts a family of them.
+multiple-comparison correction needs). ``holm`` adjusts a family of them (``with_holm``: of
+``Difference`` records).
 
 Training replicates (``seed_combined``, ``seed_combined_difference``, ``seed_matrix_difference``)
 combine one row's K per-seed estimates by the one-way random-effects method of moments: the spread
 between trainings plus each seed's sampling noise, from the bootstrap replicates of every seed.
 
+``Pairing`` holds the rows of one comparison with their replicates and gives ``Difference`` records:
+``FID(a) - FID(b)`` of two rows (``diff``) or of one row against every row (``against``).
+
 The replicates come from the evaluate stage (``fid.bootstrap_fid`` with one bootstrap seed, so
-every row is resampled at the same indices; ``save_row_features`` keeps them); the arithmetic here is
-numpy only.
+every row is resampled at the same indices; ``save_row_features`` keeps them, ``read_replicates``
+reads them back for the rows that pair); the arithmetic here is numpy only.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from statistics import NormalDist
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+if TYPE_CHECKING:
+    from difflab.results import Row
+
 LEVEL = 0.95
+ALPHA = 0.05  # family-wise error of the Holm-corrected families (``with_holm``)
 
 
 def _p_value(diff: float, se: float) -> float:
@@ -210,6 +220,73 @@ def holm_adjusted(p_values: Sequence[float]) -> list[float]:
     return adj.tolist()
 
 
+@dataclass(frozen=True)
+class Difference:
+    """``FID(a) - FID(b)`` with its paired 95% interval, the bootstrap standard error and p-value,
+    and, where it is one of a Holm family, the adjusted p-value and Holm's verdict."""
+
+    a: Row
+    b: Row
+    fid_diff: float
+    diff_lo: float
+    diff_hi: float
+    se: float
+    p_value: float
+    p_holm: float | None = None
+    holm_rejects: bool | None = None
+
+    @property
+    def resolved(self) -> bool:
+        """The 95% interval excludes 0."""
+        return self.diff_lo > 0 or self.diff_hi < 0
+
+    @property
+    def significant(self) -> bool:
+        """Holm's verdict in a family, else ``resolved``."""
+        return self.resolved if self.holm_rejects is None else self.holm_rejects
+
+
+class Pairing:
+    """Paired comparisons between the rows of one comparison: ``replicates[row.key]`` holds each
+    row's FID bootstrap replicates ``[K, B]`` (``[B]``: one seed), every row at the same resampled
+    sample indices; ``row.fid_by_seed`` (else ``(row.fid,)``) its per-seed FIDs. ``diff(a, b)`` is
+    ``seed_combined_difference`` (seed k of a against seed k of b; one seed: the plain paired
+    difference), ``against(a)`` the same against every row at once."""
+
+    def __init__(self, rows: Sequence[Row], replicates: Mapping):
+        keys = [r.key for r in rows]
+        missing = [k for k in keys if k not in replicates]
+        if missing:
+            raise ValueError(f"no bootstrap replicates for {len(missing)} rows, e.g. {missing[0]}")
+        boots = [np.atleast_2d(np.asarray(replicates[k], np.float64)) for k in keys]
+        shapes = {b.shape for b in boots}
+        if len(shapes) > 1 or min((s[1] for s in shapes), default=2) < 2:
+            raise ValueError(f"rows hold replicates of shapes {sorted(shapes)}, not one [K, B] with B >= 2")
+        fids = [r.fid_by_seed or (r.fid,) for r in rows]
+        bad = [k for k, f, b in zip(keys, fids, boots) if len(f) != b.shape[0]]
+        if bad:
+            raise ValueError(f"{bad[0]}: per-seed FIDs (fid_by_seed) do not match its replicates' seeds")
+        self.index = {k: i for i, k in enumerate(keys)}
+        self.fids = np.array(fids, np.float64).reshape(len(rows), -1)  # [R, K]
+        self.boots = np.stack(boots) if rows else np.zeros((0, 1, 2))  # [R, K, B]
+        self.n_seeds = self.boots.shape[1]
+
+    def diff(self, a: Row, b: Row) -> Difference:
+        i, j = self.index[a.key], self.index[b.key]
+        d = seed_combined_difference(self.fids[i], self.fids[j], self.boots[i], self.boots[j])
+        return Difference(a, b, **d)
+
+    def against(self, a: Row) -> dict[str, np.ndarray]:
+        """``FID(a) - FID(row)`` and its interval bounds for every row at once, arrays ``[R]``."""
+        return seed_matrix_difference(self.fids, self.boots, self.index[a.key])
+
+
+def with_holm(diffs: Sequence[Difference], alpha: float = ALPHA) -> list[Difference]:
+    """The differences with Holm's adjusted p-values and verdicts over the family."""
+    p = [d.p_value for d in diffs]
+    return [replace(d, p_holm=q, holm_rejects=r) for d, q, r in zip(diffs, holm_adjusted(p), holm(p, alpha))]
+
+
 def row_key(r) -> str:
     """``difflab.results.Row.key`` of a row given as a dict of its identity (``schedule``, ``solver``,
     ``steps``, optionally ``sample_schedule``, ``grid``, ``guidance_scale``, ``model``)."""
@@ -256,3 +333,28 @@ def load_row_features(path, *, features: bool = False) -> dict:
                 rows.setdefault(key, {})[part] = z[name]
         seed = int(z["bootstrap_seed"])
     return {"bootstrap_seed": seed, "rows": rows}
+
+
+def read_replicates(files: Mapping) -> dict[str, np.ndarray]:
+    """``row.seed_key -> FID bootstrap replicates [B]`` from ``save_row_features`` files, ``files``:
+    path -> the per-seed rows (``difflab.results.Row``, one network and seed) it holds. Rows pair only
+    where every replicate was drawn at the same resampled indices: one bootstrap seed and the same
+    sample indices everywhere; a missing file or row, or a mismatch, is an error naming the file."""
+    out, seeds, indices = {}, {}, None
+    for path, rows in files.items():
+        kept = load_row_features(path)
+        seeds[str(path)] = kept["bootstrap_seed"]
+        for r in rows:
+            if r.key not in kept["rows"]:
+                where = f"{r.model} seed {r.seed[0]}"
+                raise FileNotFoundError(f"{path} has no row {r.key}; re-run evaluate for {where}")
+            found = kept["rows"][r.key]
+            indices = found["indices"] if indices is None else indices
+            if not np.array_equal(found["indices"], indices):
+                raise ValueError(
+                    f"{path}: row {r.key} holds other sample indices than the first row; re-run sample"
+                )
+            out[r.seed_key] = found["fid_bootstrap"]
+    if len(set(seeds.values())) > 1:
+        raise ValueError(f"rows were bootstrapped with different seeds ({seeds}); re-run evaluate")
+    return out

@@ -5,8 +5,7 @@ and the guidance scale (``best_scales``, Ho & Salimans 2022: ``D_w = D_u + w (D_
 A schedule enters a comparison through training and through sampling: a solver that steps in t sees
 the schedule's parametrisation of time, one that steps in log-SNR or in EDM's variables does not (for
 the same exact denoiser its samples are the same under every schedule; ``invariance_error`` measures
-it on the trained networks).
-"""
+it on the trained networks)."""
 
 from __future__ import annotations
 
@@ -17,9 +16,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from difflab.report.tables import Difference, Pairing, Solvers
+from difflab.metrics.paired import Difference, Pairing
 from difflab.results import ADAPTIVE_STEPS, Row
 from difflab.solvers import GRIDS
+from difflab.solvers.registry import Solvers
 
 # Largest max |dx| (images in [-1, 1]) that still counts as "the same samples": an eighth of one
 # 8-bit level (2/255), far below a real dependence on the schedule (0.9 to 3.4 on a grid uniform in
@@ -98,8 +98,7 @@ def _main_grid(rows: Sequence[Row]) -> str | None:
 
 
 def _panel_steps(mine: Sequence[Row], nfe: float | None) -> int:
-    """The step count most cells hold (of several: the middle, the lower of two, or that of NFE
-    closest to ``nfe``)."""
+    """The step count most cells hold (ties: the middle, the lower of two, or that of NFE nearest ``nfe``)."""
     cells: dict[int, set] = {}
     for r in mine:
         cells.setdefault(r.steps, set()).add((r.schedule, r.sample_schedule))
@@ -151,10 +150,8 @@ def grid_effect(rows: Sequence[Row], solvers: Solvers) -> list[dict]:
             continue
         solver = min(names, key=lambda n: np.mean([r.fid for r in pool if r.solver == n]))
         mine = [r for r in pool if r.solver == solver]
-        schedule = min(
-            _in_order(r.schedule for r in mine),
-            key=lambda s: np.mean([r.fid for r in mine if r.schedule == s]),
-        )
+        schedule = min(_in_order(r.schedule for r in mine),
+                       key=lambda s: np.mean([r.fid for r in mine if r.schedule == s]))  # fmt: skip
         mine = sorted((r for r in mine if r.schedule == schedule), key=lambda r: r.nfe)
         lines = {g: [r for r in mine if r.grid == g] for g in _in_order((r.grid for r in mine), GRIDS)}
         panels.append(GridPanel(group, solver, schedule, w, lines))
@@ -188,8 +185,7 @@ class Curve:
 
 @dataclass(frozen=True)
 class Guided:
-    """One training schedule's guidance curves and the curve of its lowest FID (ties: fewer NFE;
-    None where no FID is finite)."""
+    """A training schedule's guidance curves and its lowest-FID one (ties: fewer NFE; None: no finite FID)."""
 
     schedule: str
     best: Curve | None
@@ -204,12 +200,10 @@ def _curve(rows: list[Row], pairing: Pairing) -> Curve:
 
 
 def best_scales(rows: Sequence[Row], pairing: Pairing) -> list[Guided]:
-    """Per training schedule (in the rows' order) its curves over w (diagonal guided rows only) and
-    the best of them."""
+    """Per training schedule (in the rows' order) its curves over w (diagonal guided rows only), the best."""
     groups: dict[tuple, list[Row]] = {}
-    for r in guided_rows(rows):
-        if r.on_diagonal:
-            groups.setdefault((r.schedule, r.solver, r.steps, r.grid), []).append(r)
+    for r in (r for r in guided_rows(rows) if r.on_diagonal):
+        groups.setdefault((r.schedule, r.solver, r.steps, r.grid), []).append(r)
     by_schedule: dict[str, list[Curve]] = {}
     for key, group in groups.items():
         by_schedule.setdefault(key[0], []).append(_curve(group, pairing))
@@ -238,9 +232,6 @@ def drawn_curves(guided: Guided, solvers: Solvers) -> dict[str, list[Row]]:
     chosen = {n: chosen[n] for n in _in_order(chosen, solvers.names)}
     if len(chosen) <= FEW_SOLVERS:
         return chosen
-    best_of_group: dict[str, str] = {}
-    for name, pts in chosen.items():
-        held = best_of_group.get(solvers.group(name))
-        if held is None or min(r.fid for r in pts) < min(r.fid for r in chosen[held]):
-            best_of_group[solvers.group(name)] = name
-    return {n: pts for n, pts in chosen.items() if n in best_of_group.values()}
+    fid = {n: min(r.fid for r in pts) for n, pts in chosen.items()}
+    keep = [min((m for m in chosen if solvers.group(m) == solvers.group(n)), key=fid.get) for n in chosen]
+    return {n: pts for n, pts in chosen.items() if n in keep}

@@ -17,11 +17,17 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
-from matplotlib.patches import Patch
+from matplotlib.colors import LogNorm
+from matplotlib.patches import Patch, Rectangle
+from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
+from PIL import Image
 
-from difflab.report import weights
-from difflab.report.tables import Solvers, pareto_frontier
+from difflab.metrics.diagnostics import ema
+from difflab.report import text, weights
+from difflab.report.tables import pareto_frontier
 from difflab.results import ADAPTIVE_STEPS, Row
+from difflab.schedules import schedule_from_config
+from difflab.solvers.registry import Solvers
 
 MARKERS = "osD^v<>PX*"
 ORDER_MARKERS = {1: "o", 2: "s", 3: "D"}  # higher orders (rk45's 5): "*"
@@ -38,12 +44,14 @@ def _save(fig, path) -> Path:
     return path
 
 
-def _finish(fig, legend: tuple, title: str, path) -> Path:
-    """The figure's legend ``(handles, labels, title)`` right of the panels, its title, saved."""
-    h, labels, heading = legend
-    where = {"loc": "center left", "bbox_to_anchor": (1.0, 0.5), "frameon": False}
-    fig.legend(h, labels, title=heading, fontsize=8, **where)
-    fig.suptitle(title)
+def _finish(fig, legend: tuple | None, title: str | None, path) -> Path:
+    """The legend ``(handles, labels, title)`` right of the panels and the title (where given); saved."""
+    if legend:
+        h, labels, heading = legend
+        where = {"loc": "center left", "bbox_to_anchor": (1.0, 0.5), "frameon": False}
+        fig.legend(h, labels, title=heading, fontsize=8, **where)
+    if title:
+        fig.suptitle(title)
     fig.tight_layout()
     return _save(fig, path)
 
@@ -73,8 +81,9 @@ def _grouped_legend(solvers: Solvers, handles: Mapping[str, object]) -> tuple[li
     return out_h, out_l
 
 
-def _panels(n: int, width: float = 4.0, height: float = 3.2, sharey: bool = True):
-    ncols = min(n, 4)
+def _panels(n: int, width: float = 4.0, height: float = 3.2, sharey: bool = True, most: int = 4):
+    """``n`` panels of ``width x height`` inches, up to ``most`` per row; the spare ones hidden."""
+    ncols = min(n, most)
     nrows = math.ceil(n / ncols)
     size = (width * ncols, height * nrows)
     fig, axes = plt.subplots(nrows, ncols, figsize=size, squeeze=False, sharey=sharey)
@@ -83,33 +92,27 @@ def _panels(n: int, width: float = 4.0, height: float = 3.2, sharey: bool = True
     return fig, list(axes.flat[:n])
 
 
-def _yerr(pts: Sequence[Row]) -> list[list[float]]:
-    return [[max(r.fid - r.fid_lo, 0) for r in pts], [max(r.fid_hi - r.fid, 0) for r in pts]]
+def _xy(rows: Sequence[Row]) -> tuple[list, list]:
+    return [r.nfe for r in rows], [r.fid for r in rows]
 
 
 def _errorbar(ax, pts: Sequence[Row], style: dict):
     pts = sorted(pts, key=lambda r: r.nfe)
-    x, y = [r.nfe for r in pts], [r.fid for r in pts]
-    return ax.errorbar(x, y, yerr=_yerr(pts), capsize=2.5, lw=1.3, ms=4, **style)
+    return ax.errorbar(*_xy(pts), yerr=_bars(pts, "fid"), capsize=2.5, lw=1.3, ms=4, **style)
 
 
 def _plain_ticks(axis):
     """A log axis labelled with plain numbers (10, 20, 50, ...) instead of crowded powers."""
-    from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
-
     axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
     axis.set_major_formatter(ScalarFormatter())
     axis.set_minor_formatter(NullFormatter())
 
 
 def _log_axes(ax, xlabel: str = "NFE (denoiser evaluations)", y: bool = True):
-    """Log-log axes (one diverging solver should not flatten the others), plain tick labels on x
-    (and y), a grid and the x label."""
-    ax.set_xscale("log")
-    ax.set_yscale("log")
+    """Log-log axes (a diverging solver must not flatten the rest), plain ticks on x (and y), grid, xlabel."""
+    ax.set(xscale="log", yscale="log", xlabel=xlabel)
     for axis in [ax.xaxis, ax.yaxis] if y else [ax.xaxis]:
         _plain_ticks(axis)
-    ax.set_xlabel(xlabel)
     ax.grid(alpha=0.3, which="both")
 
 
@@ -135,16 +138,14 @@ def fid_vs_nfe(rows: Sequence[Row], by: str, path, solvers: Solvers) -> Path:
             if all(r.steps == ADAPTIVE_STEPS for r in pts):
                 style["linestyle"] = "none"
             handles[name] = _errorbar(ax, pts, style)
-        beats = [r for r in rows if getattr(r, by) == p and r.beats_converged]
-        ax.scatter([r.nfe for r in beats], [r.fid for r in beats], **RING)
+        ax.scatter(*_xy([r for r in rows if getattr(r, by) == p and r.beats_converged]), **RING)
         _log_axes(ax)
         ax.set_title(f"schedule = {p}" if by == "schedule" else f"{p} ({solvers.group(p)})", fontsize=10)
     axes[0].set_ylabel("FID (95% interval)")
+    labels = [n for n in lines if n in handles]
+    h = [handles[n] for n in labels]
     if other == "solver":
         h, labels = _grouped_legend(solvers, handles)
-    else:
-        labels = [n for n in lines if n in handles]
-        h = [handles[n] for n in labels]
     if any(r.beats_converged for r in rows):
         h, labels = [*h, ax.scatter([], [], **RING)], [*labels, "beats its converged solution"]
     return _finish(fig, (h, labels, other), f"FID vs NFE, one panel per {by}", path)
@@ -161,13 +162,10 @@ def pareto(rows: Sequence[Row], path, solvers: Solvers, plausible: Sequence[Row]
         fill = color if solvers.family(r.solver) == "ode" else "none"
         marker = ORDER_MARKERS.get(solvers.spec(r.solver).order, "*")
         style = {"color": color, "marker": marker, "mfc": fill, "ms": 5, "alpha": 0.75, "lw": 0.8}
-        ax.errorbar([r.nfe], [r.fid], yerr=_yerr([r]), capsize=1.5, **style)
-    front = pareto_frontier(rows)
-    x, y = [r.nfe for r in front], [r.fid for r in front]
-    ax.step(x, y, where="post", color="k", lw=1.5, label="Pareto frontier")
+        ax.errorbar([r.nfe], [r.fid], yerr=_bars([r], "fid"), capsize=1.5, **style)
+    ax.step(*_xy(pareto_frontier(rows)), where="post", color="k", lw=1.5, label="Pareto frontier")
     circled = "not separable from the frontier (paired 95%)"
-    x, y = [r.nfe for r in plausible], [r.fid for r in plausible]
-    ax.scatter(x, y, s=110, facecolors="none", edgecolors="k", lw=0.8, label=circled)
+    ax.scatter(*_xy(plausible), s=110, facecolors="none", edgecolors="k", lw=0.8, label=circled)
     for i, s in enumerate(schedules):
         ax.plot([], [], color=cmap(i % 10), lw=4, label=s)
     used = [n for n in solvers.names if any(r.solver == n for r in rows)]
@@ -178,8 +176,7 @@ def pareto(rows: Sequence[Row], path, solvers: Solvers, plausible: Sequence[Row]
     ax.plot([], [], color="gray", marker="o", linestyle="none", label="filled: ODE")
     ax.plot([], [], color="gray", marker="o", mfc="none", linestyle="none", label="hollow: SDE")
     _log_axes(ax)
-    ax.set_ylabel("FID")
-    ax.set_title("FID vs NFE: every schedule x solver x steps")
+    ax.set(ylabel="FID", title="FID vs NFE: every schedule x solver x steps")
     ax.legend(fontsize=7, bbox_to_anchor=(1.01, 1), loc="upper left")
     return _save(fig, path)
 
@@ -220,21 +217,17 @@ def nll_bars(nll: Mapping[str, dict], path) -> Path | None:
     ax.bar(names, vals, yerr=err, capsize=4, color=[plt.get_cmap("tab10")(i) for i in range(len(names))])
     for i, v in enumerate(vals):
         ax.annotate(f"{v:.3f}", (i, v), ha="center", va="bottom", fontsize=8, xytext=(0, 3), **_POINTS)
-    ax.set_ylabel("bits/dim (held-out, 95% interval)")
-    ax.set_title("Negative log-likelihood per schedule (PF-ODE)")
+    ax.set(ylabel="bits/dim (held-out, 95% interval)", title="Negative log-likelihood per schedule (PF-ODE)")
     return _save(fig, path)
 
 
 def sample_grids(by_solver: Mapping[str, Path], path, title: str) -> Path | None:
     """One row of sample-grid images, one per solver (``solver -> png``)."""
-    from PIL import Image
-
     if not by_solver:
         return None
     fig, axes = plt.subplots(1, len(by_solver), figsize=(1.9 * len(by_solver), 2.1), squeeze=False)
     for ax, (solver, png) in zip(axes[0], by_solver.items()):
-        ax.set_xticks([])
-        ax.set_yticks([])
+        ax.set(xticks=[], yticks=[])
         ax.imshow(Image.open(png).convert("RGB"), interpolation="nearest")
         ax.set_title(solver, fontsize=9)
     fig.suptitle(title, y=1.0)
@@ -242,9 +235,8 @@ def sample_grids(by_solver: Mapping[str, Path], path, title: str) -> Path | None
 
 
 def loss_weights(cfg: Mapping, path) -> Path:
-    """Every trained schedule's ``weights.implied_weights`` on one log-SNR axis, each divided by its
-    largest value (log scale)."""
-    ranges = [weights.trained_schedule(cfg, n).log_snr_range() for n in cfg["schedules"]]
+    """Each trained schedule's ``weights.implied_weights`` on one log-SNR axis, over its maximum (log y)."""
+    ranges = [schedule_from_config(cfg, n).log_snr_range() for n in cfg["schedules"]]
     lam = np.linspace(min(r[0] for r in ranges), max(r[1] for r in ranges), 600)
     fig, ax = plt.subplots(figsize=(7, 3.8))
     cmap = plt.get_cmap("tab10")
@@ -252,10 +244,8 @@ def loss_weights(cfg: Mapping, path) -> Path:
         top = w.max()
         y = np.where(w > 0, w / top, np.nan) if top > 0 else np.full_like(w, np.nan)
         ax.plot(lam, y, color=cmap(i % 10), lw=1.6, label=name)
-    ax.set_yscale("log")
-    ax.set_ylim(1e-4, 2)
+    ax.set(yscale="log", ylim=(1e-4, 2), ylabel="w(lambda) / max")
     ax.set_xlabel("log-SNR lambda (noise  <-  ->  data)")
-    ax.set_ylabel("w(lambda) / max")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8, title="training schedule")
     ax.set_title("Weight of the training loss on each log-SNR (eps-MSE convention)")
@@ -265,9 +255,6 @@ def loss_weights(cfg: Mapping, path) -> Path:
 def _heatmap(ax, p: dict):
     """One ``axes.cross_schedules`` panel: annotated cells (``*``: the row's lowest), the diagonal
     boxed; colour: log FID."""
-    from matplotlib.colors import LogNorm
-    from matplotlib.patches import Rectangle
-
     fid = np.array(p.fid, dtype=float)
     finite = fid[np.isfinite(fid) & (fid > 0)]
     norm = LogNorm(finite.min(), max(finite.max(), finite.min() * 1.01)) if finite.size else None
@@ -283,8 +270,7 @@ def _heatmap(ax, p: dict):
                 ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, ec="k", lw=2.2))
     ax.set_xticks(range(len(p.sample)), p.sample, rotation=30, ha="right", fontsize=8)
     ax.set_yticks(range(len(p.train)), p.train, fontsize=8)
-    ax.set_xlabel("sampling schedule")
-    ax.set_ylabel("training schedule")
+    ax.set(xlabel="sampling schedule", ylabel="training schedule")
     grid = f", {p.grid} grid" if p.grid else ""
     ax.set_title(f"{p.solver}: {p.steps} steps (NFE {p.nfe:.0f}){grid}", fontsize=9)
     return im
@@ -294,22 +280,15 @@ def cross_heatmap(panels: Sequence[dict], path) -> Path | None:
     """The ``axes.cross_schedules`` panels as heat maps; None without panels."""
     if not panels:
         return None
-    n = len(panels)
-    ncols, width = min(n, 3), max(1.1 * max(len(p.sample) for p in panels) + 2.0, 4.0)
-    nrows = math.ceil(n / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(width * ncols, 0.9 * width * nrows), squeeze=False)
-    for ax in axes.flat[n:]:
-        ax.set_visible(False)
-    for ax, p in zip(axes.flat, panels):
+    width = max(1.1 * max(len(p.sample) for p in panels) + 2.0, 4.0)
+    fig, axes = _panels(len(panels), width, 0.9 * width, sharey=False, most=3)
+    for ax, p in zip(axes, panels):
         fig.colorbar(_heatmap(ax, p), ax=ax, shrink=0.8, label="FID")
-    fig.suptitle("Training schedule x sampling schedule, t-stepping solvers")
-    fig.tight_layout()
-    return _save(fig, path)
+    return _finish(fig, None, "Training schedule x sampling schedule, t-stepping solvers", path)
 
 
 def grid_effect(panels: Sequence[dict], path) -> Path | None:
-    """The ``axes.grid_effect`` panels, FID vs NFE (log-log) with 95% bars, one line per grid; None
-    without panels."""
+    """The ``axes.grid_effect`` panels: FID vs NFE (log-log, 95% bars), a line per grid; None without any."""
     if not panels:
         return None
     fig, axes = _panels(len(panels))
@@ -323,9 +302,7 @@ def grid_effect(panels: Sequence[dict], path) -> Path | None:
         ax.set_title(f"{p.group}: {p.solver} on {p.schedule}", fontsize=9)
         ax.legend(fontsize=8, title="grid")
     axes[0].set_ylabel("FID (95% interval)")
-    fig.suptitle("What the time grid changes")
-    fig.tight_layout()
-    return _save(fig, path)
+    return _finish(fig, None, "What the time grid changes", path)
 
 
 def _bars(pts: Sequence[Row], name: str) -> list[list[float]]:
@@ -344,10 +321,8 @@ def _accuracy_panel(ax, curves: Mapping[str, list[Row]], styles: dict, ceiling: 
         style = styles.get(name, {"color": "0.4", "linestyle": "-", "marker": "o"})
         style = {**style, "capsize": 2, "lw": 1.2, "ms": 4}
         h = ax.errorbar(x, y, xerr=_bars(pts, "class_accuracy"), yerr=_bars(pts, "fid"), **style)
-        steps = "adaptive" if pts[0].steps == ADAPTIVE_STEPS else f"{pts[0].steps} steps"
-        handles[name] = (h, f"{name} ({steps})")
-        for r in pts:
-            xy = (r.class_accuracy, r.fid)
+        handles[name] = (h, f"{name} ({text.steps(pts[0])})")
+        for r, xy in zip(pts, zip(x, y)):
             ax.annotate(f"{r.guidance_scale:g}", xy, xytext=(3, 3), fontsize=7, **_POINTS)
     if ceiling and ceiling.get("accuracy") is not None:
         ax.axvline(ceiling["accuracy"], color="k", linestyle=":", lw=1)
@@ -365,8 +340,7 @@ def fid_vs_accuracy(
     panels: Mapping[str, Mapping[str, list[Row]]], path, solvers: Solvers, ceiling: Mapping | None
 ) -> Path | None:
     """One panel per training schedule (``axes.drawn_curves``): FID (log) vs class accuracy through the
-    guidance scales, 95% bars both ways, the classifier ceiling dotted over its interval; None
-    without panels."""
+    guidance scales, 95% bars both ways, the classifier ceiling dotted over its interval; None without any."""
     if not panels:
         return None
     styles = solver_styles(solvers)
@@ -390,11 +364,8 @@ def fid_vs_accuracy(
 
 def loss_curves(curves: Mapping[str, Mapping | None], path) -> Path | None:
     """One panel per network: its training and validation loss against the step (``curves[name]``:
-    ``{"train"|"val": {"step", "loss"}}``, the train stage's ``LossCurves``), EMA-smoothed
-    (``diagnostics.ema`` over about a twentieth of the points) with each validation as a dot, the last
-    fifth of training shaded."""
-    from difflab.metrics.diagnostics import ema
-
+    ``{"train"|"val": {"step", "loss"}}``, the train stage's ``LossCurves``), smoothed by ``diagnostics.ema``
+    over about a twentieth of the points, each validation a dot, the last fifth of training shaded."""
     drawn = {name: c for name, c in curves.items() if c and c["val"]["step"]}
     if not drawn:
         return None
@@ -410,5 +381,4 @@ def loss_curves(curves: Mapping[str, Mapping | None], path) -> Path | None:
         ax.grid(alpha=0.3, which="both")
     axes[0].set_ylabel("loss")
     axes[0].legend(fontsize=8)
-    fig.tight_layout()
-    return _save(fig, path)
+    return _finish(fig, None, None, path)

@@ -9,6 +9,7 @@ import math
 import platform
 import subprocess
 from collections.abc import Mapping, Sequence
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import yaml
@@ -48,8 +49,6 @@ LIBRARIES = tuple("difflab torch lightning torchdiffeq torch-fidelity wandb dvc 
 def versions() -> dict[str, str]:
     """Versions of Python and the ``LIBRARIES`` the numbers depend on (package metadata, no import),
     and the git commit ("?" without git or a repository)."""
-    from importlib.metadata import PackageNotFoundError, version
-
     out = {"python": platform.python_version()}
     for dist in LIBRARIES:
         try:
@@ -57,9 +56,8 @@ def versions() -> dict[str, str]:
         except PackageNotFoundError:
             out[dist] = "not installed"
     try:
-        git = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5
-        )
+        cmd = ["git", "rev-parse", "--short", "HEAD"]
+        git = subprocess.run(cmd, capture_output=True, text=True, timeout=5)
         out["git commit"] = git.stdout.strip() or "?"
     except (OSError, subprocess.SubprocessError):
         out["git commit"] = "?"

@@ -10,9 +10,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from difflab.metrics.paired import Pairing
 from difflab.report import axes, figures, tables, text, weights
-from difflab.report.tables import Pairing, Solvers
 from difflab.results import ADAPTIVE_STEPS, Row
+from difflab.schedules import schedule_names
+from difflab.solvers.registry import Solvers
 
 
 @dataclass(frozen=True)
@@ -51,9 +53,9 @@ class Section:
 class ReportContext:
     """Everything a section reads beside the rows: the resolved params ``cfg`` (schedules, solvers,
     the sample axes, the config shown), the ``pairing`` of the rows, the ``solvers`` with their specs,
-    the NLL per schedule (``tables.nll_by_schedule``), the data's ``meta`` (dataset, image counts,
+    the NLL per schedule (``metrics.nll.nll_by_schedule``), the data's ``meta`` (dataset, image counts,
     ``data_floor``, ``classifier_ceiling``), the ``plots`` folder figures are drawn into, the
-    sample grids ``grids[model][solver] -> png`` and ``build.network_diagnostics``' record."""
+    sample grids ``grids[model][solver] -> png`` and ``metrics.diagnostics.network_diagnostics``' record."""
 
     cfg: Mapping
     pairing: Pairing
@@ -78,17 +80,18 @@ def main_rows(rows: Sequence[Row], ctx: ReportContext) -> list[Row]:
     return tables.main_slice(rows, ctx.cfg.get("sample") or {}) or list(rows)
 
 
-def budgets(rows: Sequence[Row], ctx: ReportContext) -> list[tables.Budget]:
+def _main_budgets(rows: Sequence[Row], ctx: ReportContext) -> tuple[list[Row], list[float]]:
     main = main_rows(rows, ctx)
-    steps = (ctx.cfg.get("sample") or {}).get("steps") or []
-    return tables.budget_summary(main, tables.default_budgets(main, steps), ctx.pairing)
+    return main, tables.default_budgets(main, (ctx.cfg.get("sample") or {}).get("steps") or [])
+
+
+def budgets(rows: Sequence[Row], ctx: ReportContext) -> list[tables.Budget]:
+    return tables.budget_summary(*_main_budgets(rows, ctx), ctx.pairing)
 
 
 def matrix(rows: Sequence[Row], ctx: ReportContext) -> tables.Matrix:
-    main = main_rows(rows, ctx)
-    steps = (ctx.cfg.get("sample") or {}).get("steps") or []
-    budget = tables.matrix_budget(tables.default_budgets(main, steps))
-    return tables.schedule_matrix(main, ctx.pairing, budget, ctx.solvers)
+    main, nfe = _main_budgets(rows, ctx)
+    return tables.schedule_matrix(main, ctx.pairing, tables.matrix_budget(nfe), ctx.solvers)
 
 
 def _used(rows: Sequence[Row], ctx: ReportContext, keep: Callable = lambda spec: True) -> list[str]:
@@ -118,6 +121,25 @@ def _marks(shown: Sequence[Row], rows: Sequence[Row], ctx: ReportContext) -> tup
 NETWORK_HEADER = ("network", "converged PF-ODE FID [95%]", "converged SDE FID [95%]", "floor FID [95%]", "n",
                   "memorization ratio", "copy fraction (chance)", "val loss drop, last fifth",
                   "still falling")  # fmt: skip
+FRONTIER_COLUMNS = ("schedule", "solver", "steps", "nfe", "fid", "fid_lo", "fid_hi", "solver_error",
+                    "vs_converged", "beats_converged")  # fmt: skip
+DESIGN_COLUMNS = {
+    "schedule": "schedule", "parameters": "parameters", "path": "path", "alpha_sigma": "alpha(t), sigma(t)",
+    "noise_range": "noise levels", "prediction": "prediction target", "time_sampling": "noise-level density",
+    "weighting": "loss weighting", "network": "network", "max_steps": "training steps", "seeds": "seeds",
+}  # fmt: skip
+INVARIANCE_HEADER = ("solver", "grid", "family", "rows measured", "max |dx|", "worst row",
+                     "rows above {tol:g}")  # fmt: skip
+PROPORTIONS = ("class_accuracy", "precision", "recall")
+AT_BEST = ("FID [95%]", "next-best w", "FID(next) − FID(best) [95%]", "verdict")
+PROPORTION_HEADER = ("class accuracy [95%]", "precision [95%]", "recall [95%]")
+BEST_CAPTION = ("Best guidance scale per training schedule: the lowest FID over every solver, step count and "
+                "w of the schedule's diagonal rows, and the next-best w of that solver and step count with "
+                "the paired 95% interval of the difference.")  # fmt: skip
+EVERY_COLUMNS = ("schedule", "solver", "steps", "nfe", "fid", "fid_lo", "fid_hi", "kid_mean", "kid_std",
+                 "nll_bpd", "solver_error", "seconds_per_sample", "n_samples", "feature_extractor",
+                 "nll_bpd_se", "sample_schedule", "grid", "guidance_scale", "seed", "precision", "recall",
+                 "class_accuracy", "invariance_error", "vs_converged", "beats_converged")  # fmt: skip
 
 
 def _network_cells(name: str, e: Mapping) -> tuple:
@@ -164,10 +186,8 @@ def solvers_and_floor(rows: Sequence[Row], ctx: ReportContext) -> Section:
     for name in _used(main, ctx):
         groups.setdefault(ctx.solvers.group(name), []).append(name)
     families = "; ".join(f"{g}: {', '.join(v)}" for g, v in groups.items())
-    paragraphs = [
-        f"Solvers by family (from their specs; the figures group them the same way): {families}.",
-        text.invariance_sentence(main, ctx.solvers),
-    ]
+    by_family = f"Solvers by family (from their specs; the figures group them the same way): {families}."
+    paragraphs = [by_family, text.invariance_sentence(main, ctx.solvers)]
     floor, meta = ctx.meta.get("data_floor") or {}, ctx.meta
     if floor.get("fid") is not None:
         fid = text.interval(floor["fid"], floor.get("fid_lo"), floor.get("fid_hi"))
@@ -175,10 +195,6 @@ def solvers_and_floor(rows: Sequence[Row], ctx: ReportContext) -> Section:
         paragraphs.append(f"Real-data floor: {split} ({meta.get('n_train')} images) scores FID {fid} "
                           "with the same features.")  # fmt: skip
     return Section("Solvers and the real-data floor", paragraphs=tuple(paragraphs), level=3)
-
-
-FRONTIER_COLUMNS = ("schedule", "solver", "steps", "nfe", "fid", "fid_lo", "fid_hi", "solver_error",
-                    "vs_converged", "beats_converged")  # fmt: skip
 
 
 def frontier(rows: Sequence[Row], ctx: ReportContext) -> Section:
@@ -231,25 +247,15 @@ def fid_figures(rows: Sequence[Row], ctx: ReportContext) -> Section:
     by_schedule, by_solver = "fid_vs_nfe_by_schedule", "fid_vs_nfe_by_solver"
     plausible = tables.plausible_frontier(main, ctx.pairing)
     png = figures.fid_vs_nfe(main, "schedule", ctx.png(by_schedule), solvers)
-    drawn = (
-        ctx.figure(by_schedule, png, interval=interval)
-        + ctx.figure(by_solver, figures.fid_vs_nfe(main, "solver", ctx.png(by_solver), solvers))
-        + ctx.figure("pareto", figures.pareto(main, ctx.png("pareto"), solvers, plausible))
-        + ctx.figure("solver_error", figures.solver_error_vs_nfe(main, ctx.png("solver_error"), solvers))
-    )  # fmt: skip
+    error = figures.solver_error_vs_nfe(main, ctx.png("solver_error"), solvers)
+    drawn = (ctx.figure(by_schedule, png, interval=interval)
+             + ctx.figure(by_solver, figures.fid_vs_nfe(main, "solver", ctx.png(by_solver), solvers))
+             + ctx.figure("pareto", figures.pareto(main, ctx.png("pareto"), solvers, plausible))
+             + ctx.figure("solver_error", error))  # fmt: skip
     return Section("FID against NFE", figures=drawn)
 
 
-DESIGN_COLUMNS = {
-    "schedule": "schedule", "parameters": "parameters", "path": "path", "alpha_sigma": "alpha(t), sigma(t)",
-    "noise_range": "noise levels", "prediction": "prediction target", "time_sampling": "noise-level density",
-    "weighting": "loss weighting", "network": "network", "max_steps": "training steps", "seeds": "seeds",
-}  # fmt: skip
-
-
 def training_design(rows: Sequence[Row], ctx: ReportContext) -> Section:
-    from difflab.schedules import schedule_names
-
     known = [s for s in ctx.cfg.get("schedules", []) if s in schedule_names()]
     cfg = {**ctx.cfg, "schedules": [s for s in known if s in (ctx.cfg.get("schedule") or {})]}
     body = tuple(tuple(d[k] for k in DESIGN_COLUMNS) for d in weights.training_design(cfg))
@@ -259,26 +265,13 @@ def training_design(rows: Sequence[Row], ctx: ReportContext) -> Section:
     return Section("Training or sampling?", (text.DESIGN_INTRO,), figures=drawn, tables=(table,))
 
 
-INVARIANCE_HEADER = (
-    "solver",
-    "grid",
-    "family",
-    "rows measured",
-    "max |dx|",
-    "worst row",
-    "rows above {tol:g}",
-)
-
-
 def log_snr_solvers(rows: Sequence[Row], ctx: ReportContext) -> Section:
     marks = axes.invariance_marks(rows, ctx.solvers)
     inv = _used(rows, ctx, lambda spec: spec.schedule_invariant)
     intro = text.LOG_SNR_INTRO.format(names=", ".join(inv)) if inv else "No solver here steps in log-SNR."
     header = tuple(h.format(tol=axes.INVARIANCE_TOL) for h in INVARIANCE_HEADER) + ("mark",)
-    summary = axes.invariance_by_solver(marks, ctx.solvers)
-    body = tuple(
-        (s.solver, s.grid, s.group, s.n_measured, s.max_error, s.worst, s.n_above, s.mark) for s in summary
-    )
+    body = tuple((s.solver, s.grid, s.group, s.n_measured, s.max_error, s.worst, s.n_above, s.mark)
+                 for s in axes.invariance_by_solver(marks, ctx.solvers))  # fmt: skip
     paragraphs = (intro, text.invariance_text(marks, axes.INVARIANCE_TOL))
     shown = (Table("", header, body),) if body else ()
     return Section("Solvers that step in log-SNR", paragraphs, tables=shown, level=3)
@@ -313,16 +306,6 @@ def _proportions(r: Row | None) -> tuple:
     return tuple(None if v[0] is None else text.interval(*v) for v in values) or (None,) * 3
 
 
-PROPORTIONS = ("class_accuracy", "precision", "recall")
-AT_BEST = ("FID [95%]", "next-best w", "FID(next) − FID(best) [95%]", "verdict")
-PROPORTION_HEADER = ("class accuracy [95%]", "precision [95%]", "recall [95%]")
-BEST_CAPTION = (
-    "Best guidance scale per training schedule: the lowest FID over every solver, step count and w of the "
-    "schedule's diagonal rows, and the next-best w of that solver and step count with the paired 95% "
-    "interval of the difference."
-)
-
-
 def _best_scales_table(guided: Sequence[axes.Guided]) -> Table:
     grid = any(g.best and g.best.best.grid for g in guided)
     body = []
@@ -332,25 +315,16 @@ def _best_scales_table(guided: Sequence[axes.Guided]) -> Table:
         setting = (b and b.guidance_scale, b and b.solver, b and _steps(b), *((b and b.grid,) * grid))
         fid = b and text.interval(b.fid, b.fid_lo, b.fid_hi, ".4g")
         verdict = d and ("separated" if d.resolved else "cannot be separated")
-        body.append(
-            (g.schedule, *setting, fid, n and n.guidance_scale, d and text.diff(d), verdict, *_proportions(b))
-        )
+        at_best = (fid, n and n.guidance_scale, d and text.diff(d), verdict)
+        body.append((g.schedule, *setting, *at_best, *_proportions(b)))
     header = ("schedule", "best w", "solver", "steps", *("grid",) * grid, *AT_BEST, *PROPORTION_HEADER)
     return Table(BEST_CAPTION, header, tuple(body))
 
 
 def _guided_table(guided: Sequence[Row]) -> Table:
     off, grid = any(not r.on_diagonal for r in guided), any(r.grid for r in guided)
-    header = (
-        "schedule",
-        *("sample schedule",) * off,
-        "solver",
-        "steps",
-        *("grid",) * grid,
-        "w",
-        "nfe",
-        "FID [95%]",
-    )
+    header = ("schedule", *("sample schedule",) * off, "solver", "steps", *("grid",) * grid, "w", "nfe",
+              "FID [95%]")  # fmt: skip
     body = []
     for r in guided:
         setting = (r.schedule, *(r.sample_schedule,) * off, r.solver, _steps(r), *(r.grid,) * grid)
@@ -386,14 +360,6 @@ def likelihood(rows: Sequence[Row], ctx: ReportContext) -> Section | None:
     return Section("Negative log-likelihood (bits/dim, held-out)", figures=drawn, tables=(table,))
 
 
-EVERY_COLUMNS = (
-    "schedule", "solver", "steps", "nfe", "fid", "fid_lo", "fid_hi", "kid_mean", "kid_std", "nll_bpd",
-    "solver_error", "seconds_per_sample", "n_samples", "feature_extractor", "nll_bpd_se", "sample_schedule",
-    "grid", "guidance_scale", "seed", "precision", "recall", "class_accuracy", "invariance_error",
-    "vs_converged", "beats_converged",
-)  # fmt: skip
-
-
 def every_row(rows: Sequence[Row], ctx: ReportContext) -> Section:
     note = ("steps = adaptive: an adaptive solver (its NFE is measured). solver_error: mean RMS distance to "
             "a high-accuracy rk45 solution from the same noise, in model space [-1, 1]; empty for stochastic "
@@ -413,24 +379,10 @@ def samples(rows: Sequence[Row], ctx: ReportContext) -> Section | None:
 
 
 SECTIONS: tuple[Callable[[Sequence[Row], ReportContext], Section | None], ...] = (
-    network_first,
-    overview,
-    numbers,
-    training_seeds,
-    solvers_and_floor,
-    frontier,
-    budget_differences,
-    schedule_pairs,
-    fid_figures,
-    training_design,
-    log_snr_solvers,
-    t_solvers,
-    time_grid,
-    guidance,
-    likelihood,
-    every_row,
-    samples,
-)
+    network_first, overview, numbers, training_seeds, solvers_and_floor, frontier, budget_differences,
+    schedule_pairs, fid_figures, training_design, log_snr_solvers, t_solvers, time_grid, guidance,
+    likelihood, every_row, samples,
+)  # fmt: skip
 
 
 def build_sections(rows: Sequence[Row], ctx: ReportContext) -> list[Section]:

@@ -1,100 +1,24 @@
 """The comparison computed from rows (one per setting over its training seeds,
-``results.aggregate_seeds``): the one pairing, budgets, frontier, the schedule matrix, the differences
-that survive training noise, paired.csv and the nested metrics (the NLL: ``metrics.nll``).
+``results.aggregate_seeds``): the main slice, budgets, frontier, the schedule matrix, the differences
+that survive training noise and paired.csv.
 
-Solvers (``solvers.registry.Solvers``) are compared at equal NFE (denoiser evaluations), not at equal
-steps. Every row draws sample ``i`` from the same noise, so two rows are compared by the paired
-bootstrap of their difference (``Pairing``, from ``difflab.metrics.paired``): a row *cannot be
+Solvers (``difflab.solvers.registry.Solvers``) are compared at equal NFE (denoiser evaluations), not
+at equal steps. Every row draws sample ``i`` from the same noise, so two rows are compared by the
+paired bootstrap of their difference (``Pairing``, from ``difflab.metrics.paired``): a row *cannot be
 separated* from another when the paired 95% interval of ``FID(a) - FID(b)`` contains 0. With several
 training seeds a row is the mean over its seeds and seed ``k`` of one row is paired with seed ``k`` of
-the other (the same noise).
-"""
+the other (the same noise)."""
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from itertools import combinations
 
-import numpy as np
-
-from difflab.metrics.nll import nll_by_schedule, nll_from_rows, with_nll  # noqa: F401  (build.py, pipeline/report.py)
-from difflab.metrics.paired import holm, holm_adjusted, seed_combined_difference, seed_matrix_difference
-from difflab.results import ADAPTIVE_STEPS, CSV_COLUMNS, Row, _cell
+from difflab.metrics.paired import Difference, Pairing, with_holm
+from difflab.results import ADAPTIVE_STEPS, Row
 from difflab.solvers.registry import Solvers
-
-ALPHA = 0.05  # family-wise error of the Holm-corrected families
-
-
-# -- the pairing -----------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Difference:
-    """``FID(a) - FID(b)`` with its paired 95% interval, the bootstrap standard error and p-value,
-    and, where it is one of a Holm family, the adjusted p-value and Holm's verdict."""
-
-    a: Row
-    b: Row
-    fid_diff: float
-    diff_lo: float
-    diff_hi: float
-    se: float
-    p_value: float
-    p_holm: float | None = None
-    holm_rejects: bool | None = None
-
-    @property
-    def resolved(self) -> bool:
-        """The 95% interval excludes 0."""
-        return self.diff_lo > 0 or self.diff_hi < 0
-
-    @property
-    def significant(self) -> bool:
-        """Holm's verdict in a family, else ``resolved``."""
-        return self.resolved if self.holm_rejects is None else self.holm_rejects
-
-
-class Pairing:
-    """Paired comparisons between the rows of one comparison: ``replicates[row.key]`` holds each
-    row's FID bootstrap replicates ``[K, B]`` (``[B]``: one seed), every row at the same resampled
-    sample indices; ``row.fid_by_seed`` (else ``(row.fid,)``) its per-seed FIDs. ``diff(a, b)`` is
-    ``metrics.paired.seed_combined_difference`` (seed k of a against seed k of b; one seed: the
-    plain paired difference), ``against(a)`` the same against every row at once."""
-
-    def __init__(self, rows: Sequence[Row], replicates: Mapping):
-        keys = [r.key for r in rows]
-        missing = [k for k in keys if k not in replicates]
-        if missing:
-            raise ValueError(f"no bootstrap replicates for {len(missing)} rows, e.g. {missing[0]}")
-        boots = [np.atleast_2d(np.asarray(replicates[k], np.float64)) for k in keys]
-        shapes = {b.shape for b in boots}
-        if len(shapes) > 1 or min((s[1] for s in shapes), default=2) < 2:
-            raise ValueError(f"rows hold replicates of shapes {sorted(shapes)}, not one [K, B] with B >= 2")
-        fids = [r.fid_by_seed or (r.fid,) for r in rows]
-        bad = [k for k, f, b in zip(keys, fids, boots) if len(f) != b.shape[0]]
-        if bad:
-            raise ValueError(f"{bad[0]}: per-seed FIDs (fid_by_seed) do not match its replicates' seeds")
-        self.index = {k: i for i, k in enumerate(keys)}
-        self.fids = np.array(fids, np.float64).reshape(len(rows), -1)  # [R, K]
-        self.boots = np.stack(boots) if rows else np.zeros((0, 1, 2))  # [R, K, B]
-        self.n_seeds = self.boots.shape[1]
-
-    def diff(self, a: Row, b: Row) -> Difference:
-        i, j = self.index[a.key], self.index[b.key]
-        d = seed_combined_difference(self.fids[i], self.fids[j], self.boots[i], self.boots[j])
-        return Difference(a, b, **d)
-
-    def against(self, a: Row) -> dict[str, np.ndarray]:
-        """``FID(a) - FID(row)`` and its interval bounds for every row at once, arrays ``[R]``."""
-        return seed_matrix_difference(self.fids, self.boots, self.index[a.key])
-
-
-def with_holm(diffs: Sequence[Difference], alpha: float = ALPHA) -> list[Difference]:
-    """The differences with Holm's adjusted p-values and verdicts over the family."""
-    p = [d.p_value for d in diffs]
-    return [replace(d, p_holm=q, holm_rejects=r) for d, q, r in zip(diffs, holm_adjusted(p), holm(p, alpha))]
 
 
 # -- the main slice, budgets, frontier -------------------------------------------------------------
@@ -119,8 +43,7 @@ def pareto_frontier(rows: Sequence[Row]) -> list[Row]:
 
 
 def plausible_frontier(rows: Sequence[Row], pairing: Pairing) -> list[Row]:
-    """Rows that no row with ``nfe <=`` theirs beats by a paired 95% interval above 0: the frontier
-    the intervals cannot rule out."""
+    """Rows no row of ``nfe <=`` theirs beats by a paired 95% interval above 0: what the intervals keep."""
     keep = []
     for r in rows:
         lo = pairing.against(r)["diff_lo"]  # FID(r) - FID(q), lower bound, by q
@@ -212,11 +135,8 @@ def surviving_differences(rows: Sequence[Row], pairing: Pairing, solvers: Solver
         if solvers.fixed_step_ode(r.solver) and r.steps != ADAPTIVE_STEPS and r.on_diagonal:
             settings.setdefault((r.solver, r.steps, r.grid, r.guidance_scale), []).append(r)
     order = list(dict.fromkeys(r.schedule for r in rows))
-    diffs = [
-        pairing.diff(a, b)
-        for group in settings.values()
-        for a, b in combinations(sorted(group, key=lambda r: order.index(r.schedule)), 2)
-    ]
+    diffs = [pairing.diff(a, b) for group in settings.values()
+             for a, b in combinations(sorted(group, key=lambda r: order.index(r.schedule)), 2)]  # fmt: skip
     return with_holm(diffs)
 
 
@@ -225,49 +145,12 @@ PAIRED_COLUMNS = tuple("row_a row_b fid_diff diff_lo diff_hi significant compari
 
 
 def paired_records(summary: Sequence[Budget], matrix: Matrix) -> list[dict]:
-    """The pairs the report shows as ``PAIRED_COLUMNS`` records: per budget every other row against
-    the best (``significant``: the 95% interval excludes 0), then the schedule matrix (Holm)."""
+    """The pairs the report shows as ``PAIRED_COLUMNS`` records (``results/paired.csv``, written by
+    ``results.records_csv``): per budget every other row against the best (``significant``: the 95%
+    interval excludes 0), then the schedule matrix (Holm)."""
     labelled = [(f"nfe<={s.budget:.0f} vs best", d) for s in summary for d in s.others]
     label = f"schedules at nfe<={matrix.budget:.0f} (Holm over {len(matrix.cells)})"
     labelled += [(label, d) for d in matrix.cells]
     values = [(d.a.key, d.b.key, d.fid_diff, d.diff_lo, d.diff_hi, d.significant, c, d.p_value, d.p_holm)
               for c, d in labelled]  # fmt: skip
     return [dict(zip(PAIRED_COLUMNS, v)) for v in values]
-
-
-def paired_csv(records: Sequence[dict]) -> str:
-    """``results/paired.csv``: ``PAIRED_COLUMNS``, cells as ``comparison.csv`` writes them."""
-    buf = io.StringIO()
-    csv.writer(buf, lineterminator="\n").writerows(
-        [PAIRED_COLUMNS, *([_cell(p[c]) for c in PAIRED_COLUMNS] for p in records)]
-    )
-    return buf.getvalue()
-
-
-# -- metrics.json ----------------------------------------------------------------------------------
-def nested_metrics(rows: Sequence[Row], nll: Mapping[str, dict]) -> dict:
-    """``model -> [sample=S ->] [grid=G ->] [w=W ->] solver -> steps -> {nfe, fid, ...}`` for ``dvc
-    metrics show`` (the network: its training schedule for a trained one; an axis level only where the
-    rows take several values on it; adaptive steps: ``adaptive``), plus ``model -> nll_bpd``."""
-    axes = [
-        lambda r: f"sample={r.sample_schedule}",
-        lambda r: f"grid={r.grid}",
-        lambda r: "w=none" if r.guidance_scale is None else f"w={r.guidance_scale:g}",
-    ]
-    n_models = len({r.model for r in rows})
-    levels = [axes[0]] if len({(r.model, axes[0](r)) for r in rows}) > n_models else []
-    levels += [a for a in axes[1:] if len({a(r) for r in rows}) > 1]
-    out: dict = {}
-    for r in rows:
-        node = out.setdefault(r.model, {})
-        for level in levels:
-            node = node.setdefault(level(r), {})
-        steps = "adaptive" if r.steps == ADAPTIVE_STEPS else str(r.steps)
-        cells = ((c, getattr(r, c)) for c in CSV_COLUMNS[3:] if c != "nll_bpd_se")  # the NLL: per network
-        node.setdefault(r.solver, {})[steps] = {
-            c: v for c, v in cells if v is not None and not isinstance(v, str | tuple)
-        }
-    for schedule, rec in nll.items():
-        if schedule in out and rec.get("bpd") is not None:
-            out[schedule]["nll_bpd"] = rec["bpd"]
-    return out

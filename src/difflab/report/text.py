@@ -6,9 +6,11 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 
+from difflab.metrics.paired import Difference
 from difflab.report.axes import BREAK_FACTOR, NOT_IDENTICAL, NOT_MEASURED, Curve, Guided
-from difflab.report.tables import Budget, Difference, Solvers
+from difflab.report.tables import Budget
 from difflab.results import ADAPTIVE_STEPS, Row
+from difflab.solvers.registry import Solvers
 
 
 def num(v, fmt: str = ".3g") -> str:
@@ -36,11 +38,8 @@ def label(r: Row) -> str:
 
 def vs_converged(r: Row) -> str | None:
     """FID(row) - FID(its network's converged solution) with its interval; None without a partner."""
-    return (
-        None
-        if r.vs_converged is None
-        else interval(r.vs_converged, r.vs_converged_lo, r.vs_converged_hi, "+.3g")
-    )
+    if r.vs_converged is not None:
+        return interval(r.vs_converged, r.vs_converged_lo, r.vs_converged_hi, "+.3g")
 
 
 def marked(r: Row) -> str:
@@ -104,10 +103,7 @@ def _pair_sentence(pair: tuple[str, str], items: list[Difference]) -> str:
 def survival_sentences(survivors: Sequence[Difference], n_seeds: int) -> list[str]:
     """What the intervals count, then per pair of training schedules the settings where their
     difference survives (``tables.surviving_differences``), then the totals with Holm."""
-    if n_seeds <= 1:
-        lines = [ONE_SEED]
-    else:
-        lines = [MANY_SEEDS.format(k=n_seeds, dof=n_seeds - 1)]
+    lines = [ONE_SEED if n_seeds <= 1 else MANY_SEEDS.format(k=n_seeds, dof=n_seeds - 1)]
     if not survivors:
         return lines + ["No two training schedules share a fixed-step ODE setting to compare."]
     pairs: dict[tuple[str, str], list[Difference]] = {}
@@ -128,13 +124,12 @@ def invariance_sentence(rows: Sequence[Row], solvers: Solvers) -> str:
     other = [n for n in used if not solvers.spec(n).schedule_invariant]
     if not inv:
         return "No solver here is schedule-invariant: every row's schedule enters through the solver too."
-    text = (
-        f"Identical by schedule invariance: {', '.join(inv)} step in log-SNR or in EDM's variables, so for "
-        "the same exact denoiser, log-SNR range and a grid set in log-SNR (logsnr, edm; not uniform, which "
-        "is uniform in t) their rows at the same steps hold the same samples under every schedule (the same "
-        "noise); across schedules those rows differ only through training (each schedule trains its own "
-        "network) and the range's end points. invariance_error measures it on the trained networks."
-    )
+    text = (f"Identical by schedule invariance: {', '.join(inv)} step in log-SNR or in EDM's variables, so "
+            "for the same exact denoiser, log-SNR range and a grid set in log-SNR (logsnr, edm; not uniform, "
+            "which is uniform in t) their rows at the same steps hold the same samples under every schedule "
+            "(the same noise); across schedules those rows differ only through training (each schedule "
+            "trains its own network) and the range's end points. invariance_error measures it on the trained "
+            "networks.")  # fmt: skip
     if other:
         text += f" {', '.join(other)} step in t: their rows differ through the schedule's discretization too."
     return text
@@ -150,11 +145,9 @@ def invariance_text(marks: Sequence[tuple[Row, str]], tol: float) -> str:
                 "(not measured: sample.invariance_samples = 0, or a table from before it).")  # fmt: skip
     bad = [r for r, m in measured if m == NOT_IDENTICAL]
     top = max(e if math.isfinite(e) else math.inf for e in (r.invariance_error for r, _ in measured))
-    text = (
-        f"Of {len(measured)} measured rows of schedule-invariant solvers, {len(measured) - len(bad)} give "
-        f"samples identical within {tol:g} (max |dx|, images in [-1, 1]) under every sampling "
-        f"schedule; the largest difference is {top:.3g}."
-    )
+    text = (f"Of {len(measured)} measured rows of schedule-invariant solvers, {len(measured) - len(bad)} "
+            f"give samples identical within {tol:g} (max |dx|, images in [-1, 1]) under every sampling "
+            f"schedule; the largest difference is {top:.3g}.")  # fmt: skip
     if bad:
         worst = max(bad, key=lambda r: r.invariance_error if math.isfinite(r.invariance_error) else math.inf)
         text += f" {len(bad)} are NOT identical, the worst {worst.key} ({worst.invariance_error:.3g})."
@@ -166,8 +159,7 @@ def _fid(r: Row) -> str:
 
 
 def cross_sentences(panels: Sequence[dict]) -> list[str]:
-    """Per t-stepping solver and training schedule: the sampling schedule of lowest FID, against the
-    network's own schedule."""
+    """Per t-stepping solver and training schedule: the sampling schedule of lowest FID, against its own."""
     lines = []
     for p in panels:
         parts = []
@@ -262,68 +254,56 @@ def guidance_sentences(guided: Sequence[Guided], ceiling: Mapping | None = None)
             b = c.best
             setting = f"{b.solver}, {steps(b)}" + (f", {b.grid} grid" if b.grid else "")
             lowest = f"{g.schedule}: FID is lowest at w = {b.guidance_scale:g} ({setting}, {_fid(b)})"
-            clauses = [lowest, _next_clause(c)]
-            if b.precision is not None or b.recall is not None:
-                clauses.append(
-                    f"precision {num(b.precision)} and recall {num(b.recall)} at w = {b.guidance_scale:g}"
-                )
-            clauses.append(_accuracy_clause(c, ceiling))
+            pr = f"precision {num(b.precision)} and recall {num(b.recall)} at w = {b.guidance_scale:g}"
+            measured = b.precision is not None or b.recall is not None
+            clauses = [lowest, _next_clause(c), pr if measured else "", _accuracy_clause(c, ceiling)]
             lines.append("; ".join(x for x in clauses if x) + ".")
         lines += [_break_sentence(k) for k in g.curves if k.breaks]
     return lines
 
 
 # -- the fixed text of the page --------------------------------------------------------------------
-ONE_SEED = (
-    "One training seed: training variance is not included, so a difference that survives here exceeds the "
-    "sampling noise of one network per schedule only and may not survive retraining."
-)
-MANY_SEEDS = (
-    "Over {k} training seeds: each paired 95% interval counts the spread between trainings and the sampling "
-    "noise (normal quantile; the seed spread has {dof} degrees of freedom, so the intervals are optimistic)."
-)
-NUMBERS_INTRO = (
-    "Per NFE budget (denoiser evaluations per sample, the final denoising included), the lowest FID "
-    "among the pairs that fit, and the rows it cannot be separated from. Every row draws sample i from "
-    "the same noise, so two rows are compared by a paired bootstrap of their FID difference (the same "
-    "resampled sample indices for both, against the fixed reference statistics): a row cannot be "
-    "separated from the best when the 95% interval of the difference contains 0. Each row's own FID "
-    "interval is a bootstrap 95% interval over samples."
-)
-MATRIX_INTRO = (
-    "For each fixed-step ODE solver at its largest step count within the budget, the paired FID "
-    "difference between every two schedules (same noise per sample, so the shared noise cancels) with its "
-    "95% interval. *: significant at a family-wise 5% with Holm's correction over the {n} pairs shown "
-    "({n_sig} significant); p-values from the paired bootstrap's standard error (normal approximation). "
-    "Negative: the first schedule scores the lower FID."
-)
-DESIGN_INTRO = (
-    "A schedule enters twice: through training (its path, the network's target, the density of noise "
-    "levels and the loss weighting, which together weight each log-SNR) and through sampling (how the "
-    "solver steps through time). The table gives the training side of every schedule as training builds "
-    "it; the figures and tables below separate the sampling side."
-)
-LOG_SNR_INTRO = (
-    "{names} step in log-SNR or in EDM's variables: for one trained network and a grid set in log-SNR (the "
-    "logsnr and edm grids) their samples are, in exact arithmetic, the same under every sampling schedule, "
-    "so for them a schedule changes the result only through training (each schedule trains its own network) "
-    "and through the grid's end points (the log-SNR range the schedule's interval covers). A grid uniform "
-    "in t puts its times at log-SNRs that depend on the schedule, so there they differ through the grid as "
-    "well."
-)
-GUIDANCE_INTRO = (
-    "Classifier-free guidance denoises with D_u + w (D_c - D_u), D_c the conditional and D_u the "
-    "unconditional denoiser of the same network: w = 0 is the unconditional network (the null label), "
-    "w = 1 the plain conditional one, larger w pushes samples towards their class. Every guided row draws "
-    "an equal number of samples per class. Class accuracy is the fraction of samples the dataset "
-    "classifier assigns to the requested label; its ceiling is the classifier's own accuracy on held-out "
-    "images with their true labels. Precision and recall are torch-fidelity's improved precision and "
-    "recall (prc, k = 3 nearest neighbours) on the FID features. 95% intervals: FID from the seed spread "
-    "and the sampling bootstrap; Wilson score intervals for class accuracy, precision and recall. The best "
-    "w per training schedule (diagonal rows only: sampled with the schedule the network was trained with) "
-    "is compared with the next-best w of the same solver and steps by the paired bootstrap of their FID "
-    "difference (the same noise per sample)."
-)
+ONE_SEED = ("One training seed: training variance is not included, so a difference that survives here "
+            "exceeds the sampling noise of one network per schedule only and may not survive "
+            "retraining.")  # fmt: skip
+MANY_SEEDS = ("Over {k} training seeds: each paired 95% interval counts the spread between trainings and the "
+              "sampling noise (normal quantile; the seed spread has {dof} degrees of freedom, so the "
+              "intervals are optimistic).")  # fmt: skip
+NUMBERS_INTRO = ("Per NFE budget (denoiser evaluations per sample, the final denoising included), the lowest "
+                 "FID among the pairs that fit, and the rows it cannot be separated from. Every row draws "
+                 "sample i from the same noise, so two rows are compared by a paired bootstrap of their FID "
+                 "difference (the same resampled sample indices for both, against the fixed reference "
+                 "statistics): a row cannot be separated from the best when the 95% interval of the "
+                 "difference contains 0. Each row's own FID interval is a bootstrap 95% interval over "
+                 "samples.")  # fmt: skip
+MATRIX_INTRO = ("For each fixed-step ODE solver at its largest step count within the budget, the paired FID "
+                "difference between every two schedules (same noise per sample, so the shared noise cancels) "
+                "with its 95% interval. *: significant at a family-wise 5% with Holm's correction over the "
+                "{n} pairs shown ({n_sig} significant); p-values from the paired bootstrap's standard error "
+                "(normal approximation). Negative: the first schedule scores the lower FID.")  # fmt: skip
+DESIGN_INTRO = ("A schedule enters twice: through training (its path, the network's target, the density of "
+                "noise levels and the loss weighting, which together weight each log-SNR) and through "
+                "sampling (how the solver steps through time). The table gives the training side of every "
+                "schedule as training builds it; the figures and tables below separate the sampling "
+                "side.")  # fmt: skip
+LOG_SNR_INTRO = ("{names} step in log-SNR or in EDM's variables: for one trained network and a grid set in "
+                 "log-SNR (the logsnr and edm grids) their samples are, in exact arithmetic, the same under "
+                 "every sampling schedule, so for them a schedule changes the result only through training "
+                 "(each schedule trains its own network) and through the grid's end points (the log-SNR "
+                 "range the schedule's interval covers). A grid uniform in t puts its times at log-SNRs that "
+                 "depend on the schedule, so there they differ through the grid as well.")  # fmt: skip
+GUIDANCE_INTRO = ("Classifier-free guidance denoises with D_u + w (D_c - D_u), D_c the conditional and D_u "
+                  "the unconditional denoiser of the same network: w = 0 is the unconditional network (the "
+                  "null label), w = 1 the plain conditional one, larger w pushes samples towards their "
+                  "class. Every guided row draws an equal number of samples per class. Class accuracy is the "
+                  "fraction of samples the dataset classifier assigns to the requested label; its ceiling is "
+                  "the classifier's own accuracy on held-out images with their true labels. Precision and "
+                  "recall are torch-fidelity's improved precision and recall (prc, k = 3 nearest neighbours) "
+                  "on the FID features. 95% intervals: FID from the seed spread and the sampling bootstrap; "
+                  "Wilson score intervals for class accuracy, precision and recall. The best w per training "
+                  "schedule (diagonal rows only: sampled with the schedule the network was trained with) is "
+                  "compared with the next-best w of the same solver and steps by the paired bootstrap of "
+                  "their FID difference (the same noise per sample).")  # fmt: skip
 CAPTIONS = {
     "loss_curves": "Training and validation loss of each network (lines: EMA over a twentieth of the run; "
     "dots: each validation; shaded: the last fifth of training, where a still falling validation loss flags "
@@ -334,21 +314,20 @@ CAPTIONS = {
     "schedule)",
     "pareto": "Every row in the FID-NFE plane with the Pareto frontier (colour: schedule; marker: order; "
     "filled: ODE, hollow: SDE); circled: rows no cheaper-or-equal row beats by a paired 95% interval",
-    "solver_error": "Discretization error of each ODE solver: mean RMS distance to an adaptive "
-    "high-accuracy solution from the same noise",
+    "solver_error": "Discretization error of each ODE solver: mean RMS distance to an adaptive high-accuracy "
+    "solution from the same noise",
     "nll_bpd": "Bits/dim on held-out images per schedule",
     "design_loss_weights": "The weight w(lambda) each schedule's training loss puts on the eps-MSE at "
     "log-SNR lambda (Kingma & Gao 2023: L = integral of w(lambda) E||eps - eps_hat||^2 d lambda): the "
-    "density of lambda under the training time density, times the loss weighting, times the factor "
-    "turning the target's MSE into the eps-MSE. Each curve is divided by its largest value (log scale); "
-    "log-SNR increases to the right (noise on the left, data on the right). The lognormal density's "
-    "tails, clamped onto the interval's ends in training, are point masses there and not drawn.",
+    "density of lambda under the training time density, times the loss weighting, times the factor turning "
+    "the target's MSE into the eps-MSE. Each curve is divided by its largest value (log scale); log-SNR "
+    "increases to the right (noise on the left, data on the right). The lognormal density's tails, clamped "
+    "onto the interval's ends in training, are point masses there and not drawn.",
     "design_cross_schedule": "t-stepping solvers: FID of each trained network (rows) under each sampling "
-    "schedule (columns; the network reparametrized to it by log-SNR matching) at one step count per "
-    "panel, the same for all cells. Boxed: the network's own schedule (the diagonal); *: the lowest FID "
-    "of the row.",
-    "design_grid_effect": "FID vs NFE (95% intervals) per time grid: for each solver group its best "
-    "solver (lowest mean FID on the diagonal) on its best training schedule, one line per grid.",
+    "schedule (columns; the network reparametrized to it by log-SNR matching) at one step count per panel, "
+    "the same for all cells. Boxed: the network's own schedule (the diagonal); *: the lowest FID of the row.",
+    "design_grid_effect": "FID vs NFE (95% intervals) per time grid: for each solver group its best solver "
+    "(lowest mean FID on the diagonal) on its best training schedule, one line per grid.",
     "fid_vs_accuracy": "FID vs class accuracy as the guidance scale w grows (points labelled with w), one "
     "panel per training schedule, one line per solver at its largest fixed step count (rk45: adaptive); "
     "bars: 95% intervals in both directions; dotted line and band: the classifier ceiling",

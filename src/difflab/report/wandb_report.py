@@ -5,8 +5,7 @@ The comparison run holds ``comparison/table`` (every row, ``results.CSV_COLUMNS`
 per solver, bits/dim per schedule, and every report section's tables (``report/<section>/<k>``) and
 figures (``figures/<name>``, sample grids under ``samples/``); it shares the W&B group of the
 training runs. ``report_blocks`` builds the Report's blocks without any network; ``publish_report``
-saves them to W&B only when online with a key and says why not otherwise.
-"""
+saves them to W&B only when online with a key and says why not otherwise."""
 
 from __future__ import annotations
 
@@ -76,26 +75,19 @@ def log_comparison(
     try:
         summary = sections.budgets(rows, ctx)
         pairs = tables.paired_records(summary, sections.matrix(rows, ctx))
-        every = [
-            [" ".join(map(str, r.seed)) if c == "seed" else getattr(r, c) for c in CSV_COLUMNS] for r in rows
-        ]
-        log = {
-            TABLE_KEY: wandb.Table(columns=list(CSV_COLUMNS), data=every),
-            PAIRED_KEY: wandb.Table(
-                columns=list(tables.PAIRED_COLUMNS), data=[list(p.values()) for p in pairs]
-            ),
-            **_line_plots(rows),
-            **_section_media(shown),
-        }
+        every = [[" ".join(map(str, r.seed)) if c == "seed" else getattr(r, c) for c in CSV_COLUMNS]
+                 for r in rows]  # fmt: skip
+        paired = wandb.Table(columns=list(tables.PAIRED_COLUMNS), data=[list(p.values()) for p in pairs])
+        log = {TABLE_KEY: wandb.Table(columns=list(CSV_COLUMNS), data=every), PAIRED_KEY: paired,
+               **_line_plots(rows), **_section_media(shown)}  # fmt: skip
         nll = [[s, v["bpd"], v.get("bpd_se")] for s, v in ctx.nll.items() if v.get("bpd") is not None]
         if nll:
             t = wandb.Table(columns=["schedule", "bpd", "bpd_se"], data=nll)
             log["comparison/nll_bpd"] = wandb.plot.bar(t, "schedule", "bpd", title="bits/dim per schedule")
         run.log(log)
         for s in (s for s in summary if s.best is not None):
-            run.summary[f"best/nfe<={s.budget:.0f}"] = (
-                f"{s.best.schedule} x {s.best.solver} FID {s.best.fid:.4g}"
-            )
+            best = f"{s.best.schedule} x {s.best.solver} FID {s.best.fid:.4g}"
+            run.summary[f"best/nfe<={s.budget:.0f}"] = best
         run.summary.update({f"nll_bpd/{schedule}": bpd for schedule, bpd, _ in nll})
         return Path(run.dir).parent
     finally:
@@ -109,9 +101,8 @@ def report_blocks(rows: Sequence[Row], summary: Sequence[tables.Budget], where: 
     import wandb_workspaces.reports.v2 as wr
 
     group = where["group"]
-    runset = wr.Runset(
-        entity=where.get("entity") or "", project=where["project"], query=f"{group}-comparison"
-    )
+    runset = wr.Runset(entity=where.get("entity") or "", project=where["project"],
+                       query=f"{group}-comparison")  # fmt: skip
 
     def grid(panels):
         return wr.PanelGrid(runsets=[runset], panels=panels)
@@ -119,10 +110,7 @@ def report_blocks(rows: Sequence[Row], summary: Sequence[tables.Budget], where: 
     def media(title, keys):
         return wr.MediaBrowser(title=title, media_keys=keys)
 
-    schedules, solvers = (
-        list(dict.fromkeys(r.schedule for r in rows)),
-        list(dict.fromkeys(r.solver for r in rows)),
-    )
+    schedules, solvers = (list(dict.fromkeys(getattr(r, k) for r in rows)) for k in ("schedule", "solver"))
     steps = sorted({r.steps for r in rows if r.steps != ADAPTIVE_STEPS})
     blocks = [
         wr.H1(text=f"difflab: {len(schedules)} schedules x {len(solvers)} solvers ({group})"),
@@ -157,8 +145,7 @@ def publish_report(rows: Sequence[Row], summary: Sequence[tables.Budget], where:
     where = {**where, "entity": where.get("entity") or wandb.Api().default_entity}
     about = "Noise schedules x reverse solvers: FID/KID with 95% intervals, NLL, solver error."
     title, blocks = f"difflab comparison: {where['group']}", report_blocks(rows, summary, where)
-    report = wr.Report(
-        project=where["project"], entity=where["entity"], title=title, description=about, blocks=blocks
-    )
+    report = wr.Report(project=where["project"], entity=where["entity"], title=title, description=about,
+                       blocks=blocks)  # fmt: skip
     report.save()
     return report.url

@@ -11,8 +11,7 @@ import numpy as np
 import torch
 
 from difflab.losses import DiffusionLoss, implied_weight
-from difflab.schedules import Schedule, schedule_class
-from difflab.schedules import schedule_from_config as trained_schedule
+from difflab.schedules import Schedule, schedule_class, schedule_from_config
 
 
 def _prediction(cfg: dict, name: str) -> tuple[str, str]:
@@ -75,7 +74,7 @@ def training_design(cfg: dict) -> list[dict]:
               "seeds": " ".join(map(str, cfg.get("seeds") or [cfg.get("seed", "")]))}  # fmt: skip
     out = []
     for name in cfg["schedules"]:
-        s = trained_schedule(cfg, name)
+        s = schedule_from_config(cfg, name)
         params = {k: v for k, v in s.params().items() if k not in ("name", "t_min", "t_max")}
         shown = (f"{k} {v:g}" if isinstance(v, float | int) else f"{k} {v}" for k, v in params.items())
         row = {"schedule": name, "parameters": ", ".join(shown)}
@@ -90,7 +89,7 @@ def implied_weights(cfg: dict, lam) -> dict[str, np.ndarray]:
     log-SNRs ``lam`` (any shape; 0 outside the schedule's range)."""
     out = {}
     for name in cfg["schedules"]:
-        schedule = trained_schedule(cfg, name)
+        schedule = schedule_from_config(cfg, name)
         weight = implied_weight(schedule, _loss(cfg, schedule), _prediction(cfg, name)[0], lam)
         out[name] = weight.numpy()
     return out

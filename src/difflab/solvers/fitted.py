@@ -2,7 +2,8 @@
 
 ``fit_grid(method, denoiser, schedule, solver, steps, noise, *, cond=None, **options)`` returns
 ``steps + 1`` float64 times strictly decreasing from ``schedule.t_max`` to ``schedule.t_min``, an explicit
-grid for ``solver(..., grid=ts)``; ``fit_grids`` does the same for several step counts at once:
+grid for ``solver(..., grid=ts)``; ``fit_grids`` does the same for several step counts at once, the
+method and its options given as one ``GridFit``:
 
 - ``"gits"``: dynamic programming over a fine teacher's trajectories from ``noise`` (uses the denoiser);
 - ``"dmn"``: model-free, from alpha(t) and sigma(t) alone (``denoiser``, ``noise`` and ``cond`` unused).
@@ -25,6 +26,7 @@ import math
 import os
 import warnings
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -64,6 +66,21 @@ _OPTIONS = {
 }
 
 
+@dataclass(frozen=True)
+class GridFit:
+    """A fit ``method`` (``FIT_METHODS``) with its ``options`` (``_OPTIONS[method]``; those not given take
+    their defaults), checked when built: an unknown method or option, or a value out of its range, is a
+    ValueError naming it."""
+
+    method: str
+    options: Mapping = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.method not in FIT_METHODS:
+            raise ValueError(f"unknown fit method {self.method!r}; valid methods: {', '.join(FIT_METHODS)}")
+        object.__setattr__(self, "options", _check_options(self.method, dict(self.options)))
+
+
 def fit_grid(
     method: str, denoiser, schedule: Schedule, solver: str, steps: int, noise: Tensor, *, cond=None, **options
 ) -> Tensor:
@@ -73,11 +90,11 @@ def fit_grid(
     deterministic fixed-step solver with its default options; ``noise`` ``[B, ...]`` (standard normal, as
     a solver takes it) and ``cond`` feed GITS's teacher. Same inputs -> same grid.
     """
-    return fit_grids(method, denoiser, schedule, solver, [steps], noise, cond=cond, **options)[steps]
+    return fit_grids(GridFit(method, options), denoiser, schedule, solver, [steps], noise, cond=cond)[steps]
 
 
 def fit_grids(
-    method: str,
+    fit: GridFit | str,
     denoiser,
     schedule: Schedule,
     solver: str,
@@ -86,25 +103,24 @@ def fit_grids(
     *,
     cond=None,
     solver_options: Mapping | None = None,
-    **options,
 ) -> dict[int, Tensor]:
-    """``fit_grid`` for every step count of ``steps`` (``{K: [K + 1] times}``), with ``solver`` run with
-    ``solver_options`` (deterministic with them). GITS's teacher and step costs do not depend on K: they
-    are computed once and only the dynamic programming runs per step count."""
-    if method not in FIT_METHODS:
-        raise ValueError(f"unknown fit method {method!r}; valid methods: {', '.join(FIT_METHODS)}")
+    """``fit_grid`` for every step count of ``steps`` (``{K: [K + 1] times}``) by ``fit`` (a method name
+    alone: its default options), with ``solver`` run with ``solver_options`` (deterministic with them).
+    GITS's teacher and step costs do not depend on K: they are computed once and only the dynamic
+    programming runs per step count."""
+    fit = GridFit(fit) if isinstance(fit, str) else fit
     for k in steps:
         check_steps(k)
     _check_deterministic(solver, "solver", solver_options)
-    opts = _check_options(method, options)
-    if method == "gits":
+    opts = dict(fit.options)
+    if fit.method == "gits":
         grids = _fit_gits(denoiser, schedule, solver, steps, noise, cond, dict(solver_options or {}), opts)
     else:
         grids = {k: _fit_dmn(schedule, solver, k, **opts) for k in steps}
     for ts in grids.values():
         if not (torch.isfinite(ts).all() and (ts[1:] < ts[:-1]).all()):
             raise ValueError(
-                f"fit_grid({method!r}) gave a grid that is not strictly decreasing: {ts.tolist()}"
+                f"fit_grid({fit.method!r}) gave a grid that is not strictly decreasing: {ts.tolist()}"
             )
     return grids
 
@@ -151,7 +167,7 @@ def grid_student(solver: str, options: Mapping | None = None) -> str | None:
 
 
 def fit_for_sampling(
-    method: str,
+    fit: GridFit | str,
     denoiser,
     schedule: Schedule,
     solver: str,
@@ -160,19 +176,16 @@ def fit_for_sampling(
     *,
     cond=None,
     solver_options: Mapping | None = None,
-    **options,
 ) -> dict[int, Tensor]:
     """One network's grids ``{K: [K + 1] times}`` for a sample stage running ``solver`` with
-    ``solver_options``: ``fit_grids`` for ``grid_student(solver, solver_options)`` with the method's
-    ``options``, or, for an adaptive solver, ``[t_max, t_min]`` under every key of ``steps`` (its rows'
-    steps, e.g. 0)."""
+    ``solver_options``: ``fit_grids`` by ``fit`` (a ``GridFit``, or a method name with its default
+    options) for ``grid_student(solver, solver_options)``, or, for an adaptive solver, ``[t_max, t_min]``
+    under every key of ``steps`` (its rows' steps, e.g. 0)."""
     student = grid_student(solver, solver_options)
     if student is None:
         return {k: get_grid("logsnr", schedule, 1) for k in steps}
     own = solver_options if student == solver else None
-    return fit_grids(
-        method, denoiser, schedule, student, steps, noise, cond=cond, solver_options=own, **options
-    )
+    return fit_grids(fit, denoiser, schedule, student, steps, noise, cond=cond, solver_options=own)
 
 
 def write_fitted(
