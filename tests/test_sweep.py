@@ -83,6 +83,24 @@ def test_one_sampling_schedule_redraws_at_the_first_step_count_only(tmp_path):
     assert rows[0].invariance_error < 1e-5 and rows[1].invariance_error is None
 
 
+def test_a_row_integrates_its_own_range_when_the_check_redraws_on_a_shorter_one(tmp_path):
+    """The invariance check redraws under every schedule restricted to their common log-SNR range (ve's
+    is shorter than flow's); the row itself integrates the training schedule's whole range. On flow,
+    Euler in t and ddim take the same steps on any grid, so ddim's row (checked, redrawn) equals euler's
+    (never checked) sample for sample."""
+    flow = get_schedule("flow")
+    checked = _network("flow", [], redraw=["flow", "ve"])
+    net = Network("flow", "flow", 0, checked.denoiser, {"flow": flow}, checked.redraw)
+    assert checked.redraw["flow"].t_max < flow.t_max  # the common range is shorter
+    (ddim,) = sweep_network(net, _sweep("ddim", steps=(4,)), tmp_path / "ddim")
+    unchecked = Network("flow", "flow", 0, checked.denoiser, {"flow": flow})  # as a stage gives a t-stepper
+    (euler,) = sweep_network(unchecked, _sweep("euler", steps=(4,)), tmp_path / "euler")
+    a, b = (
+        load_samples(tmp_path / d / f"{r.stem}.npz")["images"] for d, r in (("ddim", ddim), ("euler", euler))
+    )
+    assert torch.equal(torch.as_tensor(a), torch.as_tensor(b)) and ddim.invariance_error < 1e-5
+
+
 def test_solver_error_against_the_reference_falls_with_steps(tmp_path):
     probe = _network("flow", ["flow"])
     fine = sweep_network(probe, _sweep("ddim", steps=(200,), invariance_samples=0), tmp_path / "fine")

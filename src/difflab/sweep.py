@@ -109,11 +109,15 @@ class Sweep:
         return (ADAPTIVE_STEPS,) if self.spec.adaptive else tuple(self.steps)
 
 
-def draw_samples(net: Network, sweep: Sweep, name: str, steps: int, n: int, cond) -> SampleResult:
-    """``n`` samples of ``net`` served under its sampling schedule ``name`` (``reparametrize``)."""
+def draw_samples(
+    net: Network, sweep: Sweep, name: str, steps: int, n: int, cond, *, redraw=False
+) -> SampleResult:
+    """``n`` samples of ``net`` served under its sampling schedule ``name`` (``reparametrize``): from
+    ``net.targets``, or with ``redraw`` from ``net.redraw`` (the invariance check's schedules, restricted
+    to their common log-SNR range, which a row's own draw must not take)."""
     from difflab.parametrization import reparametrize
 
-    target = {**net.targets, **(net.redraw or {})}[name]
+    target = (net.redraw if redraw else net.targets)[name]
     D = reparametrize(net.denoiser, net.denoiser.schedule, target)
     draw = Draw(n, sweep.draw.shape, sweep.draw.seed, sweep.draw.batch_size, sweep.draw.device)
     grid = net.grids[name][steps] if net.grids else sweep.grid
@@ -184,7 +188,7 @@ def _invariance_pool(net: Network, sweep: Sweep, w, steps: int, firsts: dict) ->
         return None
     n = min(sweep.invariance_samples, sweep.draw.n)
     cond = Conditioning.balanced(net.denoiser, n, w)
-    return {name: draw_samples(net, sweep, name, steps, n, cond).x for name in net.redraw}
+    return {name: draw_samples(net, sweep, name, steps, n, cond, redraw=True).x for name in net.redraw}
 
 
 def load_references(folder: str | Path, model: str, schedule: str, guidance_scales: Sequence) -> dict:
