@@ -294,6 +294,27 @@ def test_log_snr_density_closed_form_matches_histogram_of_training_times(name, t
     assert np.sum(closed * np.diff(edges)) == pytest.approx(1.0, abs=0.01)
 
 
+def test_lognormal_with_a_uniform_share_trains_the_noisiest_levels():
+    """P_uniform of the draws uniform in log-SNR over the schedule's range: the closed-form density
+    (the mixture) matches the histogram, and the share of draws below log-SNR -8 on vp_linear (range
+    -10.05..9.12; 4.3 standard deviations out on the normal) is P_uniform's share of the range."""
+    schedule = get_schedule("vp_linear")
+    loss = DiffusionLoss(time_sampling="lognormal", P_uniform=0.2)
+    hist, sd, edges = _histogram(schedule, loss)
+    closed = _bin_means(lambda lam: log_snr_density(schedule, loss, lam), edges)
+    assert np.all(np.abs(hist - closed) <= 5 * sd + 2e-3 * closed.max())
+    assert np.sum(closed * np.diff(edges)) == pytest.approx(1.0, abs=0.01)
+    n, (lo, hi) = 200_000, schedule.log_snr_range()
+    t = loss.sample_times(schedule, n, generator=torch.Generator().manual_seed(2))
+    lam = schedule.log_snr(t.double())
+    expected = 0.2 * (-8 - lo) / (hi - lo)  # the normal's own share there is ~1e-5
+    assert (lam < -8).double().mean().item() == pytest.approx(expected, abs=5 * math.sqrt(expected / n))
+    plain = DiffusionLoss(time_sampling="lognormal")
+    assert (schedule.log_snr(plain.sample_times(schedule, n).double()) < -8).double().mean() < 1e-4
+    with pytest.raises(ValueError, match="P_uniform=1.0"):
+        DiffusionLoss(time_sampling="lognormal", P_uniform=1.0)
+
+
 def test_histogram_fallback_matches_the_closed_form(monkeypatch):
     schedule = get_schedule("vp_linear")
     loss = DiffusionLoss(time_sampling="uniform")

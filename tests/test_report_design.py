@@ -40,7 +40,8 @@ def test_training_design_reads_the_config_and_the_schedule_recipe():
     rows = {r["schedule"]: r for r in weights.training_design(cfg)}
     assert list(rows) == ["vp_linear", "ve", "flow", "edm"]
     assert rows["flow"]["prediction"] == "eps (config)" and rows["ve"]["prediction"] == "edm (schedule's own)"
-    assert rows["edm"]["time_sampling"] == "lognormal (P_mean -1.2, P_std 1.2) (schedule's recipe)"
+    lognormal = "lognormal (P_mean -1.2, P_std 1.2, P_uniform 0) (schedule's recipe)"
+    assert rows["edm"]["time_sampling"] == lognormal
     assert rows["vp_linear"]["time_sampling"] == "stratified (loss default)"
     assert rows["edm"]["weighting"] == "min_snr (min_snr_gamma 5) (config)"
     assert rows["ve"]["path"].startswith("alpha = 1")

@@ -39,6 +39,7 @@ from difflab.schedules import Schedule, schedule_class, schedule_names
 from difflab.schema import Field
 
 P_MEAN, P_STD = -1.2, 1.2  # EDM's log-normal noise levels, ln sigma ~ N(P_mean, P_std^2) (Karras et al. 2022)
+P_UNIFORM = 0.0  # the log-normal's share of draws uniform in log-SNR instead (0: EDM's density as it is)
 MIN_SNR_GAMMA = 5.0  # Hang et al. (2023)
 
 
@@ -82,13 +83,27 @@ def _logsnr(schedule: Schedule, n: int, *, generator=None, device=None) -> Tenso
 
 
 def _lognormal(
-    schedule: Schedule, n: int, *, generator=None, device=None, P_mean: float = P_MEAN, P_std: float = P_STD
+    schedule: Schedule,
+    n: int,
+    *,
+    generator=None,
+    device=None,
+    P_mean: float = P_MEAN,
+    P_std: float = P_STD,
+    P_uniform: float = P_UNIFORM,
 ) -> Tensor:
     """EDM's noise levels: ``ln(sigma/alpha) = P_mean + P_std z``, z ~ N(0, 1) i.i.d., so
     ``log_snr = -2 ln(sigma/alpha)``, mapped to t by ``t_from_log_snr`` (any schedule) and clamped to
-    [t_min, t_max]: the tails beyond the schedule's noise levels land on its ends."""
+    [t_min, t_max]: the tails beyond the schedule's noise levels land on its ends. With ``P_uniform``
+    > 0 that share of the draws is uniform in log-SNR over the schedule's range instead, so the
+    noisiest levels, where sampling starts and the normal puts next to no mass (log-SNR -10 is 5.2
+    standard deviations out), are trained too (``metrics.diagnostics.denoiser_coverage`` measures it)."""
     z = torch.randn(n, generator=generator, device=device, dtype=torch.float64)
     lam = -2 * (P_mean + P_std * z)
+    if P_uniform > 0:
+        lo, hi = schedule.log_snr_range()
+        u, v = torch.rand(2, n, generator=generator, device=device, dtype=torch.float64)
+        lam = torch.where(u < P_uniform, lo + (hi - lo) * v, lam)
     return schedule.t_from_log_snr(lam).clamp(schedule.t_min, schedule.t_max).float()
 
 
@@ -167,6 +182,7 @@ LOSS_FIELDS = {
     "min_snr_gamma": Field(float, low=0, low_open=True, nullable=True),
     "P_mean": Field(float, nullable=True),
     "P_std": Field(float, low=0, low_open=True, nullable=True),
+    "P_uniform": Field(float, low=0, high=1, high_open=True, nullable=True),
 }
 
 
@@ -176,7 +192,8 @@ class DiffusionLoss:
     ``denoiser`` is a ``parametrization.Denoiser``: its schedule, prediction type and sigma_data define
     the target, and ``denoiser.raw`` gives the network output (the network sees c_in * x_t and log-SNR).
     ``time_sampling`` is one of ``TIME_SAMPLINGS``, ``weighting`` one of ``WEIGHTINGS``;
-    ``min_snr_gamma`` is min-SNR's gamma, ``P_mean`` and ``P_std`` the log-normal density's.
+    ``min_snr_gamma`` is min-SNR's gamma, ``P_mean``, ``P_std`` and ``P_uniform`` the log-normal
+    density's.
     """
 
     def __init__(
@@ -187,15 +204,18 @@ class DiffusionLoss:
         *,
         P_mean: float = P_MEAN,
         P_std: float = P_STD,
+        P_uniform: float = P_UNIFORM,
     ):
         _choose(_TIME_DENSITIES, time_sampling, "time sampling")
         _choose(_WEIGHTINGS, weighting, "loss weighting")
-        for key, value in (("min_snr_gamma", min_snr_gamma), ("P_mean", P_mean), ("P_std", P_std)):
+        numbers = {"min_snr_gamma": min_snr_gamma, "P_mean": P_mean, "P_std": P_std, "P_uniform": P_uniform}
+        for key, value in numbers.items():
             field = dataclasses.replace(LOSS_FIELDS[key], nullable=False)  # null is for_schedule's
             if not field.accepts(value):
                 raise ValueError(f"loss: {key}={value!r} must be {field.allowed()}")
         self.time_sampling, self.weighting = time_sampling, weighting
         self.min_snr_gamma, self.P_mean, self.P_std = float(min_snr_gamma), float(P_mean), float(P_std)
+        self.P_uniform = float(P_uniform)
 
     @classmethod
     def for_schedule(cls, schedule: Schedule, **settings) -> DiffusionLoss:
@@ -211,6 +231,7 @@ class DiffusionLoss:
             "min_snr_gamma": self.min_snr_gamma,
             "P_mean": self.P_mean,
             "P_std": self.P_std,
+            "P_uniform": self.P_uniform,
         }
 
     def __repr__(self) -> str:
@@ -272,9 +293,11 @@ def _uniform_lam(schedule: Schedule, loss: DiffusionLoss, lam: Tensor, t: Tensor
 
 
 def _normal_lam(schedule: Schedule, loss: DiffusionLoss, lam: Tensor, t: Tensor) -> Tensor:
-    """``ln(sigma/alpha) ~ N(P_mean, P_std^2)``, so ``lambda ~ N(-2 P_mean, (2 P_std)^2)``."""
+    """``ln(sigma/alpha) ~ N(P_mean, P_std^2)``, so ``lambda ~ N(-2 P_mean, (2 P_std)^2)``; with
+    ``P_uniform`` that share uniform in lambda: ``(1 - P_uniform) N + P_uniform / (lam_hi - lam_lo)``."""
     mean, sd = -2 * loss.P_mean, 2 * loss.P_std
-    return torch.exp(-0.5 * ((lam - mean) / sd) ** 2) / (sd * math.sqrt(2 * math.pi))
+    normal = torch.exp(-0.5 * ((lam - mean) / sd) ** 2) / (sd * math.sqrt(2 * math.pi))
+    return (1 - loss.P_uniform) * normal + loss.P_uniform * _uniform_lam(schedule, loss, lam, t)
 
 
 # p(lambda) in closed form per time density (the keys of ``_TIME_DENSITIES``); any other: a histogram

@@ -28,7 +28,7 @@ def _loss(cfg: dict, schedule: Schedule) -> DiffusionLoss:
 
 def _setting(cfg: dict, schedule: Schedule, key: str) -> str:
     """The loss's time density or weighting with the settings it takes and where it comes from, e.g.
-    ``lognormal (P_mean -1.2, P_std 1.2) (schedule's recipe)``."""
+    ``lognormal (P_mean -1.2, P_std 1.2, P_uniform 0) (schedule's recipe)``."""
     loss = _loss(cfg, schedule)
     shown = ", ".join(f"{k} {v:g}" for k, v in sorted(loss.parameters(key).items()))
     source = "schedule's recipe" if key in schedule.loss_defaults else "loss default"
