@@ -5,6 +5,8 @@ FID's closed-form 1/n bias on Gaussians."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -310,3 +312,56 @@ def test_regime_sentences_state_cancellation_copying_and_training():
         regime_sentences({"networks": {"vp_linear": clean}, "budgets": [{**beat, "beats_converged": False}]})
     )
     assert "At none of 1 NFE budgets" in calm and "No network copies" in calm and "levelled off" in calm
+
+
+# -- coverage: the denoiser where sampling starts ---------------------------------------------------
+
+
+def _gaussian_denoiser(schedule, s2: float, broken_below: float | None = None):
+    """The exact denoiser of x0 ~ N(0, s2 I): ``alpha s2 / (alpha^2 s2 + sigma^2) x``; with
+    ``broken_below`` it returns ``x / alpha`` (the noise scaled up) at log-SNRs below that."""
+
+    def D(x, t):
+        a, sg = schedule.alpha(t).view(-1, 1), schedule.sigma(t).view(-1, 1)
+        exact = a * s2 / (a**2 * s2 + sg**2) * x
+        if broken_below is None:
+            return exact
+        return torch.where(schedule.log_snr(t).view(-1, 1) < broken_below, x / a, exact)
+
+    return D
+
+
+def test_denoiser_coverage_of_the_exact_denoiser_is_the_closed_form_mmse():
+    """For x0 ~ N(0, s2 I) the exact denoiser's error over the data mean's is 1 / (1 + s2 e^lam) at
+    every level, so it is covered from where sampling starts."""
+    from difflab.metrics.diagnostics import COVERAGE_STEP, denoiser_coverage
+    from difflab.schedules import get_schedule
+
+    schedule, s2 = get_schedule("vp_linear"), 0.25
+    x0 = _gauss(4000, 3, d=16) * s2**0.5
+    out = denoiser_coverage(_gaussian_denoiser(schedule, s2), schedule, x0.float(), seed=1)
+    lo = schedule.log_snr_range()[0]
+    assert out["start_log_snr"] == pytest.approx(lo) and out["covered_from_log_snr"] == pytest.approx(lo)
+    assert len(out["profile"]) == math.ceil(-lo / COVERAGE_STEP) + 1
+    for lam, ratio in out["profile"].items():
+        assert ratio == pytest.approx(1 / (1 + s2 * math.exp(lam)), rel=0.03)
+
+
+def test_denoiser_coverage_finds_where_an_untrained_denoiser_stops_erring():
+    """A denoiser that returns the noise scaled up below log-SNR -6 errs far above the data mean there
+    (ratio ~ 1 / (s2 snr)); the profile is within the limit only from the first level at or above -6."""
+    from difflab.metrics.diagnostics import COVERAGE_LIMIT, denoiser_coverage, network_entry, regime_sentences
+    from difflab.schedules import get_schedule
+
+    schedule, s2 = get_schedule("vp_linear"), 0.25
+    x0 = (_gauss(2000, 4, d=16) * s2**0.5).float()
+    out = denoiser_coverage(_gaussian_denoiser(schedule, s2, broken_below=-6.0), schedule, x0, seed=1)
+    assert out["start_error_ratio"] > 1e3 * COVERAGE_LIMIT
+    first_good = min(lam for lam in out["profile"] if lam >= -6.0)
+    assert out["covered_from_log_snr"] == pytest.approx(first_good, abs=1e-3)
+    entry = network_entry(coverage=out)
+    text = " ".join(regime_sentences({"networks": {"vp_linear/seed_0": entry}}))
+    assert "vp_linear/seed_0 is untrained where sampling starts: at log-SNR -10.05" in text
+    assert f"only from log-SNR {first_good:.2f}" in text
+    exact = denoiser_coverage(_gaussian_denoiser(schedule, s2), schedule, x0, seed=1)
+    assert "untrained" not in " ".join(regime_sentences({"networks": {"n": network_entry(coverage=exact)}}))

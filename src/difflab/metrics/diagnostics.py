@@ -615,6 +615,55 @@ def loss_still_falling(
 
 
 # ------------------------------------------------------------------------------------------------
+# Coverage: the denoiser where sampling starts
+# ------------------------------------------------------------------------------------------------
+
+COVERAGE_LIMIT = 2.0  # a denoiser erring more than twice a constant predictor's error is untrained there
+COVERAGE_STEP = 0.5  # the log-SNR spacing of the coverage profile
+
+
+@torch.no_grad()
+def denoiser_coverage(denoiser, schedule, x0, *, seed: int = 0, limit: float = COVERAGE_LIMIT) -> dict:
+    """How well ``denoiser`` (``D(x, t)``) denoises the images ``x0`` (model space, ``[n, ...]``) over the
+    noisy half of ``schedule``'s log-SNR range, where sampling starts: at log-SNR ``lam`` the ratio
+
+        E ||D(alpha x0 + sigma eps, t) - x0||^2 / E ||x0 - mean(x0)||^2
+
+    of its error to the constant predictor's (the data mean's, which the ideal denoiser approaches from
+    below as ``lam -> -inf``), one ``eps`` for every level. Levels ``lo, lo + COVERAGE_STEP, ...`` up to
+    ``min(0, hi)``. A network trained on noise levels that never reach ``lo`` (EDM's log-normal density
+    on a schedule that starts at log-SNR -10, say) extrapolates there, and a sampler's first step takes
+    that error in whole. Returns ``start_log_snr`` (``lo``), ``start_error_ratio`` (the ratio there),
+    ``covered_from_log_snr`` (the noisiest level from which every level of the profile is within
+    ``limit``; None where none is), ``covered_from_t`` (its time: the ``t_max`` that would start
+    sampling there) and ``profile`` (``{lam: ratio}``)."""
+    x0 = torch.as_tensor(x0, dtype=torch.float32)
+    eps = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed))
+    baseline = (x0 - x0.mean(0)).square().flatten(1).sum(1).mean()
+    lo, hi = schedule.log_snr_range()
+    levels = np.append(np.arange(lo, min(0.0, hi), COVERAGE_STEP), min(0.0, hi))
+    profile = {}
+    for lam in levels:
+        t = schedule.t_from_log_snr(torch.full((len(x0),), float(lam), dtype=torch.float64))
+        t = t.clamp(schedule.t_min, schedule.t_max).float()
+        shape = (-1,) + (1,) * (x0.dim() - 1)
+        x = schedule.alpha(t).view(shape) * x0 + schedule.sigma(t).view(shape) * eps
+        err = (denoiser(x, t) - x0).square().flatten(1).sum(1).mean()
+        profile[round(float(lam), 3)] = float(err / baseline)
+    ratios = list(profile.values())
+    inside = [i for i in range(len(ratios)) if all(r <= limit for r in ratios[i:])]
+    covered = float(levels[inside[0]]) if inside else None
+    t_covered = None if covered is None else schedule.t_from_log_snr(torch.tensor(covered).double())
+    return {
+        "start_log_snr": float(lo),
+        "start_error_ratio": ratios[0],
+        "covered_from_log_snr": covered,
+        "covered_from_t": None if t_covered is None else float(t_covered),
+        "profile": profile,
+    }
+
+
+# ------------------------------------------------------------------------------------------------
 # results/diagnostics.json and the regime in words
 # ------------------------------------------------------------------------------------------------
 
@@ -626,15 +675,18 @@ def network_entry(
     floor: Mapping | None = None,
     copying: Mapping | None = None,
     training: Mapping | None = None,
+    coverage: Mapping | None = None,
     key: Callable = _default_key,
 ) -> dict:
     """One network's record in ``results/diagnostics.json`` (under ``networks``): from its converged
     PF-ODE and reverse-SDE rows (with ``fid``, ``fid_lo``, ``fid_hi``), ``floor_at_n``'s,
-    ``memorization``'s and ``loss_still_falling``'s records; every key is present, None where a part
-    is missing. Keys: ``converged_{ode,sde}_{fid,lo,hi,row}``, ``{ode,sde}_floor_ratio`` (converged
-    FID over the floor), ``floor_{fid,lo,hi,method,n}``, ``memorization_ratio``, ``copy_fraction``,
+    ``memorization``'s, ``loss_still_falling``'s and ``denoiser_coverage``'s records; every key is
+    present, None where a part is missing. Keys: ``converged_{ode,sde}_{fid,lo,hi,row}``,
+    ``{ode,sde}_floor_ratio`` (converged FID over the floor), ``floor_{fid,lo,hi,method,n}``,
+    ``memorization_ratio``, ``copy_fraction``,
     ``copy_fraction_null``, ``copy_p_value``, ``loss_still_falling``, ``val_loss_drop``,
-    ``suggested_max_steps``."""
+    ``suggested_max_steps``, ``start_log_snr``, ``start_error_ratio``, ``covered_from_log_snr``,
+    ``covered_from_t``."""
     out: dict = {}
     for kind, row in (("ode", converged_ode), ("sde", converged_sde)):
         out[f"converged_{kind}_fid"] = None if row is None else _get(row, "fid")
@@ -661,6 +713,8 @@ def network_entry(
         val_loss_drop=t.get("relative_drop"),
         suggested_max_steps=t.get("suggested_max_steps"),
     )
+    coverage_keys = ("start_log_snr", "start_error_ratio", "covered_from_log_snr", "covered_from_t")
+    out.update({k: (coverage or {}).get(k) for k in coverage_keys})
     return out
 
 
@@ -754,6 +808,26 @@ def _training_sentences(nets: Mapping[str, Mapping]) -> list[str]:
     return lines
 
 
+def _coverage_sentences(nets: Mapping[str, Mapping]) -> list[str]:
+    """Each network untrained where its sampling starts (``start_error_ratio > COVERAGE_LIMIT``)."""
+    lines = []
+    for name, e in nets.items():
+        if (e.get("start_error_ratio") or 0) <= COVERAGE_LIMIT:
+            continue
+        covered = e.get("covered_from_log_snr")
+        where, later = "nowhere", ""
+        if covered is not None:
+            where = f"within {COVERAGE_LIMIT:g}x only from log-SNR {covered:.2f}"
+            later = f", or start sampling there (schedule.<name>.params.t_max={e['covered_from_t']:.4g})"
+        lines.append(
+            f"{name} is untrained where sampling starts: at log-SNR {e['start_log_snr']:.2f} its held-out "
+            f"denoising error is {e['start_error_ratio']:,.0f}x the data mean's ({where}). Every row's "
+            "first step starts there, and a few-step row's FID measures that extrapolation as much as its "
+            f"solver. To remove it, train those noise levels (loss.P_uniform, loss.time_sampling){later}."
+        )
+    return lines
+
+
 def _budget_sentences(budgets: Sequence[Mapping]) -> list[str]:
     """Whether a budget's best row beats its own converged solution, and what that does to rankings."""
     budgets = [b for b in budgets if b.get("beats_converged") is not None]
@@ -785,7 +859,8 @@ def regime_sentences(diagnostics: Mapping, *, alpha: float = 1 - LEVEL) -> list[
     (from ``report.tables.budget_summary``'s ``best``). In order: the floor; each network's converged
     FIDs against it ("within the floor's interval" where the converged ``fid_lo`` reaches
     ``floor_hi``; network error said to dominate where every converged FID exceeds twice the floor);
-    copying (``copy_p_value < alpha``); training still under way; whether a budget's best row beats its
+    copying (``copy_p_value < alpha``); training still under way; a denoiser untrained where sampling
+    starts (``start_error_ratio`` above ``COVERAGE_LIMIT``); whether a budget's best row beats its
     own converged solution, and what that does to the rankings."""
     nets: Mapping[str, Mapping] = diagnostics.get("networks") or {}
     return [
@@ -794,6 +869,7 @@ def regime_sentences(diagnostics: Mapping, *, alpha: float = 1 - LEVEL) -> list[
         *_network_error_sentence(nets),
         *_copying_sentences(nets, alpha),
         *_training_sentences(nets),
+        *_coverage_sentences(nets),
         *_budget_sentences(diagnostics.get("budgets") or []),
     ]
 
@@ -856,14 +932,29 @@ def _stage_training(inputs: Mapping, net) -> tuple[dict | None, dict | None]:
         return curves, None
 
 
+def _stage_coverage(inputs: Mapping, net, seed: int, n_images: int = 256) -> dict | None:
+    """``denoiser_coverage`` of a trained network (the train stage's ``model.pt``) on the first
+    ``n_images`` held-out images (None for a pretrained entry, or without them)."""
+    from difflab.networks import load_network
+
+    data, folder = Path(inputs["data"]), Path(net.folder(str(inputs["models"])))
+    if net.pretrained or not ((folder / "model.pt").is_file() and (data / "heldout_images.npy").is_file()):
+        return None
+    top = json.loads((data / "meta.json").read_text())["levels"] - 1
+    x0 = 2 * torch.from_numpy(np.load(data / "heldout_images.npy")[:n_images]).float() / top - 1
+    D = load_network(folder)
+    return denoiser_coverage(D, D.schedule, x0, seed=seed)
+
+
 def network_diagnostics(seed_rows: Sequence, cfg: Mapping, inputs: Mapping, budgets: Sequence) -> dict:
     """``results/diagnostics.json`` (``networks``, ``budgets``, ``regime``) and the loss ``curves``: per
     network of ``cfg`` (``"<model>/seed_<seed>"``) its converged PF-ODE and SDE rows among the per-seed
     ``seed_rows`` (``difflab.results.Row``; the partners of its own-schedule rows), the floor at their
-    sample count, memorization of its converged ODE samples and whether its validation loss still fell
-    (``network_entry``); per NFE budget its best row against its converged solution (``budgets``:
-    ``report.tables.budget_summary``'s, each with ``budget`` and ``best``). ``inputs``: the folders
-    ``features``, ``data``, ``samples``, ``models``; a part whose files are absent is None."""
+    sample count, memorization of its converged ODE samples, whether its validation loss still fell and
+    its denoiser's error where sampling starts (``network_entry``); per NFE budget its best row against
+    its converged solution (``budgets``: ``report.tables.budget_summary``'s, each with ``budget`` and
+    ``best``). ``inputs``: the folders ``features``, ``data``, ``samples``, ``models``; a part whose
+    files are absent is None."""
     from difflab.networks import network_ids
 
     scale = ((cfg.get("sample") or {}).get("guidance_scales") or [None])[0]
@@ -879,7 +970,8 @@ def network_diagnostics(seed_rows: Sequence, cfg: Mapping, inputs: Mapping, budg
         floors[n] = floors[n] if n in floors else _stage_floor(inputs, n, cfg)
         name = f"{net.model}/seed_{net.seed}"
         curves[name], training = _stage_training(inputs, net)
-        parts = {"floor": floors[n], "copying": _stage_copying(inputs, ode), "training": training}
+        parts = {"floor": floors[n], "copying": _stage_copying(inputs, ode), "training": training,
+                 "coverage": _stage_coverage(inputs, net, cfg["seed"])}  # fmt: skip
         nets[name] = network_entry(converged_ode=ode, converged_sde=sde, **parts)
     shown = [{"budget": s.budget, "row": s.best.key, **{c: getattr(s.best, c) for c in VS_COLUMNS}}
              for s in budgets if s.best is not None]  # fmt: skip

@@ -10,6 +10,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from difflab.metrics.diagnostics import COVERAGE_LIMIT
 from difflab.metrics.paired import Pairing
 from difflab.report import axes, figures, tables, text, weights
 from difflab.results import ADAPTIVE_STEPS, Row
@@ -118,9 +119,10 @@ def _marks(shown: Sequence[Row], rows: Sequence[Row], ctx: ReportContext) -> tup
 
 
 # -- the sections ----------------------------------------------------------------------------------
+START_HEADER = f"denoiser error at the start (log-SNR; within {COVERAGE_LIMIT:g}x from)"
 NETWORK_HEADER = ("network", "converged PF-ODE FID [95%]", "converged SDE FID [95%]", "floor FID [95%]", "n",
                   "memorization ratio", "copy fraction (chance)", "val loss drop, last fifth",
-                  "still falling")  # fmt: skip
+                  "still falling", START_HEADER)  # fmt: skip
 FRONTIER_COLUMNS = ("schedule", "solver", "steps", "nfe", "fid", "fid_lo", "fid_hi", "solver_error",
                     "vs_converged", "beats_converged")  # fmt: skip
 DESIGN_COLUMNS = {
@@ -147,7 +149,10 @@ def _network_cells(name: str, e: Mapping) -> tuple:
             for k in ("converged_ode", "converged_sde", "floor")]  # fmt: skip
     copy = None if e["copy_fraction"] is None else f"{e['copy_fraction']:.2f} ({e['copy_fraction_null']:.2f})"
     drop = None if e["val_loss_drop"] is None else f"{e['val_loss_drop']:.1%}"
-    return (name, *fids, e["floor_n"], e["memorization_ratio"], copy, drop, e["loss_still_falling"])
+    ratio, covered = e.get("start_error_ratio"), e.get("covered_from_log_snr")
+    reach = "none" if covered is None else f"{covered:.2f}"
+    start = None if ratio is None else f"{ratio:,.3g}x at {e['start_log_snr']:.2f}; {reach}"
+    return (name, *fids, e["floor_n"], e["memorization_ratio"], copy, drop, e["loss_still_falling"], start)
 
 
 def network_first(rows: Sequence[Row], ctx: ReportContext) -> Section | None:
