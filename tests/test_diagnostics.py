@@ -363,5 +363,8 @@ def test_denoiser_coverage_finds_where_an_untrained_denoiser_stops_erring():
     text = " ".join(regime_sentences({"networks": {"vp_linear/seed_0": entry}}))
     assert "vp_linear/seed_0 is untrained where sampling starts: at log-SNR -10.05" in text
     assert f"only from log-SNR {first_good:.2f}" in text
+    t_max = float(schedule.t_from_log_snr(torch.tensor(first_good).double()))
+    assert out["covered_from_t"] == pytest.approx(t_max, abs=1e-4)  # the profile keys are rounded
+    assert f"schedule.vp_linear.params.t_max={out['covered_from_t']:.4g}" in text
     exact = denoiser_coverage(_gaussian_denoiser(schedule, s2), schedule, x0, seed=1)
     assert "untrained" not in " ".join(regime_sentences({"networks": {"n": network_entry(coverage=exact)}}))

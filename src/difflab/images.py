@@ -1,7 +1,7 @@
 """Samples as images: model space [-1, 1] to integer levels and back to 0..255, the samples file
 (``.npz``) and the PNG grid.
 
-``to_levels`` maps model space to integers ``{0..levels-1}`` (rounded, clamped);
+``to_levels`` maps model space to integers ``{0..levels-1}`` (rounded, clamped), ``from_levels`` back;
 ``levels_to_uint8_images`` spreads levels over 0..255 for feature extractors.
 """
 
@@ -29,6 +29,11 @@ def to_levels(x: Tensor, levels: int = 256) -> Tensor:
         raise ValueError("to_levels: samples hold nan or inf")
     k = ((x.float() + 1) / 2 * (levels - 1)).round().clamp(0, levels - 1)
     return k.to(torch.uint8)
+
+
+def from_levels(k: Tensor, levels: int) -> Tensor:
+    """Integer levels ``{0..levels-1}`` -> float32 model space: ``2 k / (levels - 1) - 1``."""
+    return torch.as_tensor(k).float() * (2.0 / (levels - 1)) - 1.0
 
 
 def levels_to_uint8_images(images: Tensor, levels: int = 256) -> Tensor:

@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
 
+from difflab.images import from_levels
 from difflab.schema import Field, check_section, registry
 
 log = logging.getLogger(__name__)
@@ -124,7 +125,7 @@ class ArrayDataModule(pl.LightningDataModule):
 
     def to_model_space(self, levels: Tensor) -> Tensor:
         """Integer levels -> float32 in [-1, 1]."""
-        return levels.float() * (2.0 / (self.levels - 1)) - 1.0
+        return from_levels(levels, self.levels)
 
     def split(self, name: str) -> tuple[Tensor, Tensor]:
         """``(levels, labels)`` of split ``train`` | ``val`` | ``test``."""

@@ -818,10 +818,13 @@ def _coverage_sentences(nets: Mapping[str, Mapping]) -> list[str]:
         where, later = "nowhere", ""
         if covered is not None:
             where = f"within {COVERAGE_LIMIT:g}x only from log-SNR {covered:.2f}"
-            later = f", or start sampling there (schedule.<name>.params.t_max={e['covered_from_t']:.4g})"
+            setting = f"schedule.{name.split('/')[0]}.params.t_max={e['covered_from_t']:.4g}"
+            later = f", or start sampling there ({setting})"
+        ratio = e["start_error_ratio"]
+        ratio = f"{ratio:,.0f}" if ratio >= 100 else _num(ratio)
         lines.append(
             f"{name} is untrained where sampling starts: at log-SNR {e['start_log_snr']:.2f} its held-out "
-            f"denoising error is {e['start_error_ratio']:,.0f}x the data mean's ({where}). Every row's "
+            f"denoising error is {ratio}x the data mean's ({where}). Every row's "
             "first step starts there, and a few-step row's FID measures that extrapolation as much as its "
             f"solver. To remove it, train those noise levels (loss.P_uniform, loss.time_sampling){later}."
         )
@@ -935,13 +938,14 @@ def _stage_training(inputs: Mapping, net) -> tuple[dict | None, dict | None]:
 def _stage_coverage(inputs: Mapping, net, seed: int, n_images: int = 256) -> dict | None:
     """``denoiser_coverage`` of a trained network (the train stage's ``model.pt``) on the first
     ``n_images`` held-out images (None for a pretrained entry, or without them)."""
+    from difflab.images import from_levels
     from difflab.networks import load_network
 
     data, folder = Path(inputs["data"]), Path(net.folder(str(inputs["models"])))
     if net.pretrained or not ((folder / "model.pt").is_file() and (data / "heldout_images.npy").is_file()):
         return None
-    top = json.loads((data / "meta.json").read_text())["levels"] - 1
-    x0 = 2 * torch.from_numpy(np.load(data / "heldout_images.npy")[:n_images]).float() / top - 1
+    levels = json.loads((data / "meta.json").read_text())["levels"]
+    x0 = from_levels(torch.from_numpy(np.load(data / "heldout_images.npy")[:n_images]), levels)
     D = load_network(folder)
     return denoiser_coverage(D, D.schedule, x0, seed=seed)
 
