@@ -814,11 +814,11 @@ def _coverage_sentences(nets: Mapping[str, Mapping]) -> list[str]:
     for name, e in nets.items():
         if (e.get("start_error_ratio") or 0) <= COVERAGE_LIMIT:
             continue
-        covered = e.get("covered_from_log_snr")
+        covered, schedule = e.get("covered_from_log_snr"), name.split("/")[0]  # a trained network's
         where, later = "nowhere", ""
         if covered is not None:
             where = f"within {COVERAGE_LIMIT:g}x only from log-SNR {covered:.2f}"
-            setting = f"schedule.{name.split('/')[0]}.params.t_max={e['covered_from_t']:.4g}"
+            setting = f"schedule.{schedule}.params.t_max={e['covered_from_t']:.4g}"
             later = f", or start sampling there ({setting})"
         ratio = e["start_error_ratio"]
         ratio = f"{ratio:,.0f}" if ratio >= 100 else _num(ratio)
@@ -826,7 +826,9 @@ def _coverage_sentences(nets: Mapping[str, Mapping]) -> list[str]:
             f"{name} is untrained where sampling starts: at log-SNR {e['start_log_snr']:.2f} its held-out "
             f"denoising error is {ratio}x the data mean's ({where}). Every row's "
             "first step starts there, and a few-step row's FID measures that extrapolation as much as its "
-            f"solver. To remove it, train those noise levels (loss.P_uniform, loss.time_sampling){later}."
+            f"solver. To remove it, precondition the network (schedule.{schedule}.prediction=edm: an "
+            "eps network's x0 error is its eps error times sigma/alpha), train those noise levels "
+            f"(loss.P_uniform){later}."
         )
     return lines
 
