@@ -85,5 +85,5 @@ wandb-report: setup  ## publish a W&B Report of the comparison (needs WANDB_MODE
 	$(RUN) python pipeline/wandb_tools.py report
 
 clean:  ## remove caches and pipeline outputs (keeps .venv and the DVC cache)
-	rm -rf .pytest_cache .ruff_cache outputs results data models references samples evals
+	rm -rf .pytest_cache .ruff_cache outputs results data models references samples evals grids
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
