@@ -142,6 +142,12 @@ def _join_ranks() -> None:
     _RANK_DEVICE = init_from_env()
 
 
+def _leave_ranks() -> None:
+    from difflab.distributed import leave
+
+    leave()
+
+
 def _is_main_rank() -> bool:
     from difflab.distributed import is_main
 
@@ -195,6 +201,8 @@ def run(main, args, imports: tuple[str, ...] = ("torch",), *, ranks: bool = Fals
         if ranks:
             _join_ranks()
         main(args)
+        if ranks:
+            _leave_ranks()
     except (ValueError, FileNotFoundError) as e:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         print(f"error: {msg}", file=sys.stderr)
