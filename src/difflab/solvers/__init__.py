@@ -16,18 +16,12 @@ The equations (Song et al. 2021), with ``score = (alpha D - x) / sigma^2`` (Twee
     kernel        q(x_t | x_s) = N((alpha_t/alpha_s) x_s, (sigma_t^2 - (alpha_t/alpha_s)^2 sigma_s^2) I)
     EDM variables dy/du = y - D(alpha y, t(u)),  y = x/alpha,  u = log(sigma/alpha)
 
-Each solver's ``SolverSpec`` (``get_spec(name)``) says whether it is stochastic or adaptive, its
-order, its options with defaults and ranges, its NFE rule and whether it is schedule-invariant:
-steppers in log-SNR or in EDM's variables give the same samples under every schedule for the same
-exact denoiser and log-SNR grid; steppers in t (euler, heun, euler_maruyama, pc) do not.
+Steppers in log-SNR or in EDM's variables are schedule-invariant (``SolverSpec``). They run
+k-diffusion's samplers (written for alpha = 1, its sigma = our ``s = sigma/alpha``) under any schedule
+on ``x = alpha y``, with Python-float coefficients that fold the alpha ratios in; k-diffusion's sigmas
+are ``[s_0, ..., s_K, 0]``, and its last step ``s_K -> 0`` is our final denoising.
 A new solver is one function ``sample_<name>`` with ``@register(stochastic=..., order=..., options=...)``
-in a module imported below (registered as ``<name>``). Modules: ``classic`` (steppers in t, ddpm, ddim),
-``dpm`` (DPM-Solver++ multistep), ``edm`` (EDM's Heun and stochastic sampler, Euler ancestral),
-``unipc``, ``deis``, ``singlestep`` (DPM-Solver++ singlestep, k-diffusion's DPM-Solver-2 and fast),
-``multistep`` (iPNDM, LMS, PNDM, SA-Solver), ``adaptive`` (rk45, dpm_adaptive), ``fitted`` (GITS and
-DMN grids); the machinery: ``registry`` (specs and options), ``grids`` (time grids), ``equations``
-(drifts, EDM's variables, noise, counting) and ``run`` (the per-call set-up).
-"""
+in a module imported below (registered as ``<name>``)."""
 
 # isort: off
 from difflab.solvers import classic, dpm, edm, unipc, deis, singlestep, multistep, adaptive  # noqa: F401  (each registers its solvers)

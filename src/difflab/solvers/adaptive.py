@@ -7,11 +7,10 @@ import math
 
 import torch
 
-from difflab.solvers.edm import _denoise
 from difflab.solvers.equations import edm_ode_velocity
 from difflab.solvers.registry import Option, register
 from difflab.solvers.run import Run
-from difflab.solvers.singlestep import _dpm_solver_step, _grid_level, _levels, _mid_fractions
+from difflab.solvers.singlestep import _MID_FRACTIONS, _dpm_solver_step, _grid_level, _levels
 
 _TOLERANCE = dict(kind=float, low=0.0, low_open=True)
 
@@ -33,8 +32,7 @@ def sample_rk45(
 ):
     """Adaptive PF-ODE with torchdiffeq's dopri5 on ``edm_ode_velocity`` (``steps``: 0, None or any
     int, ignored). In plain t the VP-cosine ODE is stiff near t_max; in ``y = x / alpha`` over
-    ``u = log(sigma/alpha)`` it is not. Wrap the denoiser in ``CountingDenoiser`` to read the NFE.
-    """
+    ``u = log(sigma/alpha)`` it is not. Wrap the denoiser in ``CountingDenoiser`` to read the NFE."""
     from torchdiffeq import odeint
 
     run = Run(sample_rk45, denoiser, schedule, noise, steps, grid, cond, options)
@@ -46,15 +44,8 @@ def sample_rk45(
 
     # step_t at the end: the last step lands on it instead of stepping past it and interpolating back,
     # so the denoiser is never asked beyond the schedule's t_min (a reparametrized one would refuse)
-    y = odeint(
-        rhs,
-        x / run.a[0],
-        u,
-        rtol=run.opts["rtol"],
-        atol=run.opts["atol"],
-        method="dopri5",
-        options={"step_t": u[-1:]},
-    )[-1]
+    tol = {"rtol": run.opts["rtol"], "atol": run.opts["atol"]}
+    y = odeint(rhs, x / run.a[0], u, method="dopri5", options={"step_t": u[-1:]}, **tol)[-1]
     return run.finish(run.a[-1] * y)
 
 
@@ -124,17 +115,15 @@ def sample_dpm_adaptive(
     (rtol 0.05, atol 0.0078 for images in [-1, 1]: loose; tighten them for accuracy). With eta > 0 each
     step goes to ``s_down`` and adds ``s_up`` noise in y (k-diffusion's ancestral split of ``s -> s'``,
     ``s_down`` clamped to the end) and the controller uses order 1.5. Wrap the denoiser in
-    ``CountingDenoiser`` to read the NFE.
-    """
+    ``CountingDenoiser`` to read the NFE."""
     run = Run(sample_dpm_adaptive, denoiser, schedule, noise, steps, grid, cond, options)
     o = run.opts
     eta, order = o["eta"], o["order"]
-    fractions = _mid_fractions(order)
+    fractions = _MID_FRACTIONS[order]
     pid = _PIDStepSize(
         o["h_init"], o["pcoeff"], o["icoeff"], o["dcoeff"], 1.5 if eta > 0 else order, o["accept_safety"]
     )
-    last = _grid_level(run, run.K)
-    start = _grid_level(run, 0)
+    start, last = _grid_level(run, 0), _grid_level(run, run.K)
     x = run.x
     y_prev = x / start.a
     while start.lam < last.lam - 1e-5:
@@ -151,7 +140,7 @@ def sample_dpm_adaptive(
         levels = _levels(run, [start.lam + r * h for r in fractions] + at)
         mids = levels[: len(fractions)]
         end = levels[len(fractions)] if lam_down < last.lam else last
-        D = _denoise(run, x, start.t)
+        D = run.denoise(x, start.t)
         x_high, x_low = _dpm_solver_step(run, x, D, start, end, mids, embedded=True)
         y_low = x_low.div_(end.a)
         delta = torch.maximum(y_low.abs(), y_prev.abs()).mul_(o["rtol"]).clamp_(min=o["atol"])

@@ -1,17 +1,12 @@
-"""The classic solvers: SDE and PF-ODE steppers in t (euler_maruyama, euler, heun, pc) and the
-Gaussian-posterior samplers in log-SNR (ddpm, ddim).
-
-Euler-Maruyama, Euler, Heun and pc step in t, so under the same exact denoiser and log-SNR grid their
-samples depend on the schedule; ddpm and ddim use only alpha, sigma and log-SNR at the grid times and
-do not (``SolverSpec.schedule_invariant``).
-"""
+"""The classic solvers: SDE and PF-ODE steppers in t (euler_maruyama, euler, heun, pc), whose samples
+depend on the schedule, and the Gaussian-posterior samplers in log-SNR (ddpm, ddim), which use only
+alpha, sigma and log-SNR at the grid times and do not."""
 
 from __future__ import annotations
 
 import math
 
 import torch
-from torch import Tensor
 
 from difflab.solvers.equations import _pf_coefficients, _sde_coefficients
 from difflab.solvers.registry import Option, register
@@ -56,10 +51,8 @@ def sample_euler(denoiser, schedule, noise, steps, *, grid="uniform", generator=
     summary="Heun on the PF-ODE in t",
 )
 def sample_heun(denoiser, schedule, noise, steps, *, grid="uniform", generator=None, cond=None, **options):
-    """Heun on the PF-ODE in t (Karras et al. 2022, Alg. 1): Euler predictor, trapezoid corrector.
-
-    Every step is corrected (the last one ends at t_min > 0, not at sigma = 0): 2 K + 1 evaluations.
-    """
+    """Heun on the PF-ODE in t (Karras et al. 2022, Alg. 1): Euler predictor, trapezoid corrector; every
+    step is corrected (the last one ends at t_min > 0, not at sigma = 0)."""
     run = Run(sample_heun, denoiser, schedule, noise, steps, grid, cond, options)
     c_x, c_D = (c.tolist() for c in _pf_coefficients(schedule, run.ts))
     x = run.x
@@ -76,18 +69,6 @@ def sample_heun(denoiser, schedule, noise, steps, *, grid="uniform", generator=N
     return run.finish(x)
 
 
-def _ddim_step(run: Run, i: int, x: Tensor, D: Tensor, eta: float, generator) -> Tensor:
-    """Generalised DDIM (Song et al. 2021): ``x_s = a_s D + sqrt(s_s^2 - c^2) eps_hat + c z``,
-    ``c = eta * s_s sqrt(1 - exp(lam_t - lam_s))``; eta = 1 is the posterior ``q(x_s | x_t, D)``."""
-    a_t, s_t, a_s, s_s = run.a[i], run.s[i], run.a[i + 1], run.s[i + 1]
-    em = _kernel_ratio(run, i)
-    k_eps = s_s * math.sqrt(1 - eta**2 * em) / s_t  # coefficient of eps_hat = (x - a_t D) / s_t
-    _axpby_(x, k_eps, a_s - k_eps * a_t, D)
-    if eta > 0:
-        run.add_noise_(x, eta * s_s * math.sqrt(em), generator)
-    return x
-
-
 @register(
     stochastic=True,
     order=1,
@@ -95,11 +76,9 @@ def _ddim_step(run: Run, i: int, x: Tensor, D: Tensor, eta: float, generator) ->
     summary="ancestral sampling from the Gaussian posterior (any schedule)",
 )
 def sample_ddpm(denoiser, schedule, noise, steps, *, grid="uniform", generator=None, cond=None, **options):
-    """Ancestral sampling from the Gaussian posterior ``q(x_s | x_t, x0 = D)`` of the transition kernel.
-
-    With ``r = exp(lam_t - lam_s) = (alpha_t/alpha_s)^2 sigma_s^2 / sigma_t^2``:
-    mean = ``alpha_s (1 - r) D + (alpha_t sigma_s^2 / (alpha_s sigma_t^2)) x_t``, var = ``sigma_s^2 (1 - r)``.
-    """
+    """Ancestral sampling from the Gaussian posterior ``q(x_s | x_t, x0 = D)`` of the transition kernel:
+    with ``r = exp(lam_t - lam_s) = (alpha_t/alpha_s)^2 sigma_s^2 / sigma_t^2``, variance
+    ``sigma_s^2 (1 - r)`` and mean ``alpha_s (1 - r) D + (alpha_t sigma_s^2 / (alpha_s sigma_t^2)) x_t``."""
     run = Run(sample_ddpm, denoiser, schedule, noise, steps, grid, cond, options)
     x = run.x
     for i in range(run.K):
@@ -121,13 +100,19 @@ def sample_ddpm(denoiser, schedule, noise, steps, *, grid="uniform", generator=N
     summary="DDIM (eta = 0: first-order exponential integrator in log-SNR)",
 )
 def sample_ddim(denoiser, schedule, noise, steps, *, grid="uniform", generator=None, cond=None, **options):
-    """DDIM (Song, Meng & Ermon 2021); option ``eta`` in [0, 1] (0: deterministic, 1: ddpm's posterior)."""
+    """Generalised DDIM (Song, Meng & Ermon 2021): ``x_s = a_s D + sqrt(s_s^2 - c^2) eps_hat + c z``,
+    ``c = eta s_s sqrt(1 - exp(lam_t - lam_s))``; eta = 1 is the posterior ``q(x_s | x_t, D)`` (ddpm's)."""
     run = Run(sample_ddim, denoiser, schedule, noise, steps, grid, cond, options)
     eta = run.opts["eta"]
     x = run.x
     for i in range(run.K):
         D = run.D(x, i)
-        _ddim_step(run, i, x, D, eta, generator)
+        a_t, s_t, a_s, s_s = run.a[i], run.s[i], run.a[i + 1], run.s[i + 1]
+        em = _kernel_ratio(run, i)
+        k_eps = s_s * math.sqrt(1 - eta**2 * em) / s_t  # coefficient of eps_hat = (x - a_t D) / s_t
+        _axpby_(x, k_eps, a_s - k_eps * a_t, D)
+        if eta > 0:
+            run.add_noise_(x, eta * s_s * math.sqrt(em), generator)
         run.report(i, x, D)
     return run.finish(x)
 
@@ -153,8 +138,7 @@ def sample_pc(denoiser, schedule, noise, steps, *, grid="uniform", generator=Non
     dimension where a row's score can vanish. Predictor, from the exact kernel
     ``x_t = r x_s + sqrt(v) z``, ``r = alpha_t/alpha_s``, ``v = sigma_t^2 (1 - exp(lam_t - lam_s))``:
     ``x_s = (2 - r) x_t + v score(x_t, t) + sqrt(v) z``
-    (for VP: Song's ``(2 - sqrt(1 - beta)) x + beta score``).
-    """
+    (for VP: Song's ``(2 - sqrt(1 - beta)) x + beta score``)."""
     run = Run(sample_pc, denoiser, schedule, noise, steps, grid, cond, options)
     snr, n_corrector = run.opts["snr"], run.opts["n_corrector"]
     x = run.x

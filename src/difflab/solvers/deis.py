@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import math
 
-import torch
-
 from difflab.solvers.registry import Option, register
-from difflab.solvers.run import Run
+from difflab.solvers.run import Run, _run_plan
 from difflab.solvers.unipc import _phi
 
 _LOWER_ORDER_FINAL_BELOW = 15  # diffusers: lower orders on the last two steps only for K < 15
@@ -38,15 +36,6 @@ def _deis_step(lam: list[float], a: list[float], s: list[float], j: int, q: int)
     return a[j + 1] / a[j], coefs
 
 
-def _order(p: int, j: int, K: int) -> int:
-    """diffusers' order at step j: warm-up ``min(p, j + 1)``; for K < 15 order 1 on the last step
-    and at most 2 on the one before (``lower_order_final=True``)."""
-    q = min(p, j + 1)
-    if K < _LOWER_ORDER_FINAL_BELOW:
-        q = min(q, K - j)
-    return q
-
-
 @register(
     stochastic=False,
     order=2,
@@ -74,20 +63,10 @@ def sample_deis(denoiser, schedule, noise, steps, *, grid="uniform", generator=N
     ``c_0 = rho_{j+1} - rho_j``). The paper's tAB fits the polynomial in t, which depends on the
     schedule; in log rho the sampler is schedule-invariant. Option ``order`` (the largest q) in 1..3,
     default 2 (diffusers' ``solver_order=2``); q = ``min(order, j + 1)``, and for K < 15 steps q = 1 on
-    the last step and q <= 2 on the one before, as diffusers does.
-    """
+    the last step and q <= 2 on the one before (diffusers' ``lower_order_final``)."""
     run = Run(sample_deis, denoiser, schedule, noise, steps, grid, cond, options)
     p, K = run.opts["order"], run.K
     lam = [lam / 2 for lam in run.lam]
-    plan = [_deis_step(lam, run.a, run.s, j, _order(p, j, K)) for j in range(K)]
-    x, history = run.x, []  # history: eps_i, eps_{i-1}, ... (newest first)
-    for i, (c_x, coefs) in enumerate(plan):
-        D = run.D(x, i)
-        eps = history.pop() if len(history) == p else torch.empty_like(x)  # reuse the oldest buffer
-        torch.add(x, D, alpha=-run.a[i], out=eps).div_(run.s[i])
-        history.insert(0, eps)
-        x.mul_(c_x)
-        for c, eps_m in zip(coefs, history):
-            x.add_(eps_m, alpha=c)
-        run.report(i, x, D)
-    return run.finish(x)
+    orders = [min(p, j + 1, K - j) if K < _LOWER_ORDER_FINAL_BELOW else min(p, j + 1) for j in range(K)]
+    plan = [_deis_step(lam, run.a, run.s, j, q) for j, q in enumerate(orders)]
+    return _run_plan(run, plan, eps=True)

@@ -7,14 +7,11 @@ import math
 from torch import Tensor
 
 from difflab.solvers.registry import Option, register
-from difflab.solvers.run import Run, _axpby_
+from difflab.solvers.run import Run, _run_plan
 
 
 @register(
-    stochastic=False,
-    order=2,
-    schedule_invariant=True,
-    summary="DPM-Solver++(2M), data prediction, multistep",
+    stochastic=False, order=2, schedule_invariant=True, summary="DPM-Solver++(2M), data prediction, multistep"
 )
 def sample_dpm_solver_2m(
     denoiser, schedule, noise, steps, *, grid="uniform", generator=None, cond=None, **options
@@ -25,19 +22,17 @@ def sample_dpm_solver_2m(
     ``r = h_prev / h`` (first step: ``D' = D_t``)."""
     run = Run(sample_dpm_solver_2m, denoiser, schedule, noise, steps, grid, cond, options)
     half = [lam / 2 for lam in run.lam]  # lambda = log(alpha / sigma)
-    x, D_prev = run.x, None
+    plan = []
     for i in range(run.K):
-        D = run.D(x, i)
         h = half[i + 1] - half[i]
-        c_x, c_D = run.s[i + 1] / run.s[i], -run.a[i + 1] * math.expm1(-h)
-        if D_prev is None:
-            _axpby_(x, c_x, c_D, D)
-        else:  # c_x x + c_D ((1 + 1/(2r)) D - 1/(2r) D_prev), three passes
+        c_D = -run.a[i + 1] * math.expm1(-h)
+        if i == 0:
+            w = [c_D]
+        else:  # c_D ((1 + 1/(2r)) D - 1/(2r) D_prev)
             r = (half[i] - half[i - 1]) / h
-            _axpby_(x, c_x, c_D * (1 + 1 / (2 * r)), D).add_(D_prev, alpha=-c_D / (2 * r))
-        D_prev = D  # as k-diffusion: the denoiser returns a fresh tensor per call
-        run.report(i, x, D)
-    return run.finish(x)
+            w = [c_D * (1 + 1 / (2 * r)), -c_D / (2 * r)]
+        plan.append((run.s[i + 1] / run.s[i], w))
+    return _run_plan(run, plan)
 
 
 def _multistep_coefficients(
@@ -59,8 +54,7 @@ def _multistep_coefficients(
     ``third_order=True``: local error O(h^4), third-order convergence). With c = 1 (the default) it gets
     half its weight, as in Lu et al.'s multistep reference code, diffusers and k-diffusion: kept for
     parity, so the local error is O(h^3) and the measured convergence is second order once the steps are
-    fine (on the std-0.5 test mixture: error / 10, 5.5, 4.4 per doubling from 8 log-SNR steps).
-    """
+    fine (on the std-0.5 test mixture: error / 10, 5.5, 4.4 per doubling from 8 log-SNR steps)."""
     H = (1 + eta) * h
     phi_1 = -math.expm1(-H)
     if h_1 is None:
@@ -81,23 +75,14 @@ def _dpm_3m(run: Run, generator) -> Tensor:
     """DPM-Solver++(3M) with noise ``eta`` (0: the ODE solver), shared by the two registrations."""
     eta, third_order = run.opts.get("eta", 0.0), run.opts.get("third_order", False)
     half = [lam / 2 for lam in run.lam]  # lambda = log(alpha / sigma)
-    x = run.x
-    D_1 = D_2 = h_1 = h_2 = None
+    plan, stds, h_1, h_2 = [], [], None, None
     for i in range(run.K):
-        D = run.D(x, i)
         h = half[i + 1] - half[i]
-        a_next = run.a[i + 1]
-        w_D, w_1, w_2 = _multistep_coefficients(h, eta, h_1, h_2, third_order)
-        _axpby_(x, run.s[i + 1] / run.s[i] * math.exp(-eta * h), a_next * w_D, D)
-        if D_1 is not None:
-            x.add_(D_1, alpha=a_next * w_1)
-        if D_2 is not None:
-            x.add_(D_2, alpha=a_next * w_2)
-        if eta > 0:
-            run.add_noise_(x, run.s[i + 1] * math.sqrt(-math.expm1(-2 * eta * h)), generator)
-        D_1, D_2, h_1, h_2 = D, D_1, h, h_1
-        run.report(i, x, D)
-    return run.finish(x)
+        w = _multistep_coefficients(h, eta, h_1, h_2, third_order)
+        plan.append((run.s[i + 1] / run.s[i] * math.exp(-eta * h), [run.a[i + 1] * c for c in w]))
+        stds.append(run.s[i + 1] * math.sqrt(-math.expm1(-2 * eta * h)) if eta > 0 else None)
+        h_1, h_2 = h, h_1
+    return _run_plan(run, plan, stds=stds, generator=generator)
 
 
 @register(
@@ -117,32 +102,27 @@ def sample_dpm_solver_3m(
     denoiser, schedule, noise, steps, *, grid="uniform", generator=None, cond=None, **options
 ):
     """DPM-Solver++(3M) (Lu et al. 2022), data prediction, multistep: with ``h = lambda_s - lambda_t``,
-
-        x_s = (sigma_s/sigma_t) x_t + alpha_s [phi_1 D_t + phi_2 d1 - c phi_3 d2],
-
-    ``phi_1 = 1 - e^-h``, ``phi_2 = 1 - phi_1/h``, ``phi_3 = phi_2/h - 1/2`` and the divided differences
-    ``d1, d2`` of the last three D (``_multistep_coefficients``); first step first order, second step
-    second order (``phi_2 (D_t - D_prev) / r``, diffusers' ``solver_type="heun"``).
-
-    Option ``third_order`` (default False): c = 2, the exact weight of d2, so the solver converges at
-    third order. With c = 1 (default) it equals k-diffusion's ``sample_dpmpp_3m_sde`` with eta = 0 and
-    diffusers' ``DPMSolverMultistepScheduler(solver_order=3, algorithm_type="dpmsolver++",
-    solver_type="heun", lower_order_final=False)``; like them it then weights d2 by half its exact
-    integral and converges at second order asymptotically. The spec's order (3) is the option's.
-    """
+    ``x_s = (sigma_s/sigma_t) x_t + alpha_s [phi_1 D_t + phi_2 d1 - c phi_3 d2]`` (``_multistep_coefficients``
+    at eta = 0; its second step is diffusers' ``solver_type="heun"``). ``third_order``: c = 2, the exact
+    weight of d2 (third order). c = 1 (default) equals k-diffusion's ``sample_dpmpp_3m_sde`` with eta = 0
+    and diffusers' ``DPMSolverMultistepScheduler(solver_order=3, algorithm_type="dpmsolver++",
+    solver_type="heun", lower_order_final=False)``, which weight d2 by half its exact integral and
+    converge at second order asymptotically. The spec's order (3) is the option's."""
     run = Run(sample_dpm_solver_3m, denoiser, schedule, noise, steps, grid, cond, options)
     return _dpm_3m(run, generator)
 
 
-_ETA = {"eta": Option(1.0, low=0.0, high=1.0, doc="0: the ODE solver; 1: the reverse SDE")}
+_SDE = dict(
+    stochastic=True,
+    schedule_invariant=True,
+    stochastic_if=lambda o: o["eta"] > 0,
+    options={"eta": Option(1.0, low=0.0, high=1.0, doc="0: the ODE solver; 1: the reverse SDE")},
+)
 
 
 @register(
-    stochastic=True,
     order=2,
-    schedule_invariant=True,
-    stochastic_if=lambda o: o["eta"] > 0,
-    options=dict(_ETA),
+    **_SDE,
     summary="SDE-DPM-Solver++(2M), midpoint (order of the eta = 0 update; strong order 1 with noise)",
 )
 def sample_dpm_solver_2m_sde(
@@ -155,34 +135,23 @@ def sample_dpm_solver_2m_sde(
               + sigma_s sqrt(1 - e^{-2 eta h}) z,      r = h_prev / h  (first step: D_t only);
 
     eta = 1 is the reverse SDE's exponential integrator (diffusers' ``sde-dpmsolver++``), eta = 0 is
-    ``dpm_solver_2m``.
-    """
+    ``dpm_solver_2m``."""
     run = Run(sample_dpm_solver_2m_sde, denoiser, schedule, noise, steps, grid, cond, options)
     eta = run.opts["eta"]
     half = [lam / 2 for lam in run.lam]  # lambda = log(alpha / sigma)
-    x, D_prev, h_prev = run.x, None, None
+    plan, stds = [], []
     for i in range(run.K):
-        D = run.D(x, i)
         h = half[i + 1] - half[i]
         c_x, c_D = run.s[i + 1] / run.s[i] * math.exp(-eta * h), -run.a[i + 1] * math.expm1(-(1 + eta) * h)
-        if D_prev is None:
-            _axpby_(x, c_x, c_D, D)
-        else:
-            w = c_D * h / (2 * h_prev)  # c_D / (2 r)
-            _axpby_(x, c_x, c_D + w, D).add_(D_prev, alpha=-w)
-        if eta > 0:
-            run.add_noise_(x, run.s[i + 1] * math.sqrt(-math.expm1(-2 * eta * h)), generator)
-        D_prev, h_prev = D, h
-        run.report(i, x, D)
-    return run.finish(x)
+        w = c_D * h / (2 * (half[i] - half[i - 1])) if i > 0 else None  # c_D / (2 r)
+        plan.append((c_x, [c_D] if w is None else [c_D + w, -w]))
+        stds.append(run.s[i + 1] * math.sqrt(-math.expm1(-2 * eta * h)) if eta > 0 else None)
+    return _run_plan(run, plan, stds=stds, generator=generator)
 
 
 @register(
-    stochastic=True,
     order=3,
-    schedule_invariant=True,
-    stochastic_if=lambda o: o["eta"] > 0,
-    options=dict(_ETA),
+    **_SDE,
     summary="SDE-DPM-Solver++(3M) (order of the eta = 0 update; strong order 1 with noise)",
 )
 def sample_dpm_solver_3m_sde(
@@ -194,9 +163,8 @@ def sample_dpm_solver_3m_sde(
         x_s = (sigma_s/sigma_t) e^{-eta h} x_t + alpha_s [phi_1 D_t + phi_2 d1 - phi_3 d2]
               + sigma_s sqrt(1 - e^{-2 eta h}) z,
 
-    ``phi_1 = 1 - e^-H``, ``phi_2 = 1 - phi_1/H``, ``phi_3 = phi_2/H - 1/2`` (``_multistep_coefficients``);
-    eta = 0 is ``dpm_solver_3m``. diffusers' third-order ``sde-dpmsolver++`` step weights d2 by
-    ``(1 - e^-H - H)/H^2 - 1/2``, not ``-phi_3 = (1 - e^-H - H)/H^2 + 1/2``: it agrees for two steps only.
-    """
+    (``_multistep_coefficients``); eta = 0 is ``dpm_solver_3m``. diffusers' third-order ``sde-dpmsolver++``
+    step weights d2 by ``(1 - e^-H - H)/H^2 - 1/2``, not ``-phi_3 = (1 - e^-H - H)/H^2 + 1/2``: it agrees
+    for two steps only."""
     run = Run(sample_dpm_solver_3m_sde, denoiser, schedule, noise, steps, grid, cond, options)
     return _dpm_3m(run, generator)

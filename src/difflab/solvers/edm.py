@@ -1,13 +1,6 @@
-"""Samplers in EDM's variables (Karras et al. 2022): y = x / alpha over s = sigma / alpha.
-
-In these variables the PF-ODE is ``dy/ds = (y - D(alpha y, t(s))) / s`` with
-``t(s) = schedule.t_from_log_snr(-2 log s)`` for every schedule, so k-diffusion's samplers (written for
-alpha = 1 and its sigma = our s) apply to any schedule through ``x = alpha y``. The state is kept in
-x; each step's coefficients are Python floats that fold the alpha ratios in. All three solvers are
-schedule-invariant: the same exact denoiser and log-SNR grid give the same samples under every
-schedule. Our grid's K steps are k-diffusion's steps on sigmas ``[s_0, ..., s_K]``; its last step,
-``s_K -> 0``, is our final denoising ``D(x(t_K), t_K)``.
-"""
+"""Samplers in EDM's variables (Karras et al. 2022): ``y = x / alpha`` over ``s = sigma / alpha``, in which
+the PF-ODE is ``dy/ds = (y - D(alpha y, t(s))) / s`` with ``t(s) = schedule.t_from_log_snr(-2 log s)``
+for every schedule."""
 
 from __future__ import annotations
 
@@ -16,9 +9,10 @@ import math
 import torch
 from torch import Tensor
 
-from difflab.solvers.equations import _call
 from difflab.solvers.registry import Option, register
 from difflab.solvers.run import Run, _axpby_, _kernel_ratio
+
+_TWO_PER_STEP = dict(order=2, nfe_rule=lambda steps, options: 2 * steps + 1, schedule_invariant=True)
 
 
 class _NoiseLevel(Option):
@@ -33,12 +27,6 @@ class _NoiseLevel(Option):
         return super().check(solver, key, value)
 
 
-def _denoise(run: Run, x: Tensor, t_batch: Tensor) -> Tensor:
-    """The denoiser at a time off the grid (``t_batch`` ``[B]``), never sharing memory with ``x``."""
-    out = _call(run.denoiser, x, t_batch, run.cond)
-    return out.clone() if out.untyped_storage().data_ptr() == x.untyped_storage().data_ptr() else out
-
-
 def _heun_step_(run: Run, i: int, x: Tensor, D: Tensor, a: float, s: float, x_pred: Tensor) -> Tensor:
     """One Heun step in y over s from ``(alpha, s) = (a, s)`` (``x = a y``, ``D`` there) to grid time
     ``t_{i+1}``, in place; ``x_pred`` is a buffer. With ``h = s' - s``, ``r = alpha'/a``:
@@ -46,8 +34,7 @@ def _heun_step_(run: Run, i: int, x: Tensor, D: Tensor, a: float, s: float, x_pr
         x_pred = (sigma'/(a s)) x + alpha' (1 - s'/s) D                    (Euler = DDIM in x)
         x'     = (r/2) x + (1 - s/(2 s')) x_pred - alpha' h/(2 s') D(x_pred, t_{i+1}),
 
-    i.e. ``y' = y + h/2 (d + d')``, ``d = (y - D)/s``, ``d' = (y_pred - D')/s'``.
-    """
+    i.e. ``y' = y + h/2 (d + d')``, ``d = (y - D)/s``, ``d' = (y_pred - D')/s'``."""
     a_next, s_next = run.a[i + 1], run.s[i + 1] / run.a[i + 1]
     h = s_next - s
     torch.mul(x, (a_next / a) * (s_next / s), out=x_pred).add_(D, alpha=a_next * (1 - s_next / s))
@@ -59,37 +46,59 @@ def _heun_step_(run: Run, i: int, x: Tensor, D: Tensor, a: float, s: float, x_pr
     )
 
 
-@register(
-    stochastic=False,
-    order=2,
-    nfe_rule=lambda steps, options: 2 * steps + 1,
-    schedule_invariant=True,
-    summary="EDM's Heun sampler (Alg. 1) in y = x/alpha over s = sigma/alpha",
-)
-def sample_heun_edm(
-    denoiser, schedule, noise, steps, *, grid="uniform", generator=None, cond=None, **options
-):
-    """EDM's deterministic sampler (Karras et al. 2022, Alg. 1): Heun on ``dy/ds = (y - D)/s``.
-
-    Each of the K grid steps ``s_i -> s_{i+1}`` is an Euler predictor and a trapezoid corrector; the
-    final denoising is EDM's closing Euler step to ``s = 0`` (``y + (0 - s_K)(y - D)/s_K = D``), so the
-    sample equals k-diffusion's ``sample_heun`` on sigmas ``[s_0, ..., s_K, 0]``: 2 K + 1 evaluations.
-    """
-    run = Run(sample_heun_edm, denoiser, schedule, noise, steps, grid, cond, options)
+def _edm_sampler(run: Run, generator) -> Tensor:
+    """EDM's Alg. 2 with ``sample_edm_stochastic``'s options (none: no churn, Alg. 1)."""
+    o = run.opts
+    gamma = min(o.get("s_churn", 0.0) / (run.K + 1), math.sqrt(2) - 1)
+    s = [sig / a for sig, a in zip(run.s, run.a)]
+    churn = [i for i in range(run.K) if gamma > 0 and o["s_tmin"] <= s[i] <= o["s_tmax"]]
     x = run.x
+    hat = {}  # step -> (t_hat [B], alpha_hat, s_hat)
+    if churn:
+        s_hat = torch.tensor([s[i] * (1 + gamma) for i in churn], dtype=torch.float64, device=x.device)
+        t_hat = run.schedule.t_from_log_snr(-2 * torch.log(s_hat)).to(torch.float64)
+        a_hat = run.schedule.alpha(t_hat)
+        if not (torch.isfinite(t_hat).all() and torch.isfinite(a_hat).all() and (a_hat > 0).all()):
+            raise ValueError(
+                f"edm_stochastic: churned noise levels {s_hat.tolist()} are outside {run.schedule!r}; "
+                "lower s_tmax or s_churn"
+            )
+        for i, t, a, sh in zip(churn, t_hat, a_hat.tolist(), s_hat.tolist()):
+            hat[i] = (t.to(x.dtype).expand(x.shape[0]).contiguous(), a, sh)
     x_pred = torch.empty_like(x)
     for i in range(run.K):
-        D = run.D(x, i)
-        _heun_step_(run, i, x, D, run.a[i], run.s[i] / run.a[i], x_pred)
+        if i in hat:
+            t_b, a, s_from = hat[i]
+            x.mul_(a / run.a[i])
+            run.add_noise_(x, a * s[i] * math.sqrt((1 + gamma) ** 2 - 1) * o["s_noise"], generator)
+            D = run.denoise(x, t_b)
+        else:
+            a, s_from = run.a[i], s[i]
+            D = run.D(x, i)
+        _heun_step_(run, i, x, D, a, s_from, x_pred)
         run.report(i, x, D)
     return run.finish(x)
 
 
 @register(
+    stochastic=False,
+    **_TWO_PER_STEP,
+    summary="EDM's Heun sampler (Alg. 1) in y = x/alpha over s = sigma/alpha",
+)
+def sample_heun_edm(
+    denoiser, schedule, noise, steps, *, grid="uniform", generator=None, cond=None, **options
+):
+    """EDM's deterministic sampler (Karras et al. 2022, Alg. 1): Heun on ``dy/ds = (y - D)/s``, an Euler
+    predictor and a trapezoid corrector per grid step (``_heun_step_``). The final denoising is EDM's
+    closing Euler step to ``s = 0`` (``y + (0 - s_K)(y - D)/s_K = D``), so the sample equals k-diffusion's
+    ``sample_heun``."""
+    run = Run(sample_heun_edm, denoiser, schedule, noise, steps, grid, cond, options)
+    return _edm_sampler(run, generator)
+
+
+@register(
     stochastic=True,
-    order=2,
-    nfe_rule=lambda steps, options: 2 * steps + 1,
-    schedule_invariant=True,
+    **_TWO_PER_STEP,
     stochastic_if=lambda o: o["s_churn"] > 0 and o["s_noise"] > 0 and o["s_tmin"] <= o["s_tmax"],
     options={
         "s_churn": Option(80.0, low=0.0, doc="total churn; gamma = min(s_churn / (K + 1), sqrt(2) - 1)"),
@@ -117,39 +126,9 @@ def sample_edm_stochastic(
     bound); churning above ``s(t_max)`` asks the denoiser above t_max, as EDM asks above sigma_max.
     The final denoising ``D(x(t_K), t_K)`` is never churned (EDM's settings never churn at its
     s_min = 0.002 < s_tmin either), so where ``s_K`` lies outside ``[s_tmin, s_tmax]`` the sample equals
-    k-diffusion's ``sample_heun`` on sigmas ``[s_0, ..., s_K, 0]`` given the same noise.
-    """
+    k-diffusion's ``sample_heun`` on sigmas ``[s_0, ..., s_K, 0]`` given the same noise."""
     run = Run(sample_edm_stochastic, denoiser, schedule, noise, steps, grid, cond, options)
-    o = run.opts
-    gamma = min(o["s_churn"] / (run.K + 1), math.sqrt(2) - 1)
-    s = [sig / a for sig, a in zip(run.s, run.a)]
-    churn = [i for i in range(run.K) if gamma > 0 and o["s_tmin"] <= s[i] <= o["s_tmax"]]
-    x = run.x
-    hat = {}  # step -> (t_hat [B], alpha_hat, s_hat)
-    if churn:
-        s_hat = torch.tensor([s[i] * (1 + gamma) for i in churn], dtype=torch.float64, device=x.device)
-        t_hat = schedule.t_from_log_snr(-2 * torch.log(s_hat)).to(torch.float64)
-        a_hat = schedule.alpha(t_hat)
-        if not (torch.isfinite(t_hat).all() and torch.isfinite(a_hat).all() and (a_hat > 0).all()):
-            raise ValueError(
-                f"edm_stochastic: churned noise levels {s_hat.tolist()} are outside {schedule!r}; "
-                "lower s_tmax or s_churn"
-            )
-        for i, t, a, sh in zip(churn, t_hat, a_hat.tolist(), s_hat.tolist()):
-            hat[i] = (t.to(x.dtype).expand(x.shape[0]).contiguous(), a, sh)
-    x_pred = torch.empty_like(x)
-    for i in range(run.K):
-        if i in hat:
-            t_b, a, s_from = hat[i]
-            x.mul_(a / run.a[i])
-            run.add_noise_(x, a * s[i] * math.sqrt((1 + gamma) ** 2 - 1) * o["s_noise"], generator)
-            D = _denoise(run, x, t_b)
-        else:
-            a, s_from = run.a[i], s[i]
-            D = run.D(x, i)
-        _heun_step_(run, i, x, D, a, s_from, x_pred)
-        run.report(i, x, D)
-    return run.finish(x)
+    return _edm_sampler(run, generator)
 
 
 @register(
@@ -170,9 +149,7 @@ def sample_euler_ancestral(
         x' = c x + (alpha' - c alpha) D + sigma' eta sqrt(1 - exp(lam - lam')) z,
         c = (sigma'/sigma) sqrt(1 - eta^2 (1 - exp(lam - lam'))),
 
-    which is DDIM with the same eta (eta = 1: ddpm's posterior). The last step to s = 0 is our final
-    denoising, so the sample equals k-diffusion's on sigmas ``[s_0, ..., s_K, 0]`` with the same noise.
-    """
+    which is DDIM with the same eta (eta = 1: ddpm's posterior). Equals k-diffusion's given the same noise."""
     run = Run(sample_euler_ancestral, denoiser, schedule, noise, steps, grid, cond, options)
     eta = run.opts["eta"]
     x = run.x

@@ -1,6 +1,4 @@
-"""The equations every solver shares, and the noise they draw: the PF-ODE drift in the form that stays
-finite where f and g2 diverge (flow at t = 1: (x - D)/t), the reverse-SDE drift, the PF-ODE in EDM's
-variables, per-row noise (``randn_like``) and ``CountingDenoiser``."""
+"""The equations every solver shares, the noise they draw and ``CountingDenoiser``."""
 
 from __future__ import annotations
 
@@ -14,14 +12,11 @@ from difflab.schedules import Schedule
 
 # -- randomness, counting ------------------------------------------------------------------------
 def randn_like(x: Tensor, generator: torch.Generator | Sequence[torch.Generator] | None = None) -> Tensor:
-    """Standard normal noise shaped like ``x`` ``[B, ...]``.
-
-    ``generator`` is ``None`` (global RNG), one ``torch.Generator``, or a sequence of ``B``
-    generators, one per batch row (EDM's ``StackedRandomGenerator``): then row ``b``'s noise depends
-    only on ``generator[b]``, so a sample's noise path is independent of the batch it sits in.
-    Float64 noise is drawn in float32 and cast: torch's float64 normal sampler is ~10x slower on CPU
-    and a float32 normal is exact enough for sampling.
-    """
+    """Standard normal noise shaped like ``x`` ``[B, ...]``. ``generator`` is ``None`` (global RNG), one
+    ``torch.Generator``, or a sequence of ``B`` generators, one per batch row (EDM's
+    ``StackedRandomGenerator``): then row ``b``'s noise depends only on ``generator[b]``, so a sample's
+    noise path is independent of the batch it sits in. Float64 noise is drawn in float32 and cast:
+    torch's float64 normal sampler is ~10x slower on CPU and a float32 normal is exact enough for sampling."""
     return _draw(x, generator).to(x.dtype)
 
 
@@ -45,10 +40,8 @@ def _draw(x: Tensor, generator, out: Tensor | None = None) -> Tensor:
 
 
 class CountingDenoiser:
-    """Wraps a denoiser and counts its calls in ``.nfe`` (one per call, whatever the batch size).
-
-    Usable with every solver; the pipeline uses it to record the actual NFE of the adaptive rk45.
-    """
+    """Wraps a denoiser and counts its calls in ``.nfe`` (one per call, whatever the batch size); the
+    pipeline records the actual NFE of the adaptive rk45 with it."""
 
     def __init__(self, denoiser: Callable):
         self.denoiser, self.nfe = denoiser, 0
@@ -63,11 +56,9 @@ class CountingDenoiser:
 
 # -- the equations -------------------------------------------------------------------------------
 def _pf_coefficients(schedule: Schedule, t: Tensor) -> tuple[Tensor, Tensor]:
-    """PF-ODE drift ``c_x x + c_D D`` with ``c_x = sigma'/sigma``, ``c_D = alpha' - sigma' alpha / sigma``.
-
-    Equal to ``f x - g2/2 score``; both terms of ``c_D`` share a sign, so no precision is lost
-    where f and g2 are large.
-    """
+    """PF-ODE drift ``c_x x + c_D D`` with ``c_x = sigma'/sigma``, ``c_D = alpha' - sigma' alpha / sigma``
+    (= ``f x - g2/2 score``): both terms of ``c_D`` share a sign, so no precision is lost where f and g2
+    are large (flow at t = 1: ``(x - D)/t``)."""
     a, s = schedule.alpha(t), schedule.sigma(t)
     ds = schedule.d_sigma(t)
     return ds / s, schedule.d_alpha(t) - ds * a / s
@@ -115,8 +106,7 @@ def edm_ode_velocity(denoiser, schedule: Schedule, y: Tensor, u: Tensor, cond=No
         dy/du = y - D(alpha y, t(u)),      t(u) = schedule.t_from_log_snr(-2 u),
 
     for ``y`` ``[B, ...]`` and a 0-d ``u``. Finite wherever D is: no f or g2, which diverge at the ends
-    of VP-cosine and flow. rk45 and the likelihood integrate this one equation.
-    """
+    of VP-cosine and flow. rk45 and the likelihood integrate this one equation."""
     t = schedule.t_from_log_snr(-2 * u.to(torch.float64))
     a = schedule.alpha(t).to(y.dtype)  # 0-d tensor: no device sync
     return y - _call(denoiser, a * y, t.to(y.dtype).expand(y.shape[0]).contiguous(), cond)

@@ -1,23 +1,11 @@
-"""Time grids fitted to a model or to a schedule: GITS (Chen et al. 2024) and DMN (Xue et al. 2024).
-
-``fit_grid(method, denoiser, schedule, solver, steps, noise, *, cond=None, **options)`` returns
-``steps + 1`` float64 times strictly decreasing from ``schedule.t_max`` to ``schedule.t_min``, an explicit
-grid for ``solver(..., grid=ts)``; ``fit_grids`` does the same for several step counts at once, the
-method and its options given as one ``GridFit``:
-
-- ``"gits"``: dynamic programming over a fine teacher's trajectories from ``noise`` (uses the denoiser),
-  then the path polished on the whole run's distance to the teacher (``polish=0``: the paper's GITS);
-- ``"dmn"``: model-free, from alpha(t) and sigma(t) alone (``denoiser``, ``noise`` and ``cond`` unused).
-
-For a pipeline, ``fit_for_sampling`` fits one network's grids for any solver (``grid_student``: a
-stochastic solver gets DDIM's grid, an adaptive one the two ends), ``write_fitted`` saves them as
-``grid.json`` and ``load_fitted`` reads them back, mapped onto a sampling schedule by log-SNR::
+"""Time grids fitted to a model or to a schedule, explicit grids for ``solver(..., grid=ts)``: GITS
+(Chen et al. 2024; from the denoiser's trajectories) and DMN (Xue et al. 2024; from alpha(t) and
+sigma(t) alone). A pipeline's ``grid.json`` (``write_fitted``, ``load_fitted``)::
 
     {"method": "gits", "solver": "euler_ancestral", "fitted_for": "ddim",
      "steps": {"5": [t_0, ..., t_5], ...}, "log_snr": {"5": [lam_0, ..., lam_5], ...}}
 
-with times decreasing (noise to data) under the fitting schedule and their log-SNRs.
-"""
+with times decreasing (noise to data) under the fitting schedule and their log-SNRs."""
 
 from __future__ import annotations
 
@@ -40,7 +28,6 @@ from difflab.solvers.grids import GRIDS, get_grid, resolve_grid
 from difflab.solvers.registry import Option, check_steps, get_solver, get_spec, solver_names
 
 FIT_METHODS = ("gits", "dmn")
-SAMPLE_GRIDS = (*GRIDS, *FIT_METHODS)  # the names a pipeline's ``sample.grids`` may hold
 FALLBACK_STUDENT = "ddim"  # the solver a stochastic solver's grid is fitted for (``grid_student``)
 
 _OPTIONS = {
@@ -89,11 +76,10 @@ def fit_grid(
     method: str, denoiser, schedule: Schedule, solver: str, steps: int, noise: Tensor, *, cond=None, **options
 ) -> Tensor:
     """A time grid fitted for ``solver`` with ``steps`` steps: ``[steps + 1]`` float64 times, strictly
-    decreasing from ``schedule.t_max`` to ``schedule.t_min``. ``method`` is ``"gits"`` (``_fit_gits``) or
-    ``"dmn"`` (``_fit_dmn``); ``options`` are the method's (``_OPTIONS``). ``solver`` must be a
-    deterministic fixed-step solver with its default options; ``noise`` ``[B, ...]`` (standard normal, as
-    a solver takes it) and ``cond`` feed GITS's teacher. Same inputs -> same grid.
-    """
+    decreasing from ``schedule.t_max`` to ``schedule.t_min``, by ``"gits"`` (``_fit_gits``) or ``"dmn"``
+    (``_fit_dmn``; denoiser, noise and cond unused) with the method's ``options`` (``_OPTIONS``).
+    ``solver``: deterministic and fixed-step with its default options; ``noise`` ``[B, ...]`` (standard
+    normal, as a solver takes it) and ``cond`` feed GITS's teacher. Same inputs -> same grid."""
     return fit_grids(GridFit(method, options), denoiser, schedule, solver, [steps], noise, cond=cond)[steps]
 
 
@@ -110,8 +96,7 @@ def fit_grids(
 ) -> dict[int, Tensor]:
     """``fit_grid`` for every step count of ``steps`` (``{K: [K + 1] times}``) by ``fit`` (a method name
     alone: its default options), with ``solver`` run with ``solver_options`` (deterministic with them).
-    GITS's teacher and step costs do not depend on K: they are computed once and only the dynamic
-    programming runs per step count."""
+    GITS's teacher and step costs are computed once for all K."""
     fit = GridFit(fit) if isinstance(fit, str) else fit
     for k in steps:
         check_steps(k)
@@ -182,9 +167,8 @@ def fit_for_sampling(
     solver_options: Mapping | None = None,
 ) -> dict[int, Tensor]:
     """One network's grids ``{K: [K + 1] times}`` for a sample stage running ``solver`` with
-    ``solver_options``: ``fit_grids`` by ``fit`` (a ``GridFit``, or a method name with its default
-    options) for ``grid_student(solver, solver_options)``, or, for an adaptive solver, ``[t_max, t_min]``
-    under every key of ``steps`` (its rows' steps, e.g. 0)."""
+    ``solver_options``: ``fit_grids`` for ``grid_student(solver, solver_options)``, or, for an adaptive
+    solver, ``[t_max, t_min]`` under every key of ``steps`` (its rows' steps, e.g. 0)."""
     student = grid_student(solver, solver_options)
     if student is None:
         return {k: get_grid("logsnr", schedule, 1) for k in steps}
@@ -201,8 +185,7 @@ def write_fitted(
     *,
     solver_options: Mapping | None = None,
 ) -> None:
-    """Write ``grids`` (``{K: times}``, fitted under ``schedule`` by ``fit_for_sampling`` for ``solver``
-    with ``solver_options``) as ``grid.json`` (the module docstring's format), atomically."""
+    """Write ``grids`` (``fit_for_sampling``'s, fitted under ``schedule``) as ``grid.json``, atomically."""
     if method not in FIT_METHODS:
         raise ValueError(f"unknown fit method {method!r}; valid methods: {', '.join(FIT_METHODS)}")
     ordered = sorted(grids.items())
@@ -218,13 +201,10 @@ def write_fitted(
 
 
 def load_fitted(path: str | os.PathLike, schedule: Schedule | None = None) -> dict[int, Tensor]:
-    """The grids of a ``grid.json``, ``{K: [K + 1] float64 times}`` decreasing from noise to data.
-
-    Without ``schedule``: the times as fitted. With one (a sampling schedule, possibly restricted to a
-    shorter log-SNR range): the fitted log-SNRs mapped affinely onto its range
-    ``[lam(t_max), lam(t_min)]`` and back to its times, so its ends are exactly ``t_max`` and ``t_min``
-    (the identity in log-SNR where the ranges agree; a schedule-invariant solver then gives the same
-    samples under every schedule)."""
+    """The grids of a ``grid.json``, ``{K: [K + 1] float64 times}``: as fitted, or, with a (sampling)
+    ``schedule``, the fitted log-SNRs mapped affinely onto its range ``[lam(t_max), lam(t_min)]`` and back
+    to its times (the identity in log-SNR where the ranges agree, so a schedule-invariant solver then
+    gives the same samples under every schedule)."""
     record = json.loads(Path(path).read_text())
     if not isinstance(record, dict) or record.get("method") not in FIT_METHODS:
         raise ValueError(
@@ -265,35 +245,27 @@ class _StepDone(Exception):
 @torch.no_grad()
 def _fit_gits(denoiser, schedule, solver, steps, noise, cond, solver_options, opts) -> dict[int, Tensor]:
     """GITS (Chen et al., ICML 2024, "On the Trajectory Regularity of ODE-based Diffusion Sampling";
-    zju-pi/diff-sampler ``gits-main/gits_utils.py``), for each step count K of ``steps``; ``opts`` are
-    the checked ``_OPTIONS["gits"]``.
+    zju-pi/diff-sampler ``gits-main/gits_utils.py``) for each K of ``steps``; ``opts``: ``_OPTIONS["gits"]``.
 
-    1. Candidates ``tau_0 = t_max > ... > tau_{N-1} = t_min`` (``candidates`` = N times of
-       ``candidate_grid``; the paper: 61 times of EDM's rho = 7 grid).
+    1. Candidates ``tau_0 = t_max > ... > tau_{N-1} = t_min``: ``candidates`` = N times of
+       ``candidate_grid`` (the paper: 61 times of EDM's rho = 7 grid).
     2. The teacher (``teacher`` on the candidate grid refined ``teacher_refine`` times; the paper: iPNDM on
-       the 61 times) from ``noise`` (the paper: 256 noises) gives states ``X_i ~ x(tau_i)``, ``[N, B, ...]``
-       (``_gits_teacher``).
-    3. Costs ``c[i, j] = mean_b |solver_step(X_i, tau_i -> tau_j) - X_j|_2`` for i < j: one step of
-       ``solver`` (with ``solver_options``) from the teacher's state (``_gits_costs``; the paper's
-       ``metric="l2"``; its default ``"dev"``, a deviation from the straight line of an image trajectory,
-       is not implemented). The paper takes an Euler step in EDM's variables, which is ``ddim``'s step,
-       for every student; here it is the student's own first step. A multistep solver's first step has
-       no history (ddim's step for DPM-Solver++), so its cost is an approximation of its steps inside a
-       run.
-    4. Dynamic programming for the path ``0 = p_0 < ... < p_K = N - 1`` of exactly K steps minimising
-       ``sum_k coeff^k c[p_k, p_{k+1}]`` (``_gits_path``; the paper's ``dp`` with ``coeff``).
-    5. Not in the paper (``polish`` > 0, the default): the path polished by coordinate descent on what
-       the grid is for, the whole K-step run's distance to the teacher's end state
-       ``mean_b |solver(X_0; tau_p)(tau_{N-1}) - X_{N-1}|_2`` (``_gits_polish``): each inner point in turn
-       moves to the candidate between its neighbours that lowers it, for at most ``polish`` sweeps. The
-       one-step costs of 3. do not see a multistep solver's history, and the path they give can be worse
-       than the log-SNR grid (dpm_solver_2m at 5 steps on the exact mixture: 0.233 against 0.173); polished,
-       0.071 (tests/test_fit_grid.py has the table). ``polish=0`` is the paper's GITS.
+       the 61 times) from ``noise`` (the paper: 256 noises): states ``X_i ~ x(tau_i)`` ``[N, B, ...]``.
+    3. Costs ``c[i, j] = mean_b |solver_step(X_i, tau_i -> tau_j) - X_j|_2`` for i < j (the paper's
+       ``metric="l2"``; its default ``"dev"`` is not implemented). The paper scores every student with an
+       Euler step in EDM's variables (``ddim``'s step); here it is the student's own first step, which
+       for a multistep solver has no history (ddim's step for DPM-Solver++): an approximation.
+    4. Dynamic programming (``_gits_path``, the paper's ``dp``): the path ``0 = p_0 < ... < p_K = N - 1``
+       minimising ``sum_k coeff^k c[p_k, p_{k+1}]``.
+    5. Not in the paper (``polish=0`` skips it): coordinate descent (``_gits_polish``, at most ``polish``
+       sweeps) on the whole K-step run's distance to the teacher's end state,
+       ``mean_b |solver(X_0; tau_p)(tau_{N-1}) - X_{N-1}|_2``. The one-step costs do not see a multistep
+       solver's history, and their path can be worse than the log-SNR grid (dpm_solver_2m at 5 steps on
+       the exact mixture: 0.233 against 0.173); polished, 0.071 (tests/test_fit_grid.py has the table).
 
     Cost: the teacher's NFE plus ``N (N - 1) / 2`` single steps of ``solver`` (1830 for N = 61), once for
-    every K, plus about 100-250 K-step runs per K to polish (measured on the exact mixture, 3 sweeps); no
-    autograd graph (a network's parameters require grad).
-    """
+    every K, plus about 100-250 K-step runs per K to polish (exact mixture, 3 sweeps); no autograd graph
+    (a network's parameters require grad)."""
     if opts["candidates"] - 1 < max(steps):
         raise ValueError(
             f"fit_grid('gits'): candidates={opts['candidates']} allows at most {opts['candidates'] - 1} "
@@ -372,13 +344,10 @@ def _gits_polish(path: list[int], run_error, sweeps: int) -> list[int]:
 
 
 def _gits_path(cost: Tensor, steps: int, coeff: float) -> list[int]:
-    """Indices ``0 = p_0 < ... < p_K = N - 1`` (K = ``steps``) minimising
-    ``sum_k coeff^k cost[p_k, p_{k+1}]``.
-
-    ``V[k, i]``: the least cost from candidate i to N - 1 in exactly k steps, ``V[0] = [inf, ..., inf, 0]``,
+    """Indices ``0 = p_0 < ... < p_K = N - 1`` (K = ``steps``) minimising ``sum_k coeff^k cost[p_k, p_{k+1}]``
+    with ``V[k, i]`` the least cost from candidate i to N - 1 in exactly k steps, ``V[0] = [inf, ..., 0]``,
     ``V[k, i] = min_{j > i} cost[i, j] + coeff V[k - 1, j]``; ties go to the smallest j (as the paper's
-    backtracking). ``cost`` ``[N, N]`` is read above the diagonal only.
-    """
+    backtracking). ``cost`` ``[N, N]`` is read above the diagonal only."""
     N = cost.shape[0]
     upper = torch.ones(N, N, dtype=torch.bool).triu(1)
     c = torch.where(upper, cost.to(torch.float64), torch.full_like(cost, math.inf, dtype=torch.float64))
@@ -424,11 +393,9 @@ def _dmn_weights(lam: np.ndarray, p: int) -> np.ndarray:
 
 
 def _dmn_objective(lam: np.ndarray, p: int, power: float) -> float:
-    """``sum_n sum_m |J[n, m]| eps(lambda_{n-m})``, ``eps = sigma^power / alpha`` (``_fit_dmn``)."""
-    sigma, alpha = (
-        1 / np.sqrt(1 + np.exp(2 * lam)),
-        1 / np.sqrt(1 + np.exp(-2 * lam)),
-    )  # lambda = log(alpha/sigma)
+    """``sum_n sum_m |J[n, m]| eps(lambda_{n-m})``, ``eps = sigma^power / alpha`` (``_fit_dmn``) with
+    ``alpha^2 + sigma^2 = 1`` at ``lambda = log(alpha/sigma)``."""
+    sigma, alpha = 1 / np.sqrt(1 + np.exp(2 * lam)), 1 / np.sqrt(1 + np.exp(-2 * lam))
     eps = sigma**power / alpha
     J = _dmn_weights(lam, p)
     n = np.arange(len(lam) - 1)
@@ -455,8 +422,7 @@ def _fit_dmn(schedule, solver, steps, *, power, init, maxiter):
     The model is exact for ddim (p = 1) and dpm_solver_3m with ``third_order``; dpm_solver_2m weights its
     difference as a midpoint rule (the same to leading order) and default dpm_solver_3m halves its d2
     weight. With power = 1 and p = 1 the objective is ``sum_n expm1(lambda_{n+1} - lambda_n)``,
-    minimised by the log-SNR grid.
-    """
+    minimised by the log-SNR grid."""
     from scipy.optimize import LinearConstraint, minimize
 
     p = min(get_spec(solver).order, 3)

@@ -30,8 +30,7 @@ def get_grid(grid: str, schedule: Schedule, steps: int, *, device=None) -> Tenso
     - ``"kl_optimal"``: uniform in ``atan(s)``, ``s_i = tan((1 - i/K) atan(s_max) + i/K atan(s_min))``
       (Sabour et al. 2024, "Align Your Steps"; ComfyUI's ``kl_optimal_scheduler`` with ``n = K + 1``).
 
-    The grids in ``s`` are mapped back to t with ``schedule.t_from_log_snr`` (``lam = -2 log s``).
-    """
+    The grids in ``s`` are mapped back to t with ``schedule.t_from_log_snr`` (``lam = -2 log s``)."""
     if grid not in GRIDS:
         raise ValueError(f"unknown grid {grid!r}; valid grids: {', '.join(GRIDS)} or a 1-D tensor of times")
     check_steps(steps)

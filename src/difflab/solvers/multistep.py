@@ -5,14 +5,9 @@ In ``y = x / alpha`` over ``s = sigma / alpha`` the PF-ODE is ``dy/ds = (y - D) 
 (Karras et al. 2022, eq. 4), and ``(y - D) / s = (x - alpha D) / sigma = eps_hat``, the noise estimate.
 A multistep step ``y_{i+1} = y_i + sum_m c_m eps_{i-m}`` is, with ``eps_j = (x_j - alpha_j D_j) / sigma_j``,
 
-    x_{i+1} = (alpha_{i+1} / alpha_i) x_i + alpha_{i+1} sum_m c_m eps_{i-m},
+    x_{i+1} = (alpha_{i+1} / alpha_i) x_i + alpha_{i+1} sum_m c_m eps_{i-m}.
 
-so k-diffusion's and diff-sampler's samplers (written for alpha = 1 in their sigma = our s) apply to any
-schedule. The weights depend only on the grid's s (or log-SNR), so all five solvers are
-schedule-invariant: the same exact denoiser and log-SNR grid give the same samples under every schedule.
-The state is kept in x, the last few ``eps`` in reused buffers; the weights are Python floats computed
-once per call.
-"""
+The weights depend only on the grid's s (or log-SNR), so all five solvers are schedule-invariant."""
 
 from __future__ import annotations
 
@@ -24,49 +19,36 @@ from torch import Tensor
 from difflab.solvers.deis import _lagrange
 from difflab.solvers.edm import _heun_step_
 from difflab.solvers.registry import Option, register
-from difflab.solvers.run import Run
+from difflab.solvers.run import Run, _run_plan
 from difflab.solvers.unipc import _phi
 
 # Adams-Bashforth weights for uniform steps, newest first (AB1 = Euler ... AB4)
 _AB = ((1.0,), (3 / 2, -1 / 2), (23 / 12, -16 / 12, 5 / 12), (55 / 24, -59 / 24, 37 / 24, -9 / 24))
 
-_ORDER = {"order": Option(4, kind=int, low=1, high=4, doc="Adams-Bashforth order (lower on the first steps)")}
+_ORDER = Option(4, kind=int, low=1, high=4, doc="Adams-Bashforth order (lower on the first steps)")
+_ADAMS = dict(stochastic=False, schedule_invariant=True, options={"order": _ORDER})
 
 
-def _noise_levels(run: Run) -> list[float]:
-    """``s_i = sigma_i / alpha_i`` at the grid times (k-diffusion's sigma)."""
-    return [sig / a for sig, a in zip(run.s, run.a)]
+def _run_adams(run: Run, weights, order: int, first_step=None) -> Tensor:
+    """The module docstring's step with ``c = weights(s, i, min(order, i + 1))``, ``s = sigma/alpha`` at
+    the grid times (k-diffusion's sigma); ``first_step`` as in ``_run_plan``."""
+    s = [sig / a for sig, a in zip(run.s, run.a)]
+    plan = []
+    for i in range(run.K):
+        c = weights(s, i, min(order, i + 1))
+        plan.append((run.a[i + 1] / run.a[i], [run.a[i + 1] * w for w in c]))
+    return _run_plan(run, plan, eps=True, first_step=first_step)
 
 
-def _run_eps_plan(run: Run, plan: list[list[float]], heun_first: bool = False) -> Tensor:
-    """``x_{i+1} = (alpha_{i+1}/alpha_i) x_i + alpha_{i+1} sum_m plan[i][m] eps_{i-m}`` for each step i;
-    with ``heun_first`` step 0 is instead EDM's Heun step (one more evaluation), and ``eps_0`` (at x_0)
-    still enters the later steps' history."""
-    x, history = run.x, []  # history: eps_i, eps_{i-1}, ... (newest first)
-    n = max(len(c) for c in plan)
-    x_pred = torch.empty_like(x) if heun_first else None
-    for i, coefs in enumerate(plan):
-        D = run.D(x, i)
-        eps = history.pop() if len(history) == n else torch.empty_like(x)  # reuse the oldest buffer
-        torch.add(x, D, alpha=-run.a[i], out=eps).div_(run.s[i])
-        history.insert(0, eps)
-        if heun_first and i == 0:
-            _heun_step_(run, 0, x, D, run.a[0], run.s[0] / run.a[0], x_pred)
-        else:
-            a_next = run.a[i + 1]
-            x.mul_(a_next / run.a[i])
-            for c, eps_m in zip(coefs, history):
-                x.add_(eps_m, alpha=a_next * c)
-        run.report(i, x, D)
-    return run.finish(x)
+def _ab_weights(s: list[float], i: int, k: int) -> list[float]:
+    """ABk's fixed weights (``_AB``) times the step ``s_{i+1} - s_i``."""
+    return [(s[i + 1] - s[i]) * b for b in _AB[k - 1]]
 
 
 # -- iPNDM ----------------------------------------------------------------------------------------
 @register(
-    stochastic=False,
     order=4,
-    schedule_invariant=True,
-    options=dict(_ORDER),
+    **_ADAMS,
     summary="iPNDM: Adams-Bashforth with fixed weights in y = x/alpha over s = sigma/alpha",
 )
 def sample_ipndm(denoiser, schedule, noise, steps, *, grid="uniform", generator=None, cond=None, **options):
@@ -82,13 +64,9 @@ def sample_ipndm(denoiser, schedule, noise, steps, *, grid="uniform", generator=
     (``order`` is that of AB4): where consecutive steps in s differ by a ratio r, the weight of the first
     difference is off by O(r - 1), so on every named grid the error falls as 1/K^2 (measured /4.0-4.6 per
     doubling from 16 steps on the log-SNR and EDM grids); with few steps it still beats ``lms`` (errors
-    at 8 steps in the convergence test: 5.2e-2 against 1.7e-1).
-    """
+    at 8 steps in the convergence test: 5.2e-2 against 1.7e-1)."""
     run = Run(sample_ipndm, denoiser, schedule, noise, steps, grid, cond, options)
-    s = _noise_levels(run)
-    p = run.opts["order"]
-    plan = [[(s[i + 1] - s[i]) * b for b in _AB[min(p, i + 1) - 1]] for i in range(run.K)]
-    return _run_eps_plan(run, plan)
+    return _run_adams(run, _ab_weights, run.opts["order"])
 
 
 # -- iPNDM-v --------------------------------------------------------------------------------------
@@ -106,8 +84,7 @@ def _ipndm_v_weights(s: list[float], i: int, k: int) -> list[float]:
     transcribed as published. For equal steps they give AB2, AB3 and, for k = 4, 11/24 of the third
     backward difference where AB4 has 3/8; the k = 4 weights sum to ``1 + t_2 q (h_2/h_3 - h_1/h_2)``, so
     they are consistent only where consecutive step ratios in s agree (geometric s: the ``logsnr``
-    grid). ``lms`` is the exact variable-step Adams-Bashforth.
-    """
+    grid). ``lms`` is the exact variable-step Adams-Bashforth."""
     h = s[i + 1] - s[i]
     if k == 1:
         return [h]
@@ -135,24 +112,18 @@ def _ipndm_v_weights(s: list[float], i: int, k: int) -> list[float]:
 
 
 @register(
-    stochastic=False,
     order=3,
-    schedule_invariant=True,
-    options=dict(_ORDER),
+    **_ADAMS,
     summary="iPNDM-v: diff-sampler's variable-step Adams-Bashforth in y = x/alpha over s = sigma/alpha",
 )
 def sample_ipndm_v(denoiser, schedule, noise, steps, *, grid="uniform", generator=None, cond=None, **options):
-    """Variable-step iPNDM (zju-pi/diff-sampler ``ipndm_v_sampler``, ComfyUI ``sample_ipndm_v``):
-    ``y_{i+1} = y_i + sum_m c_m eps_{i-m}`` with the step-ratio-dependent weights of
-    ``_ipndm_v_weights`` at order ``k = min(order, i + 1)``; the final denoising is diff-sampler's
-    ``denoise_to_zero``. As published, its order-3 weights are exact for quadratics only on equal steps,
-    and its order-4 weights are consistent only on grids geometric in s (``grid="logsnr"``): there it
-    measures third order; elsewhere use ``order=3``, or ``lms`` (the exact variable-step method).
-    """
+    """Variable-step iPNDM (zju-pi/diff-sampler ``ipndm_v_sampler``, ComfyUI ``sample_ipndm_v``): the
+    step-ratio-dependent weights of ``_ipndm_v_weights`` at order ``min(order, i + 1)``; the final
+    denoising is diff-sampler's ``denoise_to_zero``. As published, its order-3 weights are exact for
+    quadratics only on equal steps, and its order-4 weights are consistent only on grids geometric in s
+    (``grid="logsnr"``): there it measures third order; elsewhere use ``order=3``, or ``lms``."""
     run = Run(sample_ipndm_v, denoiser, schedule, noise, steps, grid, cond, options)
-    s = _noise_levels(run)
-    p = run.opts["order"]
-    return _run_eps_plan(run, [_ipndm_v_weights(s, i, min(p, i + 1)) for i in range(run.K)])
+    return _run_adams(run, _ipndm_v_weights, run.opts["order"])
 
 
 # -- LMS ------------------------------------------------------------------------------------------
@@ -167,10 +138,8 @@ def _lms_weights(s: list[float], i: int, k: int) -> list[float]:
 
 
 @register(
-    stochastic=False,
     order=4,
-    schedule_invariant=True,
-    options=dict(_ORDER),
+    **_ADAMS,
     summary="LMS (k-diffusion): variable-step Adams-Bashforth in y = x/alpha over s = sigma/alpha",
 )
 def sample_lms(denoiser, schedule, noise, steps, *, grid="uniform", generator=None, cond=None, **options):
@@ -179,12 +148,9 @@ def sample_lms(denoiser, schedule, noise, steps, *, grid="uniform", generator=No
     ``[s_i, s_{i+1}]`` of the Lagrange basis through the last ``k = min(order, i + 1)`` noise levels
     (``_lms_weights``, closed form). k-diffusion's last step ``s_K -> 0`` extrapolates the same
     polynomial to s = 0; here it is the final denoising ``D(x(t_K), t_K)``: the states ``x(t_1..t_K)``
-    equal k-diffusion's on sigmas ``[s_0, ..., s_K, 0]``, and the sample is its ``denoised`` at ``s_K``.
-    """
+    equal k-diffusion's on sigmas ``[s_0, ..., s_K, 0]``, and the sample is its ``denoised`` at ``s_K``."""
     run = Run(sample_lms, denoiser, schedule, noise, steps, grid, cond, options)
-    s = _noise_levels(run)
-    p = run.opts["order"]
-    return _run_eps_plan(run, [_lms_weights(s, i, min(p, i + 1)) for i in range(run.K)])
+    return _run_adams(run, _lms_weights, run.opts["order"])
 
 
 # -- PNDM -----------------------------------------------------------------------------------------
@@ -207,12 +173,12 @@ def sample_pndm(denoiser, schedule, noise, steps, *, grid="uniform", generator=N
     with ``eps_0`` at x_0 in the history. So PLMS is ``ipndm`` with a Heun first step, and with one step
     it is ``heun_edm``. The fixed weights assume equal steps (diffusers' timesteps are equally spaced):
     on the named grids it converges at second order, as ``ipndm`` does.
-    NFE: K + 1 for the steps (step 0 evaluates twice), + 1 final denoising = K + 2.
-    """
+    NFE: K + 1 for the steps (step 0 evaluates twice), + 1 final denoising = K + 2."""
     run = Run(sample_pndm, denoiser, schedule, noise, steps, grid, cond, options)
-    s = _noise_levels(run)
-    plan = [[(s[i + 1] - s[i]) * b for b in _AB[min(4, i + 1) - 1]] for i in range(run.K)]
-    return _run_eps_plan(run, plan, heun_first=True)
+    x_pred = torch.empty_like(run.x)
+    return _run_adams(
+        run, _ab_weights, 4, lambda x, D: _heun_step_(run, 0, x, D, run.a[0], run.s[0] / run.a[0], x_pred)
+    )
 
 
 # -- SA-Solver ------------------------------------------------------------------------------------
@@ -225,8 +191,7 @@ def _sa_weights(lam: list[float], a_end: float, start: int, nodes: list[int], ta
             = (1 + tau^2) alpha_end h sum_n l_mn n! phi_{n+1}(-H),
 
     (``int_0^1 v^n e^{-H (1 - v)} dv = n! phi_{n+1}(-H)``). For two nodes, diffusers replaces
-    ``phi_2(-H)`` by its h -> 0 limit 1/2 in the weight of the difference (as UniPC's rho = 1/2).
-    """
+    ``phi_2(-H)`` by its h -> 0 limit 1/2 in the weight of the difference (as UniPC's rho = 1/2)."""
     h = lam[start + 1] - lam[start]
     H = (1 + tau**2) * h
     scale = (1 + tau**2) * a_end * h
@@ -240,9 +205,10 @@ def _sa_weights(lam: list[float], a_end: float, start: int, nodes: list[int], ta
     return weights
 
 
-def _sa_plan(run: Run, p: int, c: int, tau: float) -> list[tuple[float, list[float], float]]:
-    """Per step j: ``(c_x, coefs, std)`` with ``x_{j+1} = c_x x_j + sum_m coefs[m] D_{j-m} + std z_j``,
-    where ``x_j`` is the predicted state and its correction (j > 0) is folded into ``coefs``."""
+def _sa_plan(run: Run, p: int, c: int, tau: float) -> tuple[list[tuple[float, list[float]]], list]:
+    """Per step j: ``(c_x, coefs)`` and ``std`` (None: no draw) with ``x_{j+1} = c_x x_j + sum_m coefs[m]
+    D_{j-m} + std z_j``, where ``x_j`` is the predicted state and its correction (j > 0) is folded into
+    ``coefs``."""
     lam = [lam / 2 for lam in run.lam]  # log(alpha / sigma)
     K = run.K
 
@@ -254,7 +220,7 @@ def _sa_plan(run: Run, p: int, c: int, tau: float) -> list[tuple[float, list[flo
         k = min(c, j + 1, K - j + 2)
         return _sa_weights(lam, run.a[j], j - 1, [j - m for m in range(k)], tau) if k > 0 else []
 
-    plan = []
+    plan, stds = [], []
     for j in range(K):
         h = lam[j + 1] - lam[j]
         c_x = run.s[j + 1] / run.s[j] * math.exp(-(tau**2) * h)
@@ -266,8 +232,10 @@ def _sa_plan(run: Run, p: int, c: int, tau: float) -> list[tuple[float, list[flo
                 coefs[m + 1] -= c_x * w
         while coefs and coefs[-1] == 0.0:
             coefs.pop()
-        plan.append((c_x, coefs, run.s[j + 1] * math.sqrt(-math.expm1(-2 * tau**2 * h))))
-    return plan
+        plan.append((c_x, coefs))
+        std = run.s[j + 1] * math.sqrt(-math.expm1(-2 * tau**2 * h))
+        stds.append(std if std > 0 else None)
+    return plan, stds
 
 
 @register(
@@ -294,29 +262,14 @@ def sample_sa_solver(
         SA-Corrector  the same step from x_j with the same z_j, the weights through D_{j+1},
                       D_{j+1} = D(x_{j+1}^pred, t_{j+1}) (no extra evaluation: the next step reuses it)
 
-    with ``c_m`` the integrals of ``(1 + tau^2) alpha_{j+1} e^{(1 + tau^2)(lambda - lambda_{j+1})}`` against
-    the Lagrange basis in lambda (``_sa_weights``). Predictor order ``min(p, j + 1, K - j)``, corrector
-    order ``min(c, j + 1, K - j + 2)`` (warm-up and diffusers' ``lower_order_final``); every state but
-    ``x_K`` is corrected, so NFE = K + 1. tau = 1 with orders 1 is ``ddpm``'s posterior step; tau = 0 is
-    the PF-ODE (a UniPC-like predictor-corrector). diffusers' default ``tau_func`` (tau = 1 for timesteps
-    200..800, else 0) and ComfyUI's (eta on 20-80% of the sigma range) vary tau along the grid; here tau is
-    one constant. With tau = 0 and the default orders (3, 4) the error falls /13.5, /12.3 per doubling from
-    32 log-SNR steps; the first-order last step (``lower_order_final``) bounds it at second order as steps
-    grow (/8.6 at 128 -> 256), as for ``unipc``.
-    """
+    (``c_m``: ``_sa_weights``; the orders: ``_sa_plan``, warm-up and diffusers' ``lower_order_final``). Every
+    state but ``x_K`` is corrected, so NFE = K + 1. tau = 1 with orders 1 is ``ddpm``'s posterior step;
+    tau = 0 is the PF-ODE (a UniPC-like predictor-corrector). diffusers' default ``tau_func`` (tau = 1 for
+    timesteps 200..800, else 0) and ComfyUI's (eta on 20-80% of the sigma range) vary tau along the grid; here
+    tau is one constant. With tau = 0 and the default orders (3, 4) the error falls /13.5, /12.3 per doubling
+    from 32 log-SNR steps; the first-order last step bounds it at second order as steps grow (/8.6 at
+    128 -> 256), as for ``unipc``."""
     run = Run(sample_sa_solver, denoiser, schedule, noise, steps, grid, cond, options)
     o = run.opts
-    plan = _sa_plan(run, o["predictor_order"], o["corrector_order"], o["tau"])
-    n = max(len(coefs) for _, coefs, _ in plan)
-    x, history = run.x, []  # history: D_j, D_{j-1}, ... (newest first)
-    for j, (c_x, coefs, std) in enumerate(plan):
-        D = run.D(x, j)
-        history.insert(0, D)
-        del history[n:]
-        x.mul_(c_x)
-        for w, D_m in zip(coefs, history):
-            x.add_(D_m, alpha=w)
-        if std > 0:
-            run.add_noise_(x, std, generator)
-        run.report(j, x, D)
-    return run.finish(x)
+    plan, stds = _sa_plan(run, o["predictor_order"], o["corrector_order"], o["tau"])
+    return _run_plan(run, plan, stds=stds, generator=generator)

@@ -1,8 +1,5 @@
 """The solver registry: one ``SolverSpec`` per solver, its options (``Option``) and its NFE rule.
-
-``SOLVERS`` (``difflab.solvers``) is this registry's keys; validation, sampling, the pipeline and the
-report read a solver's spec, never a copy of it.
-"""
+Validation, sampling, the pipeline and the report read a solver's spec, never a copy of it."""
 
 from __future__ import annotations
 
@@ -31,7 +28,6 @@ class Option:
 
     @property
     def field(self) -> Field:
-        """The option as a declared config value (``schema.Field``), which says what is allowed."""
         return Field(self.kind, self.low, self.high, self.low_open, self.high_open, choices=self.choices)
 
     def allowed(self) -> str:
@@ -71,7 +67,6 @@ class SolverSpec:
 
     @property
     def family(self) -> str:
-        """``"sde"`` for solvers that draw noise along the way, else ``"ode"``."""
         return "sde" if self.stochastic else "ode"
 
     def defaults(self) -> dict:
@@ -90,7 +85,6 @@ class SolverSpec:
         }
 
     def is_stochastic(self, options: Mapping | None = None) -> bool:
-        """Whether the solver draws noise after the start with these options."""
         if self.stochastic_if is None:
             return self.stochastic
         return bool(self.stochastic_if(self.check_options(options)))
@@ -111,12 +105,8 @@ _REGISTRY: dict[str, SolverSpec] = {}
 
 def register(name: str | None = None, /, **spec) -> Callable[[Callable], Callable]:
     """Decorator: register ``fn`` with the ``SolverSpec`` fields in ``spec``, under ``name`` or, by
-    default, its function name less ``sample_``.
-
-    ``@register(stochastic=False, order=1)`` above ``def sample_euler(...)`` is all a new solver needs
-    (registered as ``"euler"``); validation, sampling, the pipeline and the report read the spec, and
-    ``fn.spec`` is the spec, which the solver's own ``Run`` reads.
-    """
+    default, its function name less ``sample_`` (``@register(stochastic=False, order=1)`` above
+    ``def sample_euler(...)`` registers ``"euler"``); ``fn.spec`` is the spec, which its ``Run`` reads."""
 
     def add(fn: Callable) -> Callable:
         key = name or fn.__name__.removeprefix("sample_")

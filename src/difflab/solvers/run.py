@@ -1,7 +1,7 @@
 """The per-run set-up every solver shares: ``Run`` checks a call and computes the per-grid-time
-coefficients once, in float64, as Python floats; solvers update their state in place (no allocation
-per step), so a step costs a few passes over x on top of its denoiser calls (bench/solver_overhead.py).
-"""
+coefficients once, in float64, as Python floats; solvers update their state in place (a fresh
+allocation per step costs more than the arithmetic for large batches on CPU), so a step costs a few
+passes over x on top of its denoiser calls (bench/solver_overhead.py)."""
 
 from __future__ import annotations
 
@@ -27,9 +27,7 @@ class Run:
     def __init__(self, solver: Callable, denoiser, schedule, noise, steps, grid, cond, options):
         spec = solver.spec  # set by ``register``
         name = spec.name
-        common = (
-            {k: options.pop(k, v) for k, v in _COMMON_OPTIONS.items()} if options else dict(_COMMON_OPTIONS)
-        )
+        common = {k: options.pop(k, v) for k, v in _COMMON_OPTIONS.items()}
         self.opts = {**common, **spec.check_options(options, also_allowed=tuple(_COMMON_OPTIONS))}
         dtype = self.opts["dtype"]
         if dtype not in (torch.float64, torch.float32):
@@ -72,8 +70,12 @@ class Run:
         return values.tolist()
 
     def D(self, x: Tensor, i: int) -> Tensor:
-        """The denoiser at grid time ``t_i`` (never sharing memory with ``x``, which is updated in place)."""
-        out = _call(self.denoiser, x, self.t_batch[i], self.cond)
+        """The denoiser at grid time ``t_i``."""
+        return self.denoise(x, self.t_batch[i])
+
+    def denoise(self, x: Tensor, t_batch: Tensor) -> Tensor:
+        """The denoiser at times ``t_batch`` ``[B]``, never sharing memory with ``x`` (updated in place)."""
+        out = _call(self.denoiser, x, t_batch, self.cond)
         return out.clone() if out.untyped_storage().data_ptr() == x.untyped_storage().data_ptr() else out
 
     def add_noise_(self, x: Tensor, std: float, generator) -> Tensor:
@@ -92,8 +94,7 @@ class Run:
 
 
 def _axpby_(x: Tensor, a: float, b: float, y: Tensor) -> Tensor:
-    """``x <- a x + b y`` in place, two passes. Solvers update their state in place: a fresh
-    allocation per step costs more than the arithmetic for large batches on CPU."""
+    """``x <- a x + b y`` in place, two passes."""
     return x.mul_(a).add_(y, alpha=b)
 
 
@@ -101,3 +102,29 @@ def _kernel_ratio(run: Run, i: int) -> float:
     """``1 - exp(lam_t - lam_s)`` in (0, 1) for the step t = t_i -> s = t_{i+1}; equals
     ``(sigma_t^2 - (alpha_t/alpha_s)^2 sigma_s^2) / sigma_t^2``, the kernel's variance over sigma_t^2."""
     return -math.expm1(run.lam[i] - run.lam[i + 1])
+
+
+def _run_plan(run: Run, plan, *, eps=False, stds=None, generator=None, first_step=None) -> Tensor:
+    """A linear multistep run: step i is ``x_{i+1} = c_x x_i + sum_m w[m] H_{i-m} + stds[i] z_i`` for
+    ``(c_x, w) = plan[i]``, with the history ``H`` of ``D_i`` or, where ``eps``, of
+    ``eps_i = (x_i - alpha_i D_i) / sigma_i``, newest first (``stds`` None or ``stds[i]`` None: no draw).
+    ``first_step(x, D)``, where given, takes step 0 in place instead; its ``eps_0`` still enters ``H``."""
+    x, history = run.x, []
+    n = max(len(w) for _, w in plan)
+    for i, (c_x, w) in enumerate(plan):
+        D = run.D(x, i)
+        if eps:
+            e = history.pop() if len(history) == n else torch.empty_like(x)  # reuse the oldest buffer
+            history.insert(0, torch.add(x, D, alpha=-run.a[i], out=e).div_(run.s[i]))
+        else:
+            history = [D, *history[: n - 1]]  # as k-diffusion: the denoiser returns a fresh tensor per call
+        if i == 0 and first_step is not None:
+            first_step(x, D)
+        else:
+            x.mul_(c_x)
+            for c, h in zip(w, history):
+                x.add_(h, alpha=c)
+        if stds is not None and stds[i] is not None:
+            run.add_noise_(x, stds[i], generator)
+        run.report(i, x, D)
+    return run.finish(x)

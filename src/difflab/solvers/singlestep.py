@@ -1,15 +1,7 @@
-"""Singlestep DPM-Solvers (Lu et al. 2022) and k-diffusion's DPM family: each grid step evaluates the
-denoiser at its start and at intermediate noise levels off the grid, placed in log-SNR.
-
-With ``lam = log(alpha/sigma)`` (half the log-SNR) and EDM's variables ``y = x/alpha``,
-``s = sigma/alpha = e^-lam``, every step here is a formula in y over lam, which is the same for every
-schedule; it is taken on x through ``x = alpha y`` with Python-float coefficients that fold the alpha
-ratios in. An intermediate level ``lam`` is the time ``t = t_from_log_snr(2 lam)`` with alpha(t) and
-``sigma = alpha e^-lam``. So every solver here is schedule-invariant: the same exact denoiser and
-log-SNR grid give the same samples under every schedule. k-diffusion's samplers (written for
-alpha = 1 in its sigma = our s) run on sigmas ``[s_0, ..., s_K, 0]``; their last step, ``s_K -> 0``, is
-an Euler step to ``D`` and equals our final denoising ``D(x(t_K), t_K)``.
-"""
+"""Singlestep DPM-Solvers (Lu et al. 2022) and k-diffusion's DPM family: each grid step also evaluates the
+denoiser at noise levels off the grid, placed in log-SNR. With ``lam = log(alpha/sigma)`` (half the
+log-SNR) and EDM's ``y = x/alpha``, ``s = sigma/alpha = e^-lam``, every step is a formula in y over lam,
+the same for every schedule, taken on x through ``x = alpha y``."""
 
 from __future__ import annotations
 
@@ -19,7 +11,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from difflab.solvers.edm import _denoise
+from difflab.solvers.edm import _TWO_PER_STEP
 from difflab.solvers.equations import _draw, _draw_dtype
 from difflab.solvers.registry import Option, register
 from difflab.solvers.run import Run, _axpby_, _kernel_ratio
@@ -67,6 +59,7 @@ def _ancestral_split(run: Run, i: int, eta: float) -> tuple[float, float]:
 
 
 _ETA = Option(1.0, low=0.0, high=1.0, doc="0: the ODE solver; 1: ancestral sampling (full noise)")
+_ANCESTRAL = dict(stochastic=True, stochastic_if=lambda o: o["eta"] > 0, options={"eta": _ETA})
 
 
 # -- DPM-Solver++(2S) and DPM-Solver-2, with k-diffusion's ancestral noise -------------------------
@@ -89,7 +82,7 @@ def _midpoint_solver(run: Run, generator, kind: str) -> Tensor:
         h = down[i] - run.lam[i] / 2
         D = run.D(x, i)
         torch.mul(x, mid.sigma / run.s[i], out=x_mid).add_(D, alpha=-mid.a * math.expm1(-h / 2))
-        D_mid = _denoise(run, x_mid, mid.t)
+        D_mid = run.denoise(x_mid, mid.t)
         if kind == "dpmpp":
             _axpby_(x, a_next / a * math.exp(-h), -a_next * math.expm1(-h), D_mid)
         else:  # (s_down - s_i) / s_mid = expm1(-h) e^{h/2}
@@ -103,9 +96,7 @@ def _midpoint_solver(run: Run, generator, kind: str) -> Tensor:
 
 @register(
     stochastic=False,
-    order=2,
-    nfe_rule=lambda steps, options: 2 * steps + 1,
-    schedule_invariant=True,
+    **_TWO_PER_STEP,
     summary="DPM-Solver++(2S), data prediction, singlestep with the midpoint in log-SNR (r = 1/2)",
 )
 def sample_dpm_solver_2s(
@@ -117,47 +108,34 @@ def sample_dpm_solver_2s(
         x_mid = (sigma_mid/sigma_i) x - alpha_mid expm1(-h/2) D(x, t_i)
         x'    = (sigma_{i+1}/sigma_i) x - alpha_{i+1} expm1(-h) D(x_mid, t_mid),
 
-    (Alg. 1's ``(1 - 1/(2r)) D_i + 1/(2r) D_mid`` is ``D_mid`` at r = 1/2): 2 K + 1 evaluations. Equals
-    k-diffusion's ``sample_dpmpp_2s_ancestral`` with eta = 0, and the DPM-Solver reference's
+    (Alg. 1's ``(1 - 1/(2r)) D_i + 1/(2r) D_mid`` is ``D_mid`` at r = 1/2). Equals k-diffusion's
+    ``sample_dpmpp_2s_ancestral`` with eta = 0, and the DPM-Solver reference's
     ``singlestep_dpm_solver_second_update`` (``solver_type="dpmsolver"``) = diffusers'
     ``DPMSolverSinglestepScheduler(solver_order=2, algorithm_type="dpmsolver++")`` on a grid that holds
-    each step's midpoint as its own timestep.
-    """
+    each step's midpoint as its own timestep."""
     run = Run(sample_dpm_solver_2s, denoiser, schedule, noise, steps, grid, cond, options)
     return _midpoint_solver(run, generator, "dpmpp")
 
 
 @register(
-    stochastic=True,
-    order=2,
-    nfe_rule=lambda steps, options: 2 * steps + 1,
-    schedule_invariant=True,
-    stochastic_if=lambda o: o["eta"] > 0,
-    options={"eta": _ETA},
+    **_TWO_PER_STEP,
+    **_ANCESTRAL,
     summary="DPM-Solver++(2S) ancestral (k-diffusion); eta = 0 is dpm_solver_2s",
 )
 def sample_dpm_solver_2s_ancestral(
     denoiser, schedule, noise, steps, *, grid="uniform", generator=None, cond=None, **options
 ):
-    """k-diffusion's ``sample_dpmpp_2s_ancestral``: each grid step ``s_i -> s_{i+1}`` is a DPM-Solver++(2S)
-    step to ``s_down = s' sqrt(1 - eta^2 m)`` (midpoint in log-SNR) plus noise ``s_up = eta s' sqrt(m)``
-    in y, ``m = 1 - s'^2/s_i^2``:
-
-        x' = (alpha'/alpha_i) e^-h x - alpha' expm1(-h) D(x_mid, t_mid) + alpha' s_up z,
-        h = lam_down - lam_i.
-
-    eta = 1 draws ``y'`` with the variance of the kernel q(x' | x0) (ddpm's); eta = 0 is
-    ``dpm_solver_2s``. Order: of the eta = 0 update (strong order 1 with noise). 2 K + 1 evaluations.
-    """
+    """k-diffusion's ``sample_dpmpp_2s_ancestral``: each grid step is a DPM-Solver++(2S) step to ``s_down``
+    plus noise ``s_up`` in y (``_midpoint_solver``). eta = 1 draws ``y'`` with the variance of the kernel
+    q(x' | x0) (ddpm's); eta = 0 is ``dpm_solver_2s``. Order: of the eta = 0 update (strong order 1 with
+    noise)."""
     run = Run(sample_dpm_solver_2s_ancestral, denoiser, schedule, noise, steps, grid, cond, options)
     return _midpoint_solver(run, generator, "dpmpp")
 
 
 @register(
     stochastic=False,
-    order=2,
-    nfe_rule=lambda steps, options: 2 * steps + 1,
-    schedule_invariant=True,
+    **_TWO_PER_STEP,
     summary="DPM-Solver-2 (k-diffusion's sample_dpm_2): midpoint in log sigma, in y = x/alpha over s",
 )
 def sample_dpm_2(denoiser, schedule, noise, steps, *, grid="uniform", generator=None, cond=None, **options):
@@ -166,29 +144,22 @@ def sample_dpm_2(denoiser, schedule, noise, steps, *, grid="uniform", generator=
 
         y_mid = y + (s_mid - s_i) (y - D)/s_i,        y' = y + (s_{i+1} - s_i) (y_mid - D(y_mid))/s_mid,
 
-    with ``D(y) = D(alpha y, t(s))``: 2 K + 1 evaluations (its closing Euler step to s = 0 is our final
-    denoising).
-    """
+    with ``D(y) = D(alpha y, t(s))``."""
     run = Run(sample_dpm_2, denoiser, schedule, noise, steps, grid, cond, options)
     return _midpoint_solver(run, generator, "dpm2")
 
 
 @register(
-    stochastic=True,
-    order=2,
-    nfe_rule=lambda steps, options: 2 * steps + 1,
-    schedule_invariant=True,
-    stochastic_if=lambda o: o["eta"] > 0,
-    options={"eta": _ETA},
+    **_TWO_PER_STEP,
+    **_ANCESTRAL,
     summary="DPM-Solver-2 ancestral (k-diffusion's sample_dpm_2_ancestral); eta = 0 is dpm_2",
 )
 def sample_dpm_2_ancestral(
     denoiser, schedule, noise, steps, *, grid="uniform", generator=None, cond=None, **options
 ):
-    """k-diffusion's ``sample_dpm_2_ancestral``: ``dpm_2``'s midpoint step to
-    ``s_down = s' sqrt(1 - eta^2 m)`` (midpoint ``sqrt(s_i s_down)``), then noise ``s_up = eta s' sqrt(m)``
-    in y, ``m = 1 - s'^2/s_i^2``; eta = 0 is ``dpm_2``. Order: of the eta = 0 update. 2 K + 1 evaluations.
-    """
+    """k-diffusion's ``sample_dpm_2_ancestral``: ``dpm_2``'s midpoint step to ``s_down`` (midpoint
+    ``sqrt(s_i s_down)``), then noise ``s_up`` in y (``_ancestral_split``); eta = 0 is ``dpm_2``. Order: of
+    the eta = 0 update."""
     run = Run(sample_dpm_2_ancestral, denoiser, schedule, noise, steps, grid, cond, options)
     return _midpoint_solver(run, generator, "dpm2")
 
@@ -216,10 +187,9 @@ def sample_dpm_solver_3s(
         x_2 = (sigma_2/sigma_i) x - alpha_2 expm1(-r2 h) D + (r2/r1) alpha_2 phi_22 (D_1 - D)
         x'  = (sigma'/sigma_i) x - alpha' phi_1 D + (1/r2) alpha' phi_2 (D_2 - D),
 
-    ``D = D(x, t_i)``, ``D_k = D(x_k, t_k)``: 3 K + 1 evaluations. diffusers'
+    ``D = D(x, t_i)``, ``D_k = D(x_k, t_k)``. diffusers'
     ``DPMSolverSinglestepScheduler(solver_order=3, algorithm_type="dpmsolver++")`` computes x' this way
-    with ``solver_type="midpoint"`` and x_2 this way with ``solver_type="heun"``, neither both.
-    """
+    with ``solver_type="midpoint"`` and x_2 this way with ``solver_type="heun"``, neither both."""
     run = Run(sample_dpm_solver_3s, denoiser, schedule, noise, steps, grid, cond, options)
     half = [lam / 2 for lam in run.lam]
     h = [half[i + 1] - half[i] for i in range(run.K)]
@@ -233,10 +203,10 @@ def sample_dpm_solver_3s(
         phi_2, phi_22 = phi_1 / h[i] + 1, phi_12 / (R2 * h[i]) + 1
         D = run.D(x, i)
         torch.mul(x, one.sigma / run.s[i], out=buf).add_(D, alpha=-one.a * math.expm1(-R1 * h[i]))
-        D_1 = _denoise(run, buf, one.t)
+        D_1 = run.denoise(buf, one.t)
         w = R2 / R1 * two.a * phi_22
         torch.mul(x, two.sigma / run.s[i], out=buf).add_(D, alpha=-two.a * phi_12 - w).add_(D_1, alpha=w)
-        D_2 = _denoise(run, buf, two.t)
+        D_2 = run.denoise(buf, two.t)
         w = a_next * phi_2 / R2
         x.mul_(run.s[i + 1] / run.s[i]).add_(D, alpha=-a_next * phi_1 - w).add_(D_2, alpha=w)
         run.report(i, x, D)
@@ -245,10 +215,8 @@ def sample_dpm_solver_3s(
 
 # -- DPM-Solver++ SDE (k-diffusion) ---------------------------------------------------------------
 @register(
+    **_TWO_PER_STEP,
     stochastic=True,
-    order=2,
-    nfe_rule=lambda steps, options: 2 * steps + 1,
-    schedule_invariant=True,
     stochastic_if=lambda o: o["eta"] > 0,
     options={
         "eta": _ETA,
@@ -267,13 +235,12 @@ def sample_dpm_solver_sde(
         y'  = (d_2/s_i) y + (1 - d_2/s_i) ((1 - 1/(2r)) D + 1/(2r) D(y_r)) + u_2 z_2,
                                                                   (d_2, u_2) = split(s_i -> s_{i+1})
 
-    (``D(y) = D(alpha y, t(s))``): 2 K + 1 evaluations. k-diffusion draws ``z_1, z_2`` from a Brownian
+    (``D(y) = D(alpha y, t(s))``). k-diffusion draws ``z_1, z_2`` from a Brownian
     tree in s: the normalized increments over ``[s_r, s_i]`` and ``[s_{i+1}, s_i]``. Here they are per-row
     draws from ``generator`` with that law: ``z_2 = rho z_1 + sqrt(1 - rho^2) z'``,
     ``rho = sqrt((s_i - s_r)/(s_i - s_{i+1}))``, independent across steps (disjoint intervals). So the
     samples have the law of k-diffusion's, not its values; a step count change does not refine one
-    Brownian path. eta = 0 with r = 1/2 is ``dpm_solver_2s``; order: of the eta = 0 update.
-    """
+    Brownian path. eta = 0 with r = 1/2 is ``dpm_solver_2s``; order: of the eta = 0 update."""
     run = Run(sample_dpm_solver_sde, denoiser, schedule, noise, steps, grid, cond, options)
     eta, r = run.opts["eta"], run.opts["r"]
     fac = 1 / (2 * r)
@@ -293,7 +260,7 @@ def sample_dpm_solver_sde(
         torch.mul(x, mid.a / a * math.exp(log_d1), out=x_mid).add_(D, alpha=-mid.a * math.expm1(log_d1))
         if eta > 0:
             x_mid.add_(_draw(x, generator, out=z_1), alpha=mid.sigma * eta * math.sqrt(m_1))
-        D_r = _denoise(run, x_mid, mid.t)
+        D_r = run.denoise(x_mid, mid.t)
         c = -a_next * math.expm1(log_d2)
         x.mul_(a_next / a * math.exp(log_d2)).add_(D, alpha=c * (1 - fac)).add_(D_r, alpha=c * fac)
         if eta > 0:
@@ -321,8 +288,7 @@ def _dpm_solver_step(
 
     (k-diffusion's ``DPMSolver.dpm_solver_k_step``). Returns x' (a new tensor) and, where
     ``embedded``, the order k - 1 estimate from the same evaluations (k = 3: DPM-Solver-2 with the same
-    r1; k = 2: DPM-Solver-1), which ``dpm_adaptive`` compares it with. k - 1 evaluations.
-    """
+    r1; k = 2: DPM-Solver-1), which ``dpm_adaptive`` compares it with. k - 1 evaluations."""
     h = end.lam - start.lam
     eps = torch.sub(x, D, alpha=start.a).div_(start.sigma)
 
@@ -335,7 +301,7 @@ def _dpm_solver_step(
     one = mids[0]
     r1 = (one.lam - start.lam) / h
     x_1 = first_order(one, r1)
-    d_1 = x_1.sub_(_denoise(run, x_1, one.t), alpha=one.a).div_(one.sigma).sub_(eps)  # eps_1 - eps
+    d_1 = x_1.sub_(run.denoise(x_1, one.t), alpha=one.a).div_(one.sigma).sub_(eps)  # eps_1 - eps
     if len(mids) == 1:
         low = x_next.clone() if embedded else None
         return x_next.add_(d_1, alpha=-end.sigma / (2 * r1) * math.expm1(h)), low
@@ -343,13 +309,11 @@ def _dpm_solver_step(
     r2 = (two.lam - start.lam) / h
     low = x_next.add(d_1, alpha=-end.sigma / (2 * r1) * math.expm1(h)) if embedded else None
     x_2 = first_order(two, r2).add_(d_1, alpha=-two.sigma * r2 / r1 * (math.expm1(r2 * h) / (r2 * h) - 1))
-    d_2 = x_2.sub_(_denoise(run, x_2, two.t), alpha=two.a).div_(two.sigma).sub_(eps)  # eps_2 - eps
+    d_2 = x_2.sub_(run.denoise(x_2, two.t), alpha=two.a).div_(two.sigma).sub_(eps)  # eps_2 - eps
     return x_next.add_(d_2, alpha=-end.sigma / r2 * (math.expm1(h) / h - 1)), low
 
 
-def _mid_fractions(order: int) -> tuple[float, ...]:
-    """The intermediate levels r of DPM-Solver-1, -2, -3 as k-diffusion calls them."""
-    return {1: (), 2: (0.5,), 3: (R1, R2)}[order]
+_MID_FRACTIONS = {1: (), 2: (0.5,), 3: (R1, R2)}  # DPM-Solver-k's intermediate levels r, as k-diffusion's
 
 
 def _fast_orders(steps: int, remainder: int) -> list[int]:
@@ -383,26 +347,20 @@ def sample_dpm_fast(
 ):
     """DPM-Solver-fast (Lu et al. 2022, Sec. 3.4; k-diffusion's ``sample_dpm_fast``), noise prediction:
     for an NFE budget N, M = floor(N/3) + 1 steps uniform in log-SNR, DPM-Solver-3 on each but the last
-    one or two, whose orders use the rest of N (``_fast_orders``); ``_dpm_solver_step`` gives the steps.
-
-    Here ``steps`` is M, the grid's step count (any grid; Lu et al.'s is ``"logsnr"``), and the option
-    ``remainder`` is N mod 3: N = 3 M - 3 + remainder, and the NFE is N + 1 with the final denoising
-    (default remainder 2: orders 3, ..., 3, 2 and 3 M evaluations). k-diffusion's
-    ``sample_dpm_fast(model, x, s_min, s_max, N)`` returns ``y(s_min)``: it equals our state ``x(t_K)/alpha``
-    on the log-SNR grid of M steps between those ends; our sample is then ``D(x(t_K), t_K)``.
-    k-diffusion's eta (ancestral noise) is not offered.
-    """
+    one or two, whose orders use the rest of N (``_fast_orders``). Here ``steps`` is M (any grid; Lu et
+    al.'s is ``"logsnr"``) and ``remainder`` is N mod 3; the NFE is N + 1 with the final denoising.
+    k-diffusion's ``sample_dpm_fast(model, x, s_min, s_max, N)`` returns ``y(s_min)``, our state
+    ``x(t_K)/alpha`` on the log-SNR grid of M steps between those ends. Its eta (ancestral noise) is not
+    offered."""
     run = Run(sample_dpm_fast, denoiser, schedule, noise, steps, grid, cond, options)
     orders = _fast_orders(run.K, run.opts["remainder"])
     half = [lam / 2 for lam in run.lam]
-    mids = [[half[i] + r * (half[i + 1] - half[i]) for r in _mid_fractions(k)] for i, k in enumerate(orders)]
+    mids = [[half[i] + r * (half[i + 1] - half[i]) for r in _MID_FRACTIONS[k]] for i, k in enumerate(orders)]
     flat = iter(_levels(run, [lam for step in mids for lam in step]))
     x = run.x
     for i in range(run.K):
         D = run.D(x, i)
-        x_next, _ = _dpm_solver_step(
-            run, x, D, _grid_level(run, i), _grid_level(run, i + 1), [next(flat) for _ in mids[i]]
-        )
-        x = x_next
+        levels = [next(flat) for _ in mids[i]]
+        x, _ = _dpm_solver_step(run, x, D, _grid_level(run, i), _grid_level(run, i + 1), levels)
         run.report(i, x, D)
     return run.finish(x)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 from difflab.solvers.registry import Option, register
-from difflab.solvers.run import Run
+from difflab.solvers.run import Run, _run_plan
 
 
 def _phi(k: int, z: float) -> float:
@@ -116,18 +116,7 @@ def sample_unipc(denoiser, schedule, noise, steps, *, grid="uniform", generator=
     ``rho^c = 1/2``, as diffusers does). The step from the corrected ``x^c_{j+1}`` reuses ``D_{j+1}``.
     Every state but the last (``x_K``) is corrected; the order of step j is ``min(p, j + 1, K - j)``
     (warm-up, and diffusers' ``lower_order_final``). Option ``order`` = p in 1..3, default 2
-    (diffusers' ``solver_order=2``).
-    """
+    (diffusers' ``solver_order=2``)."""
     run = Run(sample_unipc, denoiser, schedule, noise, steps, grid, cond, options)
     lam = [lam / 2 for lam in run.lam]  # log(alpha / sigma)
-    plan = _plan(lam, run.s, run.a, run.opts["order"])
-    x, history = run.x, []  # history: D_i, D_{i-1}, ... (newest first)
-    for i, (c_x, coefs) in enumerate(plan):
-        D = run.D(x, i)
-        history.insert(0, D)
-        del history[len(coefs) :]
-        x.mul_(c_x)
-        for c, D_m in zip(coefs, history):
-            x.add_(D_m, alpha=c)
-        run.report(i, x, D)
-    return run.finish(x)
+    return _run_plan(run, _plan(lam, run.s, run.a, run.opts["order"]))
