@@ -1,19 +1,5 @@
-"""Metrics of class-conditional sampling: accuracy on the requested class, precision and recall.
-
-- ``class_accuracy(logits_or_predictions, labels)``: the fraction of samples a classifier assigns
-  to the class they were generated for; applied to held-out data with its true labels it is the
-  classifier's own accuracy, the ceiling of the generated one (``classifier_ceiling``).
-- ``precision_recall(features_generated, features_reference, k=3)``: the improved precision and
-  recall of Kynkaanniemi et al. (2019), "Improved Precision and Recall Metric for Assessing
-  Generative Models", computed by torch-fidelity's own ``prc`` function on the given features, so
-  the numbers equal ``torch_fidelity.calculate_metrics(prc=True)`` on the same features.
-
-Every figure comes with a 95% Wilson score interval for a binomial proportion (Wilson 1927):
-with ``p = x / n`` and ``z = 1.959964``,
-
-    (p + z^2 / 2n  +-  z sqrt(p (1 - p) / n + z^2 / 4n^2)) / (1 + z^2 / n),
-
-which stays inside [0, 1] and keeps its coverage near 0 and 1, where the Wald interval collapses.
+"""Metrics of class-conditional sampling: accuracy on the requested class (``class_accuracy``), and
+improved precision and recall (``precision_recall``), each with a 95% Wilson interval.
 """
 
 from __future__ import annotations
@@ -27,8 +13,12 @@ Z_95 = 1.959963984540054  # the 97.5% quantile of the standard normal
 
 
 def wilson_interval(successes: int, n: int, z: float = Z_95) -> tuple[float, float]:
-    """The Wilson score interval ``(lo, hi)`` for a binomial proportion ``successes / n``
-    (95% with the default ``z``)."""
+    """The Wilson score interval ``(lo, hi)`` for a binomial proportion ``successes / n`` (Wilson 1927;
+    95% with the default ``z``): with ``p = successes / n``,
+
+        (p + z^2 / 2n  +-  z sqrt(p (1 - p) / n + z^2 / 4n^2)) / (1 + z^2 / n),
+
+    which stays inside [0, 1] and keeps its coverage near 0 and 1, where the Wald interval collapses."""
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"wilson_interval: n={n!r} must be an integer >= 1")
     if isinstance(successes, bool) or not isinstance(successes, int) or not 0 <= successes <= n:
@@ -65,9 +55,7 @@ def class_accuracy(logits_or_predictions: Tensor, labels: Tensor, *, num_classes
     labels). Labels must lie in ``0..C-1``: a null ("unconditional") label is no class to hit.
 
     Returns ``dict(accuracy, accuracy_lo, accuracy_hi, accuracy_count, n)`` (``accuracy_count``: the
-    number of correct predictions). Bad input (empty, shapes that disagree, labels or predictions out
-    of range, non-finite logits) raises one ``ValueError``.
-    """
+    number of correct predictions)."""
     if not torch.is_tensor(logits_or_predictions):
         raise ValueError(
             f"class_accuracy: logits_or_predictions must be a tensor [n, C] or [n], "
@@ -153,8 +141,7 @@ def precision_recall(
     somewhat narrow.
 
     Returns ``dict(precision, precision_lo, precision_hi, precision_count, recall, recall_lo,
-    recall_hi, recall_count, f_score, n_generated, n_reference, k)``. Bad input raises one ``ValueError``.
-    """
+    recall_hi, recall_count, f_score, n_generated, n_reference, k)``."""
     from torch_fidelity.metric_prc import (
         KEY_METRIC_F_SCORE,
         KEY_METRIC_PRECISION,

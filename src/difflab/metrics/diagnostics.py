@@ -1,26 +1,8 @@
-"""What a run can conclude: the real-data FID floor at the rows' sample count, error cancellation (each
-row against its own network's converged solution), memorization and training convergence.
-
-- ``floor_at_n``: the FID that ``n`` real images score against the reference, the floor no network
-  can beat at that ``n`` (FID is biased upward by ``c / n``, ``fid_bias_coefficient``, so the floor
-  must be measured at the rows' own ``n``): held-out subsamples where the held-out split holds ``n``
-  images, else splits of the training split; ``fid_infinity``: the linear fit of FID against 1/n
-  (Chong & Forsyth 2020), an optional floor method that subsamples of one small split serve poorly.
-- ``vs_converged``, ``converged_partners``, ``vs_converged_columns``: the paired FID difference of a
-  row to its own network's converged solution of the same kind (an ODE row to the adaptive PF-ODE
-  solve, an SDE row to the fine-step reverse-SDE solve), from the rows' bootstrap replicates
-  (``metrics.paired``). A row whose interval lies below 0 beats the exact solution of its own
-  equation: its lower FID comes from network and solver errors cancelling, not from accuracy.
-- ``memorization``: nearest-neighbour distances of the samples to the training split against those of
-  the held-out split, so a FID at the floor can be told apart from copying.
-- ``loss_still_falling`` (and ``ema`` for plotting): whether the validation loss still fell over the
-  last fifth of training.
-- ``network_entry``, ``regime_sentences``: one network's record of ``results/diagnostics.json`` and
-  the plain sentences that state the regime; ``network_diagnostics``: the whole record, read from the
-  pipeline's stage folders (``config_partners``: the converged partners under a config).
-
-torch, numpy and scipy only (``network_diagnostics`` also reads the stages' JSON and arrays); rows
-are the comparison's rows, mappings or ``difflab.results.Row``.
+"""What a run can conclude: the real-data FID floor at the rows' own sample count, error cancellation
+(each row against its own network's converged solution), memorization, training convergence and the
+denoiser's coverage where sampling starts; ``network_diagnostics`` gathers them from the pipeline's
+stage folders into ``results/diagnostics.json``. Rows are the comparison's rows, mappings or
+``difflab.results.Row``.
 """
 
 from __future__ import annotations
@@ -41,9 +23,7 @@ VS_COLUMNS = ("vs_converged", "vs_converged_lo", "vs_converged_hi", "beats_conve
 CONVERGED_ODE_SOLVER = "rk45"  # the converged PF-ODE: the adaptive solve every network is sampled with
 
 
-# ------------------------------------------------------------------------------------------------
-# The real-data floor at n samples
-# ------------------------------------------------------------------------------------------------
+# -- The real-data floor at n samples --------------------------------------------------------------
 
 
 def _features(name: str, x) -> torch.Tensor:
@@ -62,8 +42,7 @@ def _reference_stats(reference) -> tuple[torch.Tensor, torch.Tensor]:
     else:
         f32 = _features("reference features", reference).to(torch.float32).numpy()
         mu, sigma = f32.mean(0), np.cov(f32, rowvar=False)
-    mu = torch.as_tensor(np.asarray(mu), dtype=torch.float64)
-    sigma = torch.as_tensor(np.asarray(sigma), dtype=torch.float64)
+    mu, sigma = (torch.as_tensor(np.asarray(v), dtype=torch.float64) for v in (mu, sigma))
     if mu.ndim != 1 or sigma.shape != (len(mu), len(mu)):
         raise ValueError(
             f"reference statistics must be mu [d], sigma [d, d], got {tuple(mu.shape)}, {tuple(sigma.shape)}"
@@ -88,21 +67,20 @@ def _check_count(name: str, value, lo: int) -> int:
     return int(value)
 
 
-def _fit_inverse_n(ns: np.ndarray, fids: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
-    """Least squares ``FID = a + b / n`` over the points ``(ns[i], fids[i])``: ``(coef [a, b],
-    cov [2, 2], degrees of freedom)``."""
-    x = np.stack([np.ones(len(ns)), 1.0 / ns], 1)  # [P, 2]
-    coef, *_ = np.linalg.lstsq(x, fids, rcond=None)
-    dof = len(ns) - 2
-    resid = fids - x @ coef
-    s2 = float(resid @ resid) / dof if dof > 0 else float("nan")
-    return coef, s2 * np.linalg.inv(x.T @ x), dof
+def _line_fit(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """Least squares ``y = a + b x`` over ``P >= 3`` points: ``(coef [a, b], cov [2, 2], dof)``."""
+    design = np.stack([np.ones(len(x)), x], 1)  # [P, 2]
+    coef, *_ = np.linalg.lstsq(design, y, rcond=None)
+    dof = len(x) - 2
+    resid = y - design @ coef
+    return coef, float(resid @ resid) / dof * np.linalg.inv(design.T @ design), dof
 
 
 def _t_quantile(level: float, dof: int) -> float:
+    """The two-sided t quantile of ``level``."""
     from scipy.stats import t
 
-    return float(t.ppf(0.5 + level / 2, dof)) if dof > 0 else float("inf")
+    return float(t.ppf(0.5 + level / 2, dof))
 
 
 def fid_infinity(
@@ -112,16 +90,14 @@ def fid_infinity(
 
     FID of ``n`` samples is biased upward by a term linear in ``1/n``: for ``n >> d``,
     ``E[FID_n] = FID_inf + c / n`` (``c = fid_bias_coefficient``; ``d + d (d + 1) / 4`` for
-    ``N(mu, I_d)`` against exact statistics). For each ``n`` in ``ns``, ``repeats`` subsamples of
-    ``features`` ``[m, d]`` (without replacement, ``n <= m``) are scored against ``reference`` (features
-    ``[N, d]`` or a mapping with ``mu``, ``sigma``) by ``fid.fid_of_features``, and
-    ``FID = a + b / n`` is fitted by least squares over every point; ``FID_inf = a``.
+    ``N(mu, I_d)`` against exact statistics). ``repeats`` subsamples of ``features`` ``[m, d]`` at each
+    ``n`` in ``ns`` (``n <= m``) are scored against ``reference`` (features ``[N, d]`` or ``mu``,
+    ``sigma``), and ``FID = a + b / n`` is fitted by least squares over every point; ``FID_inf = a``.
 
     Returns ``dict(fid_infinity, fid_infinity_lo, fid_infinity_hi, slope, ns, fids, cov, dof)``:
     ``fids`` the mean FID at each ``n``, the interval the fit's t interval of the intercept (the
     points' scatter, not the held-out set's own finite size), ``cov`` the covariance of ``[a, b]``.
-    The 1/n law needs ``n`` well above ``d``: a smaller ``n`` warns (the covariance is rank deficient
-    and FID bends away from the line)."""
+    The 1/n law needs ``n`` well above ``d`` (below, the covariance is rank deficient): a warning."""
     f = _features("features", features)
     mu, sigma = _reference_stats(reference)
     ns = np.array(sorted({int(n) for n in ns}))
@@ -136,7 +112,7 @@ def fid_infinity(
         )
     g = torch.Generator().manual_seed(seed)
     per_n = np.stack([_subsample_fids(f, mu, sigma, int(n), repeats, g) for n in ns])  # [P, repeats]
-    coef, cov, dof = _fit_inverse_n(np.repeat(ns, repeats).astype(np.float64), per_n.reshape(-1))
+    coef, cov, dof = _line_fit(1.0 / np.repeat(ns, repeats).astype(np.float64), per_n.reshape(-1))
     half = _t_quantile(level, dof) * math.sqrt(max(cov[0, 0], 0.0))
     return {
         "fid_infinity": float(coef[0]),
@@ -148,18 +124,6 @@ def fid_infinity(
         "cov": cov.tolist(),
         "dof": dof,
     }
-
-
-def _fid_and_offsets(features, mu, sigma, n_boot: int, seed: int, level: float) -> tuple[float, float, float]:
-    """``(fid, lo - fid, hi - fid)`` of ``features`` with the rows' own interval
-    (``fid.bias_shifted_interval`` of ``fid.bootstrap_fid``)."""
-    from difflab.metrics.fid import _small_linalg, bias_shifted_interval, bootstrap_fid, fid_of_features
-
-    with _small_linalg(features.shape[1]):
-        boots = bootstrap_fid(features, mu, sigma, n_boot, seed=seed).numpy()
-        fid = fid_of_features(features, mu, sigma)
-    lo, hi = bias_shifted_interval(boots, fid, level)
-    return fid, lo - fid, hi - fid
 
 
 def fid_bias_coefficient(features) -> float:
@@ -196,6 +160,18 @@ class _FloorDraws:
     g: torch.Generator
 
 
+def _fid_and_offsets(features, mu, sigma, draws: _FloorDraws, k: int) -> tuple[float, float, float]:
+    """``(fid, lo - fid, hi - fid)`` of ``features`` with the rows' own interval
+    (``fid.bias_shifted_interval`` of ``fid.bootstrap_fid``), the k-th draw's."""
+    from difflab.metrics.fid import _small_linalg, bias_shifted_interval, bootstrap_fid, fid_of_features
+
+    with _small_linalg(features.shape[1]):
+        boots = bootstrap_fid(features, mu, sigma, draws.bootstrap, seed=draws.seed + k).numpy()
+        fid = fid_of_features(features, mu, sigma)
+    lo, hi = bias_shifted_interval(boots, fid, draws.level)
+    return fid, lo - fid, hi - fid
+
+
 def _floor_subsample(held, mu, sigma, n: int, draws: _FloorDraws) -> tuple[list, dict]:
     """``"subsample"`` (``n <= m``): ``repeats`` subsamples of ``n`` of the ``m`` held-out images (one
     when ``n = m``: the whole split, the number the prepare stage's ``data_floor`` holds). Returns each
@@ -205,10 +181,7 @@ def _floor_subsample(held, mu, sigma, n: int, draws: _FloorDraws) -> tuple[list,
         raise ValueError(f"n={n} exceeds the held-out split ({m} images); use reference_split")
     reps = 1 if n == m else draws.repeats
     subsets = [held] if n == m else [held[torch.randperm(m, generator=draws.g)[:n]] for _ in range(reps)]
-    return [
-        _fid_and_offsets(sub, mu, sigma, draws.bootstrap, draws.seed + k, draws.level)
-        for k, sub in enumerate(subsets)
-    ], {"repeats": reps}
+    return [_fid_and_offsets(sub, mu, sigma, draws, k) for k, sub in enumerate(subsets)], {"repeats": reps}
 
 
 def _floor_reference_split(reference_features, n: int, d: int, draws: _FloorDraws) -> tuple[list, dict]:
@@ -228,9 +201,7 @@ def _floor_reference_split(reference_features, n: int, d: int, draws: _FloorDraw
     for k in range(draws.repeats):
         perm = torch.randperm(big_n, generator=draws.g)
         mu_k, sigma_k = _reference_stats(ref[perm[n:]])
-        parts.append(
-            _fid_and_offsets(ref[perm[:n]], mu_k, sigma_k, draws.bootstrap, draws.seed + k, draws.level)
-        )
+        parts.append(_fid_and_offsets(ref[perm[:n]], mu_k, sigma_k, draws, k))
     correction = fid_bias_coefficient(ref) * (1 / (big_n - n) - 1 / big_n)
     return parts, {"repeats": draws.repeats, "n_reference": big_n, "bias_correction": correction}
 
@@ -253,12 +224,11 @@ def _floor_fit(held, mu, sigma, n: int, ns, draws: _FloorDraws) -> dict:
     fit = fid_infinity(held, ref, ns, repeats=draws.repeats, seed=draws.seed, level=draws.level)
     x = np.array([1.0, 1.0 / n])
     floor = fit["fid_infinity"] + fit["slope"] / n
-    pred_half = _t_quantile(draws.level, fit["dof"]) * math.sqrt(
-        max(float(x @ np.array(fit["cov"]) @ x), 0.0)
-    )
+    var = float(x @ np.array(fit["cov"]) @ x)
+    pred_half = _t_quantile(draws.level, fit["dof"]) * math.sqrt(max(var, 0.0))
     n_max = fit["ns"][-1]
     subset = held[torch.randperm(m, generator=draws.g)[:n_max]]
-    _, lo, hi = _fid_and_offsets(subset, mu, sigma, draws.bootstrap, draws.seed, draws.level)
+    _, lo, hi = _fid_and_offsets(subset, mu, sigma, draws, 0)
     scale = math.sqrt(n_max / n)
     return {
         "floor_fid": floor,
@@ -282,20 +252,18 @@ def floor_at_n(
 ) -> dict:
     """The real-data FID floor at ``n`` samples: the FID that ``n`` real images never trained on score
     against the reference (the training split's features ``[N, d]``; ``subsample`` and
-    ``fid_infinity_fit`` also take its ``mu``/``sigma``), the same FID as every row's
-    (``fid.fid_of_features``, within ~1e-5 of torch-fidelity's). FID is biased upward by ~``c / n``
-    (``fid_bias_coefficient``), so only a floor at the rows' own ``n`` compares with them.
+    ``fid_infinity_fit`` also take its ``mu``/``sigma``), by every row's FID (``fid.fid_of_features``,
+    within ~1e-5 of torch-fidelity's). FID is biased upward by ~``c / n`` (``fid_bias_coefficient``),
+    so only a floor at the rows' own ``n`` compares with them.
 
-    ``method``: ``"subsample"`` (held-out subsamples, ``_floor_subsample``), ``"reference_split"``
-    (splits of the training split, ``_floor_reference_split``), ``"fid_infinity_fit"`` (the 1/n fit,
-    ``_floor_fit``) or ``"auto"``: ``subsample`` where the held-out split holds ``m >= n`` images, else
-    ``reference_split``. ``floor_lo``/``floor_hi``: the 95% (``LEVEL``) interval a row of ``n`` real
-    samples would carry, each draw's own bias-shifted bootstrap interval (``bootstrap`` resamples), its
-    offsets averaged over the ``repeats`` draws.
+    ``method``: ``"subsample"``, ``"reference_split"``, ``"fid_infinity_fit"`` (``_floor_subsample``,
+    ``_floor_reference_split``, ``_floor_fit``) or ``"auto"``: ``subsample`` where the held-out split
+    holds ``m >= n`` images, else ``reference_split``. ``floor_lo``/``floor_hi``: the 95% interval a
+    row of ``n`` real samples would carry, each draw's bias-shifted bootstrap offsets averaged over the
+    ``repeats`` draws.
 
     Returns ``dict(floor_fid, floor_lo, floor_hi, method, n, n_heldout, n_reference, repeats,
-    bias_correction, fit)`` (``bias_correction``: the reference-size correction subtracted, else None;
-    ``fit``: the ``fid_infinity`` record, else None)."""
+    bias_correction, fit)`` (None where the method has no reference split, correction or fit)."""
     if method not in FLOOR_METHODS:
         raise ValueError(f"method={method!r}; allowed: {', '.join(FLOOR_METHODS)}")
     held = _features("heldout_features", heldout_features)
@@ -324,9 +292,7 @@ def floor_at_n(
     return {**out, "floor_fid": floor, "floor_lo": max(0.0, floor + lo_off), "floor_hi": floor + hi_off}
 
 
-# ------------------------------------------------------------------------------------------------
-# Error cancellation: each row against its own network's converged solution
-# ------------------------------------------------------------------------------------------------
+# -- Error cancellation: each row against its own network's converged solution ---------------------
 
 
 def vs_converged(fid_row, fid_converged, boots_row, boots_converged, *, level: float = LEVEL) -> dict:
@@ -339,12 +305,7 @@ def vs_converged(fid_row, fid_converged, boots_row, boots_converged, *, level: f
     ``beats_converged``: the interval lies entirely below 0, i.e. the row scores a lower FID than the
     exact solution of the equation it discretizes."""
     d = seed_combined_difference(fid_row, fid_converged, boots_row, boots_converged, level=level)
-    return {
-        "vs_converged": d["fid_diff"],
-        "vs_converged_lo": d["diff_lo"],
-        "vs_converged_hi": d["diff_hi"],
-        "beats_converged": bool(d["diff_hi"] < 0),
-    }
+    return dict(zip(VS_COLUMNS, (d["fid_diff"], d["diff_lo"], d["diff_hi"], bool(d["diff_hi"] < 0))))
 
 
 def _get(r, name: str, default=None):
@@ -362,14 +323,12 @@ def _seed_text(seed) -> str:
     return "" if seed is None else str(seed)
 
 
-def _network(r) -> tuple:
-    """The network a row comes from: its model (default: its training schedule) and training seed(s)."""
-    return (_get(r, "model") or _get(r, "schedule"), _get(r, "schedule"), _seed_text(_get(r, "seed")))
-
-
-def _sampling(r) -> tuple:
-    """What a converged partner must share beside the network: sampling schedule and guidance scale."""
-    return (_get(r, "sample_schedule") or _get(r, "schedule"), _get(r, "guidance_scale"))
+def _identity(r) -> tuple:
+    """What a converged partner shares with its row: the network (model, default its training schedule;
+    training schedule; training seeds), the sampling schedule and the guidance scale."""
+    schedule = _get(r, "schedule")
+    network = (_get(r, "model") or schedule, schedule, _seed_text(_get(r, "seed")))
+    return (*network, _get(r, "sample_schedule") or schedule, _get(r, "guidance_scale"))
 
 
 def _family_of(families: Mapping | None) -> Callable[[str], str]:
@@ -417,14 +376,11 @@ def converged_partners(
     pools: dict[tuple, list] = {}
     for r in rows:
         solver, steps = _get(r, "solver"), int(_get(r, "steps"))
-        if solver == ode_solver:
-            pools.setdefault(("ode", *_network(r), *_sampling(r)), []).append(r)
-        elif solver == sde_solver and steps == sde_steps:
-            pools.setdefault(("sde", *_network(r), *_sampling(r)), []).append(r)
+        if solver == ode_solver or (solver, steps) == (sde_solver, sde_steps):
+            pools.setdefault((family(solver), *_identity(r)), []).append(r)
     out = []
     for r in rows:
-        kind = family(_get(r, "solver"))
-        pool = pools.get((kind, *_network(r), *_sampling(r)), [])
+        pool = pools.get((family(_get(r, "solver")), *_identity(r)), [])
         same_grid = [p for p in pool if _get(p, "grid") == _get(r, "grid")]
         out.append((same_grid or pool or [None])[0])
     return out
@@ -462,9 +418,7 @@ def vs_converged_columns(
     return out
 
 
-# ------------------------------------------------------------------------------------------------
-# Memorization
-# ------------------------------------------------------------------------------------------------
+# -- Memorization ----------------------------------------------------------------------------------
 
 
 def _nn_distance(a: torch.Tensor, b: torch.Tensor, chunk_elements: int = 1 << 24) -> torch.Tensor:
@@ -492,12 +446,11 @@ def memorization(sample_features, train_features, heldout_features) -> dict:
     a training image with probability ``N / (N + m)`` (``copy_fraction_null``; 1/2 for equal splits);
     ``copy_p_value`` is the one-sided binomial p-value of the observed excess over it.
 
-    The distance is taken in whatever space is passed. The pipeline should pass pixels (model space or
-    levels; the same for all three): copying means a near-identical image, which pixel distance
-    measures directly and which 8x8 (64-d) or 28x28 digits are small enough for, while the FID
-    classifier's features discard what does not tell the digit's class, so two different images of one
-    digit sit close there and copying would be confused with typicality. Feature space suits large
-    natural images, where pixel distance is dominated by irrelevant shifts.
+    The distance is taken in the space passed; the pipeline passes pixels (the same scale for all
+    three): copying means a near-identical image, which pixel distance measures directly on 8x8 or
+    28x28 digits, while the FID classifier's features put two images of one digit close and would
+    confuse copying with typicality. Feature space suits large natural images, whose pixel distance
+    irrelevant shifts dominate.
 
     Returns ``dict(memorization_ratio, copy_fraction, copy_fraction_null, copy_p_value,
     median_sample_train, median_heldout_train, n_samples, n_train, n_heldout)``."""
@@ -509,11 +462,8 @@ def memorization(sample_features, train_features, heldout_features) -> dict:
             raise ValueError(f"{name} must be [n, ...] with n >= 1, got shape {tuple(t.shape)}")
         return t.reshape(t.shape[0], -1)
 
-    x, t, h = (
-        flat("samples", sample_features),
-        flat("train", train_features),
-        flat("held-out", heldout_features),
-    )
+    named = (("samples", sample_features), ("train", train_features), ("held-out", heldout_features))
+    x, t, h = (flat(name, v) for name, v in named)
     if not x.shape[1] == t.shape[1] == h.shape[1]:
         raise ValueError(
             f"samples, train and held-out differ in size: {x.shape[1]}, {t.shape[1]}, {h.shape[1]}"
@@ -538,9 +488,7 @@ def memorization(sample_features, train_features, heldout_features) -> dict:
     }
 
 
-# ------------------------------------------------------------------------------------------------
-# Training convergence
-# ------------------------------------------------------------------------------------------------
+# -- Training convergence --------------------------------------------------------------------------
 
 
 def ema(values, decay: float = 0.9) -> np.ndarray:
@@ -591,15 +539,10 @@ def loss_still_falling(
             f"{int(keep.sum())} validation losses in the last {tail:g} of training (from step {s0:g}); "
             "at least 3 are needed (evaluate more often)"
         )
-    st, yt = s[keep], y[keep]
-    x = np.stack([np.ones(len(st)), st - s0], 1)
-    coef, *_ = np.linalg.lstsq(x, yt, rcond=None)
-    dof = len(st) - 2
-    resid = yt - x @ coef
-    cov = float(resid @ resid) / dof * np.linalg.inv(x.T @ x) if dof > 0 else np.zeros((2, 2))
+    coef, cov, dof = _line_fit(s[keep] - s0, y[keep])
     from scipy.stats import t
 
-    k_hi = coef[1] + float(t.ppf(level, dof)) * math.sqrt(cov[1, 1]) if dof > 0 else coef[1]
+    k_hi = coef[1] + float(t.ppf(level, dof)) * math.sqrt(cov[1, 1])  # the slope's one-sided bound
     start = coef[0]  # L(s_0)
     span = s_end - s0
     drop = float(-coef[1] * span / start)
@@ -614,9 +557,7 @@ def loss_still_falling(
     }
 
 
-# ------------------------------------------------------------------------------------------------
-# Coverage: the denoiser where sampling starts
-# ------------------------------------------------------------------------------------------------
+# -- Coverage: the denoiser where sampling starts --------------------------------------------------
 
 COVERAGE_LIMIT = 2.0  # a denoiser erring more than twice a constant predictor's error is untrained there
 COVERAGE_STEP = 0.5  # the log-SNR spacing of the coverage profile
@@ -663,9 +604,7 @@ def denoiser_coverage(denoiser, schedule, x0, *, seed: int = 0, limit: float = C
     }
 
 
-# ------------------------------------------------------------------------------------------------
-# results/diagnostics.json and the regime in words
-# ------------------------------------------------------------------------------------------------
+# -- results/diagnostics.json and the regime in words ----------------------------------------------
 
 
 def network_entry(
@@ -681,40 +620,25 @@ def network_entry(
     """One network's record in ``results/diagnostics.json`` (under ``networks``): from its converged
     PF-ODE and reverse-SDE rows (with ``fid``, ``fid_lo``, ``fid_hi``), ``floor_at_n``'s,
     ``memorization``'s, ``loss_still_falling``'s and ``denoiser_coverage``'s records; every key is
-    present, None where a part is missing. Keys: ``converged_{ode,sde}_{fid,lo,hi,row}``,
-    ``{ode,sde}_floor_ratio`` (converged FID over the floor), ``floor_{fid,lo,hi,method,n}``,
-    ``memorization_ratio``, ``copy_fraction``,
-    ``copy_fraction_null``, ``copy_p_value``, ``loss_still_falling``, ``val_loss_drop``,
-    ``suggested_max_steps``, ``start_log_snr``, ``start_error_ratio``, ``covered_from_log_snr``,
-    ``covered_from_t``."""
+    present, None where a part is missing; ``{ode,sde}_floor_ratio``: converged FID over the floor."""
     out: dict = {}
+
+    def take(part: Mapping | None, keys: tuple) -> None:
+        renamed = {"floor_method": "method", "floor_n": "n", "val_loss_drop": "relative_drop"}
+        out.update({k: (part or {}).get(renamed.get(k, k)) for k in keys})
+
     for kind, row in (("ode", converged_ode), ("sde", converged_sde)):
         out[f"converged_{kind}_fid"] = None if row is None else _get(row, "fid")
         out[f"converged_{kind}_lo"] = None if row is None else _get(row, "fid_lo")
         out[f"converged_{kind}_hi"] = None if row is None else _get(row, "fid_hi")
         out[f"converged_{kind}_row"] = None if row is None else key(row)
-    f = floor or {}
-    out.update(
-        floor_fid=f.get("floor_fid"),
-        floor_lo=f.get("floor_lo"),
-        floor_hi=f.get("floor_hi"),
-        floor_method=f.get("method"),
-        floor_n=f.get("n"),
-    )
+    take(floor, ("floor_fid", "floor_lo", "floor_hi", "floor_method", "floor_n"))
     for kind in ("ode", "sde"):
         fid, fl = out[f"converged_{kind}_fid"], out["floor_fid"]
         out[f"{kind}_floor_ratio"] = fid / fl if fid is not None and fl else None
-    c, t = copying or {}, training or {}
-    out.update(
-        {k: c.get(k) for k in ("memorization_ratio", "copy_fraction", "copy_fraction_null", "copy_p_value")}
-    )
-    out.update(
-        loss_still_falling=t.get("loss_still_falling"),
-        val_loss_drop=t.get("relative_drop"),
-        suggested_max_steps=t.get("suggested_max_steps"),
-    )
-    coverage_keys = ("start_log_snr", "start_error_ratio", "covered_from_log_snr", "covered_from_t")
-    out.update({k: (coverage or {}).get(k) for k in coverage_keys})
+    take(copying, ("memorization_ratio", "copy_fraction", "copy_fraction_null", "copy_p_value"))
+    take(training, ("loss_still_falling", "val_loss_drop", "suggested_max_steps"))
+    take(coverage, ("start_log_snr", "start_error_ratio", "covered_from_log_snr", "covered_from_t"))
     return out
 
 
@@ -723,21 +647,17 @@ def _num(v) -> str:
 
 
 def _converged_text(name: str, e: Mapping) -> str:
+    """A network's converged FIDs against the floor ("within the floor's interval": ``lo <= floor_hi``)."""
     parts = []
     for kind, label in (("ode", "PF-ODE"), ("sde", "reverse-SDE")):
-        fid = e.get(f"converged_{kind}_fid")
+        fid, lo, hi = (e.get(f"converged_{kind}_{k}") for k in ("fid", "lo", "hi"))
         if fid is None:
             continue
-        text = f"converged {label} FID {_num(fid)}"
-        if e.get(f"converged_{kind}_lo") is not None:
-            text += f" [{_num(e[f'converged_{kind}_lo'])}, {_num(e[f'converged_{kind}_hi'])}]"
-        if e.get(f"{kind}_floor_ratio") is not None:
-            near = e.get(f"converged_{kind}_lo") is not None and e[f"converged_{kind}_lo"] <= (
-                e.get("floor_hi") or e["floor_fid"]
-            )
-            text += (
-                " (within the floor's interval)" if near else f" ({e[f'{kind}_floor_ratio']:.2g}x the floor)"
-            )
+        text = f"converged {label} FID {_num(fid)}" + ("" if lo is None else f" [{_num(lo)}, {_num(hi)}]")
+        ratio = e.get(f"{kind}_floor_ratio")
+        if ratio is not None:
+            near = lo is not None and lo <= (e.get("floor_hi") or e["floor_fid"])
+            text += " (within the floor's interval)" if near else f" ({ratio:.2g}x the floor)"
         parts.append(text)
     return f"{name}: " + ("; ".join(parts) if parts else "no converged solution measured") + "."
 
@@ -824,11 +744,10 @@ def _coverage_sentences(nets: Mapping[str, Mapping]) -> list[str]:
         ratio = f"{ratio:,.0f}" if ratio >= 100 else _num(ratio)
         lines.append(
             f"{name} is untrained where sampling starts: at log-SNR {e['start_log_snr']:.2f} its held-out "
-            f"denoising error is {ratio}x the data mean's ({where}). Every row's "
-            "first step starts there, and a few-step row's FID measures that extrapolation as much as its "
-            f"solver. To remove it, precondition the network (schedule.{schedule}.prediction=edm: an "
-            "eps network's x0 error is its eps error times sigma/alpha), train those noise levels "
-            f"(loss.P_uniform){later}."
+            f"denoising error is {ratio}x the data mean's ({where}). Every row's first step starts there, "
+            "and a few-step row's FID measures that extrapolation as much as its solver. To remove it, "
+            f"precondition the network (schedule.{schedule}.prediction=edm: an eps network's x0 error is "
+            f"its eps error times sigma/alpha), train those noise levels (loss.P_uniform){later}."
         )
     return lines
 
@@ -858,15 +777,11 @@ def _budget_sentences(budgets: Sequence[Mapping]) -> list[str]:
 
 
 def regime_sentences(diagnostics: Mapping, *, alpha: float = 1 - LEVEL) -> list[str]:
-    """Plain sentences stating the regime of a run from ``diagnostics`` = ``dict(networks={name:
-    network_entry(...)}, budgets=[...])``, ``budgets`` one entry per NFE budget with its best row:
-    ``dict(budget, row (its id), vs_converged, vs_converged_lo, vs_converged_hi, beats_converged)``
-    (from ``report.tables.budget_summary``'s ``best``). In order: the floor; each network's converged
-    FIDs against it ("within the floor's interval" where the converged ``fid_lo`` reaches
-    ``floor_hi``; network error said to dominate where every converged FID exceeds twice the floor);
-    copying (``copy_p_value < alpha``); training still under way; a denoiser untrained where sampling
-    starts (``start_error_ratio`` above ``COVERAGE_LIMIT``); whether a budget's best row beats its
-    own converged solution, and what that does to the rankings."""
+    """Plain sentences stating the regime of a run, in the order of the parts below, from
+    ``diagnostics`` = ``dict(networks={name: network_entry(...)}, budgets=[...])``, ``budgets`` one
+    entry per NFE budget with its best row: ``dict(budget, row (its id), vs_converged, vs_converged_lo,
+    vs_converged_hi, beats_converged)`` (``report.tables.budget_summary``'s ``best``); a network
+    copies where ``copy_p_value < alpha``."""
     nets: Mapping[str, Mapping] = diagnostics.get("networks") or {}
     return [
         *_floor_sentence(nets),
@@ -879,9 +794,7 @@ def regime_sentences(diagnostics: Mapping, *, alpha: float = 1 - LEVEL) -> list[
     ]
 
 
-# ------------------------------------------------------------------------------------------------
-# The pipeline's record: results/diagnostics.json from the stages' folders
-# ------------------------------------------------------------------------------------------------
+# -- The pipeline's record: results/diagnostics.json from the stages' folders ----------------------
 
 
 def config_partners(rows: Sequence, cfg: Mapping) -> list:
@@ -954,13 +867,11 @@ def _stage_coverage(inputs: Mapping, net, seed: int, n_images: int = 256) -> dic
 
 def network_diagnostics(seed_rows: Sequence, cfg: Mapping, inputs: Mapping, budgets: Sequence) -> dict:
     """``results/diagnostics.json`` (``networks``, ``budgets``, ``regime``) and the loss ``curves``: per
-    network of ``cfg`` (``"<model>/seed_<seed>"``) its converged PF-ODE and SDE rows among the per-seed
-    ``seed_rows`` (``difflab.results.Row``; the partners of its own-schedule rows), the floor at their
-    sample count, memorization of its converged ODE samples, whether its validation loss still fell and
-    its denoiser's error where sampling starts (``network_entry``); per NFE budget its best row against
-    its converged solution (``budgets``: ``report.tables.budget_summary``'s, each with ``budget`` and
-    ``best``). ``inputs``: the folders ``features``, ``data``, ``samples``, ``models``; a part whose
-    files are absent is None."""
+    network of ``cfg`` (``"<model>/seed_<seed>"``) its ``network_entry`` from its converged rows among
+    the per-seed ``seed_rows`` (``difflab.results.Row``; the partners of its own-schedule rows) and the
+    ``_stage_*`` records; per NFE budget its best row against its converged solution (``budgets``:
+    ``report.tables.budget_summary``'s, each with ``budget`` and ``best``). ``inputs``: the folders
+    ``features``, ``data``, ``samples``, ``models``; a part whose files are absent is None."""
     from difflab.networks import network_ids
 
     scale = ((cfg.get("sample") or {}).get("guidance_scales") or [None])[0]

@@ -1,23 +1,13 @@
 """FID and KID through torch-fidelity, with content-keyed reference statistics and a bootstrap interval.
 
-``fid_kid(samples, reference, ...)`` extracts features with a torch-fidelity feature extractor
-(``"classifier"``: our digits/MNIST CNN registered as ``"difflab-classifier"``; ``"inception"``:
-torch-fidelity's ``"inception-v3-compat"``, pool3 2048-d) and computes FID and KID with
-torch-fidelity's own functions, so the numbers equal a direct ``torch_fidelity.calculate_metrics``
-call on the same images. Reference features and statistics are computed once and cached in
-``cache_dir`` under a key hashed from the reference *content* and the weights *file* (torch-fidelity's
-own cache key is just a name: it would silently reuse statistics after the data or weights change).
-
-FID's 95% interval: resample the generated features with replacement, recompute FID against the
-fixed reference statistics (``tr sqrt(S1 S2)`` from the ``min(n, d)``-sized symmetric eigenproblem),
-and take the 2.5/97.5 percentiles shifted by the bootstrap bias (``mean_b - fid``): resampling
-duplicates rows, which alone raises FID, so plain percentiles would sit above the estimate.
-
-``fid_kid`` is its parts in order: ``check_inputs``, ``extractor_weights``, ``reference_statistics``,
-``extract_features``, ``fid_kid_from_features`` (the estimation's settings: ``FidOptions``);
-``keep_features=True`` also returns the features and the bootstrap replicates, which rows of one seed
-draw at the same indices (``bootstrap_draws``), so ``difflab.metrics.paired`` can compare two rows
-from them. The bootstrap's FID is computed in float64 throughout (``bootstrap_fid``).
+``fid_kid`` computes both with torch-fidelity's own functions on the features of its extractor
+(``"classifier"``: our digits/MNIST CNN; ``"inception"``: pool3, 2048-d), so the numbers equal a
+direct ``torch_fidelity.calculate_metrics`` call on the same images. Reference statistics are cached
+under a key hashed from the reference *content* and the weights *file* (torch-fidelity's own cache
+key is just a name: it would silently reuse statistics after the data or weights change). FID's 95%
+interval is a bootstrap over the generated features against the fixed reference statistics, computed
+in float64 (``bootstrap_fid``); rows of one seed draw it at the same indices (``bootstrap_draws``), so
+``difflab.metrics.paired`` can compare two rows.
 """
 
 from __future__ import annotations
@@ -134,15 +124,10 @@ def _extract(images: Tensor, feature_extractor: str, weights: Path, device, batc
     fe = create_feature_extractor(
         name, [layer], cuda=cuda, feature_extractor_weights_path=str(weights), verbose=False
     )
-    threads = torch.get_num_threads()
-    if feature_extractor == "classifier" and not cuda:
-        torch.set_num_threads(1)  # a tiny CNN: one CPU thread beats several competing ones
-    try:
+    with one_thread(feature_extractor == "classifier" and not cuda):  # a tiny CNN
         feats = get_featuresdict_from_dataset(
             _Images(images), fe, batch_size, cuda, save_cpu_ram=True, verbose=False
         )
-    finally:
-        torch.set_num_threads(threads)
     return feats[layer].to(torch.float64)
 
 
@@ -162,8 +147,7 @@ def reference_statistics(
     ).hexdigest()[:32]
     path = Path(cache_dir) / f"ref-{feature_extractor}-{key}.pt"
     if path.is_file():
-        cached = torch.load(path, map_location="cpu", weights_only=False)
-        return cached, key, True
+        return torch.load(path, map_location="cpu", weights_only=False), key, True
     features = _extract(reference, feature_extractor, weights, device, batch_size)
     stats = {"features": features, **_stats(features), "n": reference.shape[0]}
     atomic_write(path, lambda tmp: torch.save(stats, tmp))
@@ -171,19 +155,25 @@ def reference_statistics(
 
 
 @contextlib.contextmanager
+def one_thread(on: bool = True):
+    """torch on one CPU thread inside the block where ``on``: a tiny CNN or a small eigenproblem runs
+    faster on one thread than on several competing ones."""
+    threads = torch.get_num_threads()
+    if on:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@contextlib.contextmanager
 def _small_linalg(d: int, device="cpu"):
     """One BLAS/OpenMP thread for small (d <= 512) CPU eigenproblems: on a loaded 2-core machine,
     BLAS threads fighting torch's spinning OpenMP threads make them 10-100x slower."""
-    if d > 512 or torch.device(device).type != "cpu":
+    small = d <= 512 and torch.device(device).type == "cpu"
+    with one_thread(small), threadpool_limits(1) if small else contextlib.nullcontext():
         yield
-        return
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with threadpool_limits(1):
-            yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _sym_sqrt(m: Tensor) -> Tensor:
@@ -224,12 +214,11 @@ def bootstrap_fid(
         draws = bootstrap_draws(n, n_boot, seed)
     elif len(draws) != n_boot or any(len(i) != n for i in draws):
         raise ValueError(f"bootstrap_fid: draws must be {n_boot} index vectors of length {n}")
-    idx = draws
     out = torch.empty(n_boot, dtype=torch.float64)
     tr2 = torch.trace(s2)
     if n <= d:
         for b in range(n_boot):
-            fb = f[idx[b].to(dev)]
+            fb = f[draws[b].to(dev)]
             mu1 = fb.mean(0)
             ar = (fb - mu1) / math.sqrt(n - 1) @ root2  # [n, d]
             tr_covmean = torch.linalg.eigvalsh(ar @ ar.T).clamp_min(0).sqrt().sum()
@@ -242,7 +231,8 @@ def bootstrap_fid(
     # features, and a float32 moment moves FID by ~1 there. Chunks bound the [chunk, d, n] intermediate.
     chunk = max(1, min(32, 2**27 // (n * d)))
     for lo in range(0, n_boot, chunk):
-        c = torch.stack([torch.bincount(i, minlength=n) for i in idx[lo : lo + chunk]]).to(dev, torch.float64)
+        counts = [torch.bincount(i, minlength=n) for i in draws[lo : lo + chunk]]
+        c = torch.stack(counts).to(dev, torch.float64)
         mu1, mu_r = c @ f / n, c @ r / n  # [b, d]
         moment = (r.T[None] * c[:, None, :]) @ r  # count-weighted second moment, [b, d, d]
         m = moment - n * mu_r[:, :, None] * mu_r[:, None, :]
@@ -310,14 +300,6 @@ def extractor_weights(feature_extractor: str, extractor_path, image_size) -> Pat
     return weights
 
 
-def extract_features(
-    images: Tensor, *, feature_extractor: str, weights, device="cpu", batch_size: int = 64
-) -> Tensor:
-    """Features ``[N, F]`` (float64, CPU) of uint8 ``images`` ``[N, C, H, W]`` from torch-fidelity's
-    extractor with ``weights`` (``extractor_weights``)."""
-    return _extract(_check_images("images", images), feature_extractor, Path(weights), device, batch_size)
-
-
 def fid_kid_from_features(
     features: Tensor,
     reference_stats: dict,
@@ -359,15 +341,9 @@ def fid_kid_from_features(
     fid_lo = fid_hi = float("nan")
     boots = np.zeros(0)
     if bootstrap > 0:
+        mu, sigma = (torch.as_tensor(np.asarray(ref[k])) for k in ("mu", "sigma"))
         with _small_linalg(d, device):
-            boots = bootstrap_fid(
-                features,
-                torch.as_tensor(np.asarray(ref["mu"])),
-                torch.as_tensor(np.asarray(ref["sigma"])),
-                bootstrap,
-                seed=seed,
-                device=device,
-            ).numpy()
+            boots = bootstrap_fid(features, mu, sigma, bootstrap, seed=seed, device=device).numpy()
         lo, hi = bias_shifted_interval(boots, fid)
         fid_lo, fid_hi = max(0.0, lo), hi
     return {
@@ -406,7 +382,7 @@ def fid_kid(
 ) -> dict:
     """FID (with a 95% bootstrap interval) and KID between uint8 ``samples`` and ``reference``
     ``[N, C, H, W]`` (0..255; C = 1 or 3; same C, H, W): ``check_inputs``, ``extractor_weights``,
-    ``reference_statistics``, ``extract_features``, ``fid_kid_from_features``; ``options`` are
+    ``reference_statistics``, ``_extract``, ``fid_kid_from_features``; ``options`` are
     ``FidOptions``' fields.
 
     Returns ``dict(fid, fid_lo, fid_hi, kid_mean, kid_std, n_samples, n_reference, kid_subset_size,
@@ -424,15 +400,8 @@ def fid_kid(
     where = {"feature_extractor": feature_extractor, "weights": weights, "device": device}
     ref, _, hit = reference_statistics(reference, cache_dir=cache_dir, batch_size=opts.batch_size, **where)
     feats = _extract(samples, feature_extractor, weights, device, opts.batch_size)
-    scores = fid_kid_from_features(
-        feats,
-        ref,
-        bootstrap=opts.bootstrap,
-        seed=opts.seed,
-        device=device,
-        kid_subset_size=kid_subset_size,
-        kid_subsets=opts.kid_subsets,
-    )
+    estimation = {k: getattr(opts, k) for k in ("bootstrap", "seed", "kid_subsets")}
+    scores = fid_kid_from_features(feats, ref, device=device, kid_subset_size=kid_subset_size, **estimation)
     boots = scores.pop("fid_bootstrap")
     out = {
         **scores,

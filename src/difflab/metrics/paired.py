@@ -7,25 +7,12 @@ rows, against fixed reference statistics, measures ``FID(a) - FID(b)`` with the 
 cancelling; two separate intervals' overlap ignores that and is conservative even for independent
 rows. The pairs ``(a_i, b_i)`` need only be independent across ``i``: the paired bootstrap is valid
 for correlated and independent rows alike (for independent rows it is about as wide as the
-unpaired one).
+unpaired one). The p-value of ``FID(a) = FID(b)`` is the normal approximation ``2 Phi(-|diff| / se)``
+with ``se`` the replicates' standard deviation (200 replicates cannot resolve percentile p-values
+below 1/200, which a multiple-comparison correction needs).
 
-The interval is the percentile interval of the replicate differences shifted by their bootstrap
-bias, exactly as each row's own interval (``fid.bias_shifted_interval``); the p-value of
-``FID(a) = FID(b)`` is the normal approximation ``2 Phi(-|diff| / se)`` with ``se`` the replicates'
-standard deviation (200 replicates cannot resolve percentile p-values below 1/200, which a
-multiple-comparison correction needs). ``holm`` adjusts a family of them (``with_holm``: of
-``Difference`` records).
-
-Training replicates (``seed_combined``, ``seed_combined_difference``, ``seed_matrix_difference``)
-combine one row's K per-seed estimates by the one-way random-effects method of moments: the spread
-between trainings plus each seed's sampling noise, from the bootstrap replicates of every seed.
-
-``Pairing`` holds the rows of one comparison with their replicates and gives ``Difference`` records:
-``FID(a) - FID(b)`` of two rows (``diff``) or of one row against every row (``against``).
-
-The replicates come from the evaluate stage (``fid.bootstrap_fid`` with one bootstrap seed, so
-every row is resampled at the same indices; ``save_row_features`` keeps them, ``read_replicates``
-reads them back for the rows that pair); the arithmetic here is numpy only.
+The replicates come from the evaluate stage (``fid.bootstrap_fid`` with one bootstrap seed, so every
+row is resampled at the same indices); the arithmetic here is numpy only.
 """
 
 from __future__ import annotations
@@ -49,41 +36,6 @@ def _p_value(diff: float, se: float) -> float:
     if se <= 0 or not math.isfinite(se):
         return 1.0 if diff == 0 else 0.0
     return math.erfc(abs(diff) / se / math.sqrt(2))
-
-
-def paired_difference(
-    fid_a: float, fid_b: float, boots_a, boots_b, *, level: float = LEVEL
-) -> dict[str, float]:
-    """``FID(a) - FID(b)`` with its paired bootstrap interval, from the two rows' estimates and
-    their bootstrap replicates ``[B]`` drawn at the same resampled indices (``fid.bootstrap_draws``
-    with one seed and the same ``n``). Returns ``dict(fid_diff, diff_lo, diff_hi, se, p_value)``."""
-    ba, bb = np.asarray(boots_a, np.float64), np.asarray(boots_b, np.float64)
-    if ba.shape != bb.shape or ba.ndim != 1 or len(ba) < 2:
-        raise ValueError(
-            f"paired_difference: replicates {ba.shape} and {bb.shape} must be equal 1-D (B >= 2)"
-        )
-    from difflab.metrics.fid import bias_shifted_interval
-
-    diff = float(fid_a) - float(fid_b)
-    d = ba - bb
-    lo, hi = bias_shifted_interval(d, diff, level)
-    se = float(d.std(ddof=1))
-    return {"fid_diff": diff, "diff_lo": lo, "diff_hi": hi, "se": se, "p_value": _p_value(diff, se)}
-
-
-def replicate_matrix_difference(
-    fid: np.ndarray, boots: np.ndarray, i: int, *, level: float = LEVEL
-) -> dict[str, np.ndarray]:
-    """``paired_difference`` of row ``i`` against every row at once: ``fid`` ``[R]``, ``boots``
-    ``[R, B]`` (one seed, same ``n``); arrays ``[R]`` of ``fid_diff = fid[i] - fid[j]`` and its
-    bounds."""
-    fid, boots = np.asarray(fid, np.float64), np.asarray(boots, np.float64)
-    d = boots[i][None, :] - boots  # [R, B]
-    diff = fid[i] - fid
-    tail = 100 * (1 - level) / 2
-    q = np.percentile(d, [tail, 100 - tail], axis=1)  # [2, R]
-    shift = d.mean(1) - diff
-    return {"fid_diff": diff, "diff_lo": q[0] - shift, "diff_hi": q[1] - shift}
 
 
 def _seed_moments(est: np.ndarray, reps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -113,71 +65,84 @@ def _seed_arrays(fids, boots, name: str) -> tuple[np.ndarray, np.ndarray]:
     return f, b
 
 
+def _combined(f: np.ndarray, b: np.ndarray, level: float) -> tuple[float, float, float, float]:
+    """``(estimate, lo, hi, se)`` from per-seed estimates ``f`` ``[K]`` and their replicates ``b``
+    ``[K, B]``: K = 1, the bias-shifted percentile interval (``fid.bias_shifted_interval``) and the
+    replicates' standard deviation; K >= 2, the seed mean ``+/- z se`` (``_seed_moments``)."""
+    if len(f) == 1:
+        from difflab.metrics.fid import bias_shifted_interval
+
+        lo, hi = bias_shifted_interval(b[0], f[0], level)
+        return float(f[0]), lo, hi, float(b[0].std(ddof=1))
+    mean, var = _seed_moments(f, b)
+    se = math.sqrt(var)
+    half = NormalDist().inv_cdf(0.5 + level / 2) * se
+    return float(mean), float(mean - half), float(mean + half), se
+
+
+def _difference(diff: float, lo: float, hi: float, se: float) -> dict[str, float]:
+    return {"fid_diff": diff, "diff_lo": lo, "diff_hi": hi, "se": se, "p_value": _p_value(diff, se)}
+
+
+def paired_difference(
+    fid_a: float, fid_b: float, boots_a, boots_b, *, level: float = LEVEL
+) -> dict[str, float]:
+    """``FID(a) - FID(b)`` with its paired bootstrap interval, from the two rows' estimates and
+    their bootstrap replicates ``[B]`` drawn at the same resampled indices (``fid.bootstrap_draws``
+    with one seed and the same ``n``). Returns ``dict(fid_diff, diff_lo, diff_hi, se, p_value)``."""
+    ba, bb = np.asarray(boots_a, np.float64), np.asarray(boots_b, np.float64)
+    if ba.shape != bb.shape or ba.ndim != 1 or len(ba) < 2:
+        raise ValueError(
+            f"paired_difference: replicates {ba.shape} and {bb.shape} must be equal 1-D (B >= 2)"
+        )
+    return _difference(*_combined(np.array([float(fid_a) - float(fid_b)]), (ba - bb)[None], level))
+
+
+def replicate_matrix_difference(
+    fid: np.ndarray, boots: np.ndarray, i: int, *, level: float = LEVEL
+) -> dict[str, np.ndarray]:
+    """``paired_difference`` of row ``i`` against every row at once: ``fid`` ``[R]``, ``boots``
+    ``[R, B]`` (one seed, same ``n``); arrays ``[R]`` of ``fid_diff = fid[i] - fid[j]`` and its
+    bounds."""
+    fid, boots = np.asarray(fid, np.float64), np.asarray(boots, np.float64)
+    d = boots[i][None, :] - boots  # [R, B]
+    diff = fid[i] - fid
+    tail = 100 * (1 - level) / 2
+    q = np.percentile(d, [tail, 100 - tail], axis=1)  # [2, R]
+    shift = d.mean(1) - diff
+    return {"fid_diff": diff, "diff_lo": q[0] - shift, "diff_hi": q[1] - shift}
+
+
 def seed_combined(fids, boots, *, level: float = LEVEL) -> dict:
     """One row's FID over K training seeds: ``fids`` ``[K]`` the per-seed estimates, ``boots``
     ``[K, B]`` their bootstrap replicates (drawn at the same resampled indices for every seed).
-    Returns ``dict(fid, fid_lo, fid_hi, se, seed_sd, n_seeds)``.
-
-    K = 1: the row's own bias-shifted percentile interval (``fid.bias_shifted_interval``), ``se`` the
-    replicates' standard deviation, ``seed_sd`` None. K >= 2: the mean over seeds
-    ``+/- z sqrt(Var(mean))`` by the one-way random-effects method of moments (``_seed_moments``):
-    with ``s2`` the between-seed sample variance and ``v`` the mean bootstrap variance,
-    ``sigma_seed^2 = max(0, s2 - v)`` and ``Var(mean) = (sigma_seed^2 + v) / K = max(s2, v) / K``
-    where the seeds' sampling errors are uncorrelated. Every seed samples from the same noise, so
-    they may be correlated; the part they share (the replicates' covariance across seeds) does not
-    show in ``s2`` and does not shrink with K, and ``_seed_moments`` counts it as such. ``seed_sd =
-    sqrt(s2)``.
+    Returns ``dict(fid, fid_lo, fid_hi, se, seed_sd, n_seeds)`` (``_combined``; ``seed_sd``: the
+    seeds' sample standard deviation ``sqrt(s2)``, None for K = 1). Every seed samples from the same
+    noise, so their sampling errors may be correlated; the part they share (the replicates'
+    covariance across seeds) does not show in ``s2`` and does not shrink with K, and
+    ``_seed_moments`` counts it as such.
 
     ``z`` is the normal quantile. The seed variance is estimated with K - 1 degrees of freedom, so
     with few seeds and the seed spread dominating the interval is optimistic (nominal 95% covers
     about 88% at K = 5); a t quantile with K - 1 degrees of freedom would widen it by
     ``t / z`` = 6.5 (K = 2), 2.2 (K = 3), 1.42 (K = 5), 1.15 (K = 10)."""
     f, b = _seed_arrays(fids, boots, "seed_combined")
-    if len(f) == 1:
-        from difflab.metrics.fid import bias_shifted_interval
-
-        lo, hi = bias_shifted_interval(b[0], f[0], level)
-        se = float(b[0].std(ddof=1))
-        return {"fid": float(f[0]), "fid_lo": lo, "fid_hi": hi, "se": se, "seed_sd": None, "n_seeds": 1}
-    mean, var = _seed_moments(f, b)
-    se, z = math.sqrt(var), NormalDist().inv_cdf(0.5 + level / 2)
-    return {
-        "fid": float(mean),
-        "fid_lo": float(mean - z * se),
-        "fid_hi": float(mean + z * se),
-        "se": se,
-        "seed_sd": float(f.std(ddof=1)),
-        "n_seeds": len(f),
-    }
+    fid, lo, hi, se = _combined(f, b, level)
+    seed_sd = float(f.std(ddof=1)) if len(f) > 1 else None
+    return {"fid": fid, "fid_lo": lo, "fid_hi": hi, "se": se, "seed_sd": seed_sd, "n_seeds": len(f)}
 
 
 def seed_combined_difference(fids_a, fids_b, boots_a, boots_b, *, level: float = LEVEL) -> dict:
     """``FID(a) - FID(b)`` over K training seeds, seed ``k`` of ``a`` matched with seed ``k`` of ``b``
     (the same sampling noise, different trainings): ``fids_*`` ``[K]``, ``boots_*`` ``[K, B]`` at the
-    same resampled indices. Returns ``dict(fid_diff, diff_lo, diff_hi, se, p_value)``.
-
-    K = 1: exactly ``paired_difference``. K >= 2: the random-effects method of moments of
-    ``seed_combined`` on the per-seed paired differences ``d_k = fid_a,k - fid_b,k`` with the
-    replicates ``boots_a,k - boots_b,k`` (the sampling noise of each seed's difference, paired
-    because the rows share noise): the mean ``+/- z se``, ``se^2 = max(s2, v) / K`` where the seeds'
-    sampling errors are uncorrelated; p-value ``2 Phi(-|d| / se)``. Optimistic with few seeds, as
-    ``seed_combined`` says."""
+    same resampled indices. Returns ``dict(fid_diff, diff_lo, diff_hi, se, p_value)``: ``seed_combined``
+    of the per-seed paired differences ``d_k = fid_a,k - fid_b,k`` with the replicates
+    ``boots_a,k - boots_b,k`` (K = 1: exactly ``paired_difference``)."""
     fa, ba = _seed_arrays(fids_a, boots_a, "seed_combined_difference")
     fb, bb = _seed_arrays(fids_b, boots_b, "seed_combined_difference")
     if ba.shape != bb.shape:
         raise ValueError(f"seed_combined_difference: rows hold replicates {ba.shape} and {bb.shape}")
-    if len(fa) == 1:
-        return paired_difference(fa[0], fb[0], ba[0], bb[0], level=level)
-    diff, var = _seed_moments(fa - fb, ba - bb)
-    se, z = math.sqrt(var), NormalDist().inv_cdf(0.5 + level / 2)
-    diff = float(diff)
-    return {
-        "fid_diff": diff,
-        "diff_lo": diff - z * se,
-        "diff_hi": diff + z * se,
-        "se": se,
-        "p_value": _p_value(diff, se),
-    }
+    return _difference(*_combined(fa - fb, ba - bb, level))
 
 
 def seed_matrix_difference(fids, boots, i: int, *, level: float = LEVEL) -> dict[str, np.ndarray]:
