@@ -24,33 +24,25 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))  # run as `python pipeline/x.py` without an installed package too
 
 
-def parser(description: str) -> argparse.ArgumentParser:
+def parser(description: str, *, data: bool = False, device: bool = False) -> argparse.ArgumentParser:
+    """``--params`` and, where the stage reads them, the prepare stage's folder and the torch device."""
     p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument(
         "--params", default="params.yaml", help="the composed configuration (default: %(default)s)"
     )
-    return p
-
-
-def add_schedule_args(p: argparse.ArgumentParser, *, model: bool = True, data: bool = True) -> None:
-    """The arguments of a per-schedule stage: ``--schedule`` and, where the stage reads them, the
-    trained model folder and the prepare stage's folder."""
-    p.add_argument("--schedule", required=True, help="one of the params' schedules")
-    p.add_argument("--seed", type=int, default=0, help="one of the params' training seeds (default: 0)")
-    if model:
-        p.add_argument(
-            "--model", default=None, help="trained model folder (default: models/SCHEDULE/seed_SEED)"
-        )
     if data:
         p.add_argument(
             "--data", default="data/prepared", help="the prepare stage's folder (default: %(default)s)"
         )
+    if device:
+        p.add_argument("--device", default="auto", help="torch device; auto = cuda when available, else cpu")
+    return p
 
 
 def add_network_args(p: argparse.ArgumentParser, *, model: bool = True) -> None:
     """The arguments of a per-network stage: a trained network (``--schedule``, ``--seed``) or a
-    pretrained entry (``--pretrained NAME``), where the stage reads it the network's folder, and the
-    prepare stage's folder (``network_arg`` checks them against the params)."""
+    pretrained entry (``--pretrained NAME``) and, where the stage reads it, the network's folder
+    (``load_network_cfg`` checks them against the params)."""
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--schedule", help="a trained network: one of the params' schedules")
     which.add_argument("--pretrained", help="a pretrained network: one of the params' pretrained names")
@@ -59,38 +51,15 @@ def add_network_args(p: argparse.ArgumentParser, *, model: bool = True) -> None:
         p.add_argument(
             "--model", default=None, help="the network's folder (default: models/NETWORK/seed_SEED)"
         )
-    p.add_argument(
-        "--data", default="data/prepared", help="the prepare stage's folder (default: %(default)s)"
-    )
 
 
-def network_arg(cfg: dict, args):
-    """The network (``difflab.networks.NetworkId``) the arguments of ``add_network_args`` name."""
+def load_network_cfg(args):
+    """``(cfg, net)``: the params (``load_cfg``) and the network (``difflab.networks.NetworkId``) the
+    arguments of ``add_network_args`` name."""
     from difflab.networks import find_network
 
-    return find_network(cfg, schedule=args.schedule, seed=args.seed, pretrained=args.pretrained)
-
-
-def check_schedule(cfg: dict, schedule: str) -> None:
-    """A per-stage ``--schedule`` must be one of the params' schedules."""
-    if schedule not in cfg["schedules"]:
-        raise ValueError(f"--schedule {schedule!r} is not in params schedules {cfg['schedules']}")
-
-
-def check_seed(cfg: dict, seed: int) -> None:
-    """A per-stage ``--seed`` must be one of the params' training seeds."""
-    if seed not in cfg["seeds"]:
-        raise ValueError(f"--seed {seed!r} is not in params seeds {cfg['seeds']}")
-
-
-def model_dir(schedule: str, seed: int, root: str = "models") -> str:
-    """The folder of one trained network (the train stage's output; dvc.yaml names the same paths),
-    and below ``references/``, ``evals/`` and ``samples/<solver>/<grid>/`` the folder of its rows."""
-    return f"{root}/{schedule}/seed_{seed}"
-
-
-def add_device(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", default="auto", help="torch device; auto = cuda when available, else cpu")
+    cfg = load_cfg(args)
+    return cfg, find_network(cfg, schedule=args.schedule, seed=args.seed, pretrained=args.pretrained)
 
 
 _RANK_DEVICE: str | None = None  # this rank's device when the stage runs as several ranks
@@ -112,40 +81,21 @@ def resolve_device(name: str) -> str:
 NPROC_ENV = "DIFFLAB_NPROC"
 
 
-def _ranks_wanted() -> int:
-    """Processes for a stage that splits its work: ``$DIFFLAB_NPROC`` (e.g. 2 gloo ranks on CPU),
-    else every visible GPU (one process without CUDA or with one GPU)."""
-    if os.environ.get(NPROC_ENV):
-        n = int(os.environ[NPROC_ENV])
-        if n < 1:
-            raise ValueError(f"{NPROC_ENV}={n} must be an integer >= 1")
-        return n
-    from difflab.distributed import visible_devices
-
-    return visible_devices()
-
-
-def _launch_ranks(n: int) -> None:
-    """Run this stage again as ``n`` ranks under ``torch.distributed.run`` and exit with its status."""
+def _launch_ranks() -> None:
+    """Run this stage again as ``$DIFFLAB_NPROC`` ranks (e.g. 2 gloo ranks on CPU), else one per visible
+    GPU, under ``torch.distributed.run`` and exit with its status; return where that is one rank."""
     import subprocess
 
+    from difflab.distributed import visible_devices
+
+    n = int(os.environ[NPROC_ENV]) if os.environ.get(NPROC_ENV) else visible_devices()
+    if n < 1:
+        raise ValueError(f"{NPROC_ENV}={n} must be an integer >= 1")
+    if n == 1:
+        return
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}"]
     print(f"[{Path(sys.argv[0]).stem}] {n} ranks: {' '.join(cmd[1:])} ...", flush=True)
     sys.exit(subprocess.run([*cmd, *sys.argv], check=False).returncode)
-
-
-def _join_ranks() -> None:
-    """Under ``torch.distributed.run``: join the process group and use this rank's device."""
-    global _RANK_DEVICE
-    from difflab.distributed import init_from_env
-
-    _RANK_DEVICE = init_from_env()
-
-
-def _leave_ranks() -> None:
-    from difflab.distributed import leave
-
-    leave()
 
 
 def _is_main_rank() -> bool:
@@ -184,10 +134,10 @@ def run(main, args, imports: tuple[str, ...] = ("torch",), *, ranks: bool = Fals
     and exit status 2, with no traceback and no output written. Any other exception is a programming
     error and keeps its traceback. Prints the stage's wall and CPU time and, within them, its imports.
 
-    ``ranks=True`` (stages that split their work by index: sample, reference, evaluate, nll): with
-    several visible GPUs (or ``$DIFFLAB_NPROC``) the stage runs itself as that many ranks under
-    ``torch.distributed.run``; every rank computes its share, rank 0 writes the outputs (the same
-    files one process writes)."""
+    ``ranks=True`` (stages that split their work by index): with several visible GPUs (or
+    ``$DIFFLAB_NPROC``) the stage runs itself as that many ranks (``_launch_ranks``); every rank
+    computes its share, rank 0 writes the outputs (the same files one process writes)."""
+    global _RANK_DEVICE
     import importlib
 
     hand_off()
@@ -195,19 +145,21 @@ def run(main, args, imports: tuple[str, ...] = ("torch",), *, ranks: bool = Fals
     for module in imports:
         importlib.import_module(module)
     import_seconds = time.perf_counter() - start
+    from difflab import distributed
+
     try:
-        if ranks and "RANK" not in os.environ and (n := _ranks_wanted()) > 1:
-            _launch_ranks(n)
-        if ranks:
-            _join_ranks()
+        if ranks and "RANK" not in os.environ:
+            _launch_ranks()
+        if ranks:  # under torch.distributed.run: join the process group, use this rank's device
+            _RANK_DEVICE = distributed.init_from_env()
         main(args)
         if ranks:
-            _leave_ranks()
+            distributed.leave()
     except (ValueError, FileNotFoundError) as e:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         print(f"error: {msg}", file=sys.stderr)
         sys.exit(2)
-    if not _is_main_rank():
+    if not distributed.is_main():
         return
     import resource
 
@@ -258,9 +210,14 @@ def _clear_target(final: Path, keep: Path | None = None) -> tuple[Path, str]:
     return root, prefix
 
 
-def _publish(work: Path, final: Path) -> None:
-    """Make the finished ``work`` folder movable and rename it to ``final``."""
+def publish(work: Path, final: Path) -> None:
+    """Make the finished ``work`` (a folder or a file) movable and rename it to ``final``, replacing
+    what is there."""
     self_contained(work)
+    if final.is_dir():
+        shutil.rmtree(final)
+    elif final.exists():
+        final.unlink()
     final.parent.mkdir(parents=True, exist_ok=True)
     os.replace(work, final)
 
@@ -278,7 +235,7 @@ def atomic_dir(final: str | os.PathLike):
     tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=root))
     try:
         yield tmp
-        _publish(tmp, final)
+        publish(tmp, final)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -295,7 +252,7 @@ def resumable_dir(final: str | os.PathLike, key: str):
     _clear_target(final, keep=work)
     work.mkdir(parents=True, exist_ok=True)
     yield work
-    _publish(work, final)
+    publish(work, final)
 
 
 def content_key(*parts) -> str:

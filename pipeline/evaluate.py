@@ -13,30 +13,19 @@ replicates and sample indices, keyed by ``Row.key`` (``metrics.paired.save_row_f
 the report pairs rows.
 """
 
-import json
 from pathlib import Path
 
-from _common import (
-    add_device,
-    add_network_args,
-    atomic_file,
-    load_cfg,
-    network_arg,
-    parser,
-    read_json,
-    resolve_device,
-    run,
-)
+from _common import add_network_args, load_network_cfg, parser, read_json, resolve_device, run, write_json
 
 
 def main(args):
-    cfg = load_cfg(args)
-    net = network_arg(cfg, args)
+    cfg, net = load_network_cfg(args)
     from difflab.distributed import gather, is_main, shard
     from difflab.metrics.paired import save_row_features
+    from difflab.results import Row
 
     scorer, levels = _scorer(args, cfg)
-    jobs = [(row, folder) for folder in _folders(args, cfg, net) for row in _rows(folder)]
+    jobs = [(Row.from_dict(d), f) for f in _folders(args, cfg, net) for d in read_json(f / "rows.json")]
     mine = shard(list(enumerate(jobs)))  # several ranks: each scores every world-th row
     done = [(k, *_score(scorer, levels, row, folder)) for k, (row, folder) in mine]
     done = sorted((item for part in gather(done) for item in part), key=lambda item: item[0])
@@ -44,7 +33,7 @@ def main(args):
     if is_main():
         kept = {row.key: features for _, row, features in done}
         save_row_features(args.row_features or out.parent / "features.npz", kept, bootstrap_seed=cfg["seed"])
-    atomic_file(out, json.dumps([row.to_dict() for _, row, _ in done], indent=2) + "\n")
+    write_json(out, [row.to_dict() for _, row, _ in done])
 
 
 def _scorer(args, cfg):
@@ -74,12 +63,6 @@ def _folders(args, cfg, net) -> list[Path]:
     return [*folders, Path(net.folder(f"{args.samples}/{CONVERGED_SDE}"))]
 
 
-def _rows(folder: Path):
-    from difflab.results import Row
-
-    return [Row.from_dict(d) for d in read_json(folder / "rows.json")]
-
-
 def _score(scorer, levels: int, row, folder: Path):
     from difflab.images import levels_to_uint8_images, load_samples
 
@@ -91,7 +74,7 @@ def _score(scorer, levels: int, row, folder: Path):
 
 
 if __name__ == "__main__":
-    p = parser(__doc__)
+    p = parser(__doc__, data=True, device=True)
     add_network_args(p, model=False)
     p.add_argument("--samples", default="samples", help="the sample stages' folder (default: %(default)s)")
     p.add_argument("--features", default="data/features", help="the prepare stage's feature folder")
@@ -99,5 +82,4 @@ if __name__ == "__main__":
     p.add_argument(
         "--row-features", default=None, help="every row's features (default: features.npz beside OUT)"
     )
-    add_device(p)
     run(main, p.parse_args(), imports=("torch", "difflab.metrics.fid"), ranks=True)

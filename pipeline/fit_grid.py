@@ -5,15 +5,14 @@ of the same solver and grid reads them as explicit grids (``load_fitted``).
 GITS's teacher starts from the noise of every row's first ``sample.solver_error_samples`` samples
 (``sample.seed``, drawn as the reference and sample stages draw them), under the first guidance scale;
 DMN reads only the network's schedule. A stochastic solver gets the grid fitted for ddim and an adaptive
-one its grid's two ends (``fitted.grid_student``). The `sample-fitted` stage of the same solver and
-grid depends on this stage's folder only.
+one its grid's two ends (``fitted.grid_student``).
 
 Writes OUT/ (default grids/SOLVER/GRID): MODEL/seed_SEED/grid.json (``fitted.write_fitted``).
 """
 
 from pathlib import Path
 
-from _common import add_device, atomic_dir, load_cfg, parser, read_json, resolve_device, run
+from _common import atomic_dir, load_cfg, parser, read_json, resolve_device, run
 
 
 def main(args):
@@ -46,14 +45,8 @@ def fit_networks(args, cfg, out: Path) -> None:
         grids = fit_for_sampling(
             args.grid, teacher, D.schedule, args.solver, steps, noise, cond=labels, solver_options=options
         )
-        write_fitted(
-            net.folder(str(out)) + "/grid.json",
-            args.grid,
-            args.solver,
-            grids,
-            D.schedule,
-            solver_options=options,
-        )
+        path = net.folder(str(out)) + "/grid.json"
+        write_fitted(path, args.grid, args.solver, grids, D.schedule, solver_options=options)
         print(f"fit_grid {args.grid} {args.solver} {net.model} seed {net.seed}: steps {sorted(grids)}")
 
 
@@ -85,13 +78,9 @@ def guided_teacher(D, w, noise):
 
 
 if __name__ == "__main__":
-    p = parser(__doc__)
+    p = parser(__doc__, data=True, device=True)
     p.add_argument("--solver", required=True, help="one of the params' solvers")
     p.add_argument("--grid", required=True, help="one of the params' sample.fitted_grids")
     p.add_argument("--models", default="models", help="the network folders (default: %(default)s)")
-    p.add_argument(
-        "--data", default="data/prepared", help="the prepare stage's folder (default: %(default)s)"
-    )
     p.add_argument("--out", default=None, help="output folder (default: grids/SOLVER/GRID)")
-    add_device(p)
     run(main, p.parse_args(), imports=("torch", "difflab.solvers"))

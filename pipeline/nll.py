@@ -7,22 +7,11 @@ nfe_per_image, divergence.
 
 import json
 
-from _common import (
-    add_device,
-    add_network_args,
-    atomic_file,
-    load_cfg,
-    network_arg,
-    parser,
-    read_json,
-    resolve_device,
-    run,
-)
+from _common import add_network_args, atomic_file, load_network_cfg, parser, read_json, resolve_device, run
 
 
 def main(args):
-    cfg = load_cfg(args)
-    net = network_arg(cfg, args)
+    cfg, net = load_network_cfg(args)
     ev = cfg["evaluate"]
     out = args.out or f"{net.folder('evals')}/nll.json"
     if ev["nll_images"] == 0:
@@ -57,16 +46,14 @@ def main(args):
         device=device,
     )
     record = {"model": net.model, "schedule": schedule.name, "seed": net.seed, "n_images": len(images)}
-    record["divergence"] = ev["nll_divergence"]
-    record["t_min"] = schedule.t_min
+    record |= {"divergence": ev["nll_divergence"], "t_min": schedule.t_min}
     record.update({k: v for k, v in result.items() if isinstance(v, (int, float, str)) or v is None})
     atomic_file(out, json.dumps(record, indent=2) + "\n")
     print(f"{net.model} seed {net.seed}: {record.get('bpd')} bits/dim on {len(images)} held-out images")
 
 
 if __name__ == "__main__":
-    p = parser(__doc__)
+    p = parser(__doc__, data=True, device=True)
     add_network_args(p)
     p.add_argument("--out", default=None)
-    add_device(p)
     run(main, p.parse_args(), imports=("torch", "difflab.metrics.nll", "difflab.networks"), ranks=True)

@@ -15,7 +15,7 @@ and FEATURES/ (default data/features):
                    class-conditional model also the classifier's held-out accuracy (the ceiling)
 """
 
-from _common import add_device, atomic_dir, load_cfg, parser, resolve_device, run, write_json
+from _common import atomic_dir, load_cfg, parser, resolve_device, run, write_json
 
 
 def main(args):
@@ -37,14 +37,9 @@ def _write_splits(out, dataset: str, dm, train, held) -> dict:
     """The splits as .npy (not .npz: no timestamps, the same bytes every run) and meta.json."""
     import numpy as np
 
-    arrays = {
-        "train_images": train[0],
-        "train_labels": train[1],
-        "heldout_images": held[0],
-        "heldout_labels": held[1],
-    }
-    for name, a in arrays.items():
-        np.save(out / f"{name}.npy", a.numpy())
+    for split, (images, labels) in {"train": train, "heldout": held}.items():
+        np.save(out / f"{split}_images.npy", images.numpy())
+        np.save(out / f"{split}_labels.npy", labels.numpy())
     meta = {
         "dataset": dataset,
         "shape": list(dm.data_shape),
@@ -111,8 +106,7 @@ def _ceiling(classifier, images, labels, levels, device) -> dict:
 
 
 if __name__ == "__main__":
-    p = parser(__doc__)
+    p = parser(__doc__, device=True)
     p.add_argument("--out", default="data/prepared", help="dataset folder (default: %(default)s)")
     p.add_argument("--features", default="data/features", help="feature folder (default: %(default)s)")
-    add_device(p)
     run(main, p.parse_args())

@@ -9,22 +9,11 @@ Writes OUT/ (default references/NETWORK/seed_SEED): <stem>.npz per guidance scal
 measured `nfe`; <stem> = the rk45 ``Row.stem`` under SCHEDULE).
 """
 
-from _common import (
-    add_device,
-    add_network_args,
-    atomic_dir,
-    load_cfg,
-    network_arg,
-    parser,
-    read_json,
-    resolve_device,
-    run,
-)
+from _common import add_network_args, atomic_dir, load_network_cfg, parser, read_json, resolve_device, run
 
 
 def main(args):
-    cfg = load_cfg(args)
-    net = network_arg(cfg, args)
+    cfg, net = load_network_cfg(args)
     s = cfg["sample"]
     meta = read_json(f"{args.data}/meta.json")
     n = min(s["solver_error_samples"], s["n_samples"])
@@ -52,8 +41,7 @@ def main(args):
 
 
 if __name__ == "__main__":
-    p = parser(__doc__)
+    p = parser(__doc__, data=True, device=True)
     add_network_args(p)
     p.add_argument("--out", default=None)
-    add_device(p)
     run(main, p.parse_args(), imports=("torch", "difflab.sweep", "difflab.networks"), ranks=True)

@@ -12,24 +12,13 @@ Rows are compared in pairs from the bootstrap replicates the evaluate stage keep
 (evals/SCHEDULE/seed_SEED/features.npz), with --from-csv too.
 """
 
-import os
-import shutil
 from dataclasses import replace
 from pathlib import Path
 
-from _common import load_cfg, parser, read_json, run, scratch_dir, self_contained
+from _common import load_cfg, parser, publish, read_json, run, scratch_dir
 
 OUTPUTS = ("comparison.csv", "seeds.csv", "paired.csv", "metrics.json", "diagnostics.json", "plots", "wandb",
            "report.html")  # fmt: skip
-
-
-def _place(src: Path, dst: Path) -> None:
-    if dst.is_dir():
-        shutil.rmtree(dst)
-    elif dst.exists():
-        dst.unlink()
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(src, dst)
 
 
 def _data_meta(args) -> dict:
@@ -73,23 +62,19 @@ def main(args):
             from difflab.tracking import wandb_group
 
             log_comparison(rows, shown, ctx, tmp / "wandb", wandb_group(cfg))
-            self_contained(tmp / "wandb")
         for name in OUTPUTS:
             if (tmp / name).exists():
-                _place(tmp / name, results / name)
+                publish(tmp / name, results / name)  # W&B's run folder links into its cache
     for line in text.summary_sentences(budgets(rows, ctx)):
         print(line)
     print(f"wrote {results}/report.html ({len(rows)} rows)")
 
 
 if __name__ == "__main__":
-    p = parser(__doc__)
+    p = parser(__doc__, data=True)
     p.add_argument("--evals", default="evals", help="the evaluate/nll stages' folder (default: %(default)s)")
     p.add_argument(
         "--samples", default="samples", help="the sample stages' folder, for grids (default: %(default)s)"
-    )
-    p.add_argument(
-        "--data", default="data/prepared", help="the prepare stage's folder (default: %(default)s)"
     )
     p.add_argument("--features", default="data/features", help="the prepare stage's feature folder")
     p.add_argument("--models", default="models", help="the train stages' folder, for the loss curves")

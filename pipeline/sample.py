@@ -1,11 +1,8 @@
 """Stage `sample`: one solver on one time grid, for every network (the trained ones, schedule x seed,
-and the pretrained entries: ``difflab.networks.network_ids``), every
-sampling-time schedule (``sample.schedules``), every guidance scale and every step count of
-``sample.steps`` (adaptive solvers once, steps = 0), with each row's solver error and, for
-schedule-invariant solvers, its invariance error (``difflab.sweep``).
-
-One process per solver x grid: a changed solver option or a new grid re-runs only its stages, and
-every stage pays torch's import and DVC's start-up once.
+and the pretrained entries: ``difflab.networks.network_ids``), every sampling-time schedule
+(``sample.schedules``), every guidance scale and every step count of ``sample.steps`` (adaptive solvers
+once, steps = 0), with each row's solver error and, for schedule-invariant solvers, its invariance
+error (``difflab.sweep``). One process per solver x grid (dvc.yaml says why).
 
 With ``--converged-sde``, stage `converged`: every network's converged reverse-SDE solution
 (``sample.converged_sde``: a stochastic solver at many steps, logsnr grid), the partner of its SDE rows.
@@ -15,16 +12,7 @@ Writes OUT/ (default samples/SOLVER/GRID, samples/_converged): MODEL/seed_SEED/<
 rows.json (the rows, ``Row.to_dict``).
 """
 
-from _common import (
-    add_device,
-    atomic_dir,
-    load_cfg,
-    parser,
-    read_json,
-    resolve_device,
-    run,
-    write_json,
-)
+from _common import atomic_dir, load_cfg, parser, read_json, resolve_device, run, write_json
 
 
 def main(args):
@@ -81,7 +69,7 @@ def _sweep(args, cfg, solver: str, grid: str, steps: tuple | None):
 
 
 if __name__ == "__main__":
-    p = parser(__doc__)
+    p = parser(__doc__, data=True, device=True)
     p.add_argument("--solver", default=None, help="one of the params' solvers")
     p.add_argument(
         "--converged-sde",
@@ -97,9 +85,5 @@ if __name__ == "__main__":
     p.add_argument(
         "--references", default="references", help="the reference stages' folder (default: %(default)s)"
     )
-    p.add_argument(
-        "--data", default="data/prepared", help="the prepare stage's folder (default: %(default)s)"
-    )
     p.add_argument("--out", default=None, help="output folder (default: samples/SOLVER/GRID)")
-    add_device(p)
     run(main, p.parse_args(), imports=("torch", "difflab.sweep", "difflab.training"), ranks=True)

@@ -15,10 +15,7 @@ from _common import ROOT, load_cfg, parser, run
 
 
 def offline_runs(roots=("models", "results", "outputs")) -> list[Path]:
-    runs = []
-    for root in roots:
-        runs += sorted((ROOT / root).glob("**/offline-run-*"))
-    return [r for r in runs if r.is_dir()]
+    return [r for root in roots for r in sorted((ROOT / root).glob("**/offline-run-*")) if r.is_dir()]
 
 
 def has_key() -> bool:

@@ -12,10 +12,9 @@ on a Unix socket named by $DIFFLAB_WARM in the environment of the command it run
 command's status. A stage script started by DVC finds $DIFFLAB_WARM in `_common.run` (`hand_off`) and
 hands its command line, working directory, environment and standard output/error (the file
 descriptors themselves) to the server, which forks a child with the libraries already imported; the
-child runs the script exactly as `python SCRIPT ARGS` would and reports its exit status. DVC still
-runs, sees and records every stage as usual. When the stage process dies (DVC stopped, SIGKILL), the
-child notices the closed connection and exits at once, so a killed stage leaves nothing behind.
-Without $DIFFLAB_WARM (plain `dvc repro`) every stage starts on its own, as before.
+child runs the script exactly as `python SCRIPT ARGS` would and reports its exit status. When the
+stage process dies (DVC stopped, SIGKILL), the child notices the closed connection and exits at once,
+so a killed stage leaves nothing behind.
 
 The server itself never runs a torch operation before it forks (no thread pools, no CUDA context),
 so the children start from a clean state.

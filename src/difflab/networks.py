@@ -47,10 +47,8 @@ def find_network(cfg: dict, *, schedule: str | None = None, seed: int = 0, pretr
     if (schedule is None) == (pretrained is None):
         raise ValueError("name one network: --schedule (with --seed) or --pretrained, not both or neither")
     if pretrained is not None:
-        if pretrained not in (cfg.get("pretrained") or {}):
-            raise ValueError(
-                f"--pretrained {pretrained!r} is not in params pretrained {list(cfg.get('pretrained') or {})}"
-            )
+        if pretrained not in (names := list(cfg.get("pretrained") or {})):
+            raise ValueError(f"--pretrained {pretrained!r} is not in params pretrained {names}")
         return NetworkId(pretrained, 0, True)
     if schedule not in cfg["schedules"]:
         raise ValueError(f"--schedule {schedule!r} is not in params schedules {cfg['schedules']}")
@@ -73,8 +71,3 @@ def load_network(folder: str | Path, device="cpu"):
     from difflab.training import load_denoiser
 
     return load_denoiser(folder, device)
-
-
-def training_schedule_name(denoiser) -> str:
-    """The registered name of the schedule a network was trained on."""
-    return type(denoiser.schedule).name

@@ -14,9 +14,7 @@ t = 0 data, t = 1 noise) with ``.schedule``, ``.prediction``, ``.num_classes``, 
   conventions (EDM pickles and other frameworks go through such an adapter; ``device=...`` is passed
   to it when it takes that keyword).
 
-The UNet is fed ``x`` itself (DDPM's ``x_t = sqrt(abar) x0 + sqrt(1 - abar) eps`` is the VP marginal) and
-the fractional timestep ``schedule.timestep(t)`` as a float tensor; its output becomes x0 through
-``parametrization.to_x0``. diffusers is imported only when a diffusers source is loaded.
+diffusers is imported only when a diffusers source is loaded.
 """
 
 from __future__ import annotations
@@ -81,18 +79,17 @@ class Checkpoint:
     num_classes: int
     null_label: int | None
 
-    def describe(self) -> dict:
-        """Plain-dict summary (``inspect_pretrained``)."""
-        return {
-            "source": self.source,
-            "kind": "diffusers",
-            "sample_shape": self.sample_shape,
-            "num_classes": self.num_classes,
-            "null_label": self.null_label,
-            "prediction": self.prediction,
-            "clip_sample_range": self.clip_sample_range,
-            "schedule": self.schedule.params(),
-        }
+
+def _describe(model, kind: str) -> dict:
+    """What ``inspect_pretrained`` reports of a ``Checkpoint`` or an ``AdapterDenoiser`` (no clamp)."""
+    fields = ("sample_shape", "num_classes", "null_label", "prediction")
+    return {
+        "source": model.source,
+        "kind": kind,
+        **{k: getattr(model, k) for k in fields},
+        "clip_sample_range": getattr(model, "clip_sample_range", None),
+        "schedule": model.schedule.params(),
+    }
 
 
 def _layout(folder: pathlib.Path, source: str) -> tuple[pathlib.Path, pathlib.Path]:
@@ -233,13 +230,15 @@ def _read_checkpoint(folder: pathlib.Path, source: str) -> Checkpoint:
 class PretrainedDenoiser(nn.Module):
     """``D(x, t, cond) = E[x0 | x_t = x]`` from a diffusers ``UNet2DModel`` trained on ``vp_discrete``.
 
-    ``out = net(x, schedule.timestep(t), class_labels)`` (the first ``C`` channels where the UNet also
-    predicts a variance, as diffusers' DDPM scheduler splits them), ``x0 = to_x0(prediction, out, x, t)``,
-    clamped to ``[-clip_sample_range, clip_sample_range]`` where the scheduler config sets ``clip_sample``
-    (diffusers' DDPM and DDIM schedulers clamp their x0 prediction). Labels ``cond`` ``[B]`` in
-    ``0..num_classes`` (``num_classes`` = the null label); ``cond=None`` on a class-conditional UNet is
-    the null label, and an unconditional UNet ignores labels. Shapes: x ``[B, C, H, W]``, t ``[B]``; the
-    UNet runs in its own dtype and D is returned in the dtype of x.
+    ``out = net(x, schedule.timestep(t), class_labels)``: x itself (DDPM's ``x_t = sqrt(abar) x0 +
+    sqrt(1 - abar) eps`` is the VP marginal) at the fractional timestep, a float tensor; the first ``C``
+    channels where the UNet also predicts a variance, as diffusers' DDPM scheduler splits them.
+    ``x0 = to_x0(prediction, out, x, t)``, clamped to ``[-clip_sample_range, clip_sample_range]`` where
+    the scheduler config sets ``clip_sample`` (diffusers' DDPM and DDIM schedulers clamp their x0
+    prediction). Labels ``cond`` ``[B]`` in ``0..num_classes`` (``num_classes`` = the null label);
+    ``cond=None`` on a class-conditional UNet is the null label, and an unconditional UNet ignores
+    labels. Shapes: x ``[B, C, H, W]``, t ``[B]``; the UNet runs in its own dtype and D is returned in
+    the dtype of x.
     """
 
     def __init__(self, net: nn.Module, checkpoint: Checkpoint):
@@ -365,12 +364,6 @@ def _load_adapter(source: str, device) -> AdapterDenoiser:
     return AdapterDenoiser(denoiser, schedule, source)
 
 
-def _checkpoint(kind: str, where, source) -> Checkpoint:
-    """The checkpoint of a ``"folder"`` or ``"hub"`` source (``_resolve``)."""
-    folder = _hub_folder(where) if kind == "hub" else where
-    return _read_checkpoint(folder, str(source))
-
-
 def model_folder(source) -> pathlib.Path | None:
     """The local folder holding a diffusers ``source`` (the folder itself, or a Hub id's cached
     snapshot, downloaded when not cached); None for an adapter, which loads what it loads."""
@@ -387,18 +380,8 @@ def inspect_pretrained(source) -> dict:
     Bad sources raise as ``load_pretrained`` does."""
     kind, where = _resolve(source)
     if kind == "adapter":
-        D = _load_adapter(where, "cpu")
-        return {
-            "source": str(source),
-            "kind": "adapter",
-            "sample_shape": D.sample_shape,
-            "num_classes": D.num_classes,
-            "null_label": D.null_label,
-            "prediction": D.prediction,
-            "clip_sample_range": None,
-            "schedule": D.schedule.params(),
-        }
-    return _checkpoint(kind, where, source).describe()
+        return _describe(_load_adapter(where, "cpu"), "adapter")
+    return _describe(_read_checkpoint(model_folder(source), str(source)), "diffusers")
 
 
 def load_pretrained(source, *, device="cpu") -> PretrainedDenoiser | AdapterDenoiser:
@@ -412,7 +395,7 @@ def load_pretrained(source, *, device="cpu") -> PretrainedDenoiser | AdapterDeno
     kind, where = _resolve(source)
     if kind == "adapter":
         return _load_adapter(where, device).eval()
-    checkpoint = _checkpoint(kind, where, source)
+    checkpoint = _read_checkpoint(model_folder(source), str(source))
     diffusers = _diffusers(str(source))
     try:
         net = diffusers.UNet2DModel.from_pretrained(checkpoint.unet_dir)

@@ -1,8 +1,6 @@
-"""The ``sample`` config section, declared (``SAMPLE_FIELDS``), and its checks across keys.
-
-Read by the sample, reference and evaluate stages and by ``sweep`` (``sampling_schedules``,
-``invariance_schedules``). Solver and grid names are the registries' keys and each solver's options
-are its spec's (``SolverSpec.options``), read when validating.
+"""The ``sample`` config section, declared (``SAMPLE_FIELDS``), and its checks across keys. Solver and
+grid names are the registries' keys and each solver's options are its spec's (``SolverSpec.options``),
+read when validating.
 """
 
 from __future__ import annotations

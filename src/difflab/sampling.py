@@ -5,29 +5,20 @@ later noise draw) from its own ``torch.Generator`` seeded from ``(seed, i)``. So
 list of per-row generators (``difflab.solvers.randn_like``), so the same seed gives the same
 images whatever the batch size or the number of ranks. Under ``torch.distributed`` rank ``r``
 generates indices ``r::world`` and the results are gathered on every rank.
-
-Images (levels, the samples file, PNG grids) live in ``difflab.images``; the sweep of one network
-over sampling schedules, guidance scales and step counts in ``difflab.sweep``.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from difflab import distributed
 
-__all__ = [
-    "Conditioning",
-    "Draw",
-    "SampleResult",
-    "generate",
-    "sample_generators",
-]
+__all__ = ["Conditioning", "Draw", "SampleResult", "generate", "sample_generators"]
 
 
 @dataclass
@@ -43,7 +34,6 @@ class SampleResult:
     steps: int = 0
     seed: int = 0
     labels: Tensor | None = None
-    extra: dict = field(default_factory=dict)
 
 
 _MASK64 = (1 << 64) - 1
@@ -126,9 +116,7 @@ def generate(
     """Draw ``draw.n`` samples with ``solver`` at ``steps`` steps on ``grid``.
 
     ``cond`` (a ``Conditioning``) adds class labels and classifier-free guidance. ``options`` go to
-    the solver (e.g. ``{"eta": 0.0}`` for ddim, ``{"rtol": 1e-5, "atol": 1e-5}`` for rk45). Noise for
-    sample i comes from ``sample_generators(draw.seed, [i])``: results do not depend on
-    ``draw.batch_size`` or on the number of ranks.
+    the solver (e.g. ``{"eta": 0.0}`` for ddim, ``{"rtol": 1e-5, "atol": 1e-5}`` for rk45).
     """
     from difflab import solvers as S  # layer 1; imported late so this module loads without it
     from difflab.parametrization import guided

@@ -28,9 +28,8 @@ CONVERGED_SDE = "_converged"  # samples/<this>/: every network's converged rever
 
 
 def _restricted(cfg: dict, trained, names) -> dict:
-    """``{name: schedule}`` for ``names`` (the network's own ``trained`` schedule under its name, the
-    others built from the config), each restricted to the log-SNR range that they and ``trained`` all
-    cover (``schedules.common_log_snr_range``; ``ValueError`` if none)."""
+    """``{name: schedule}`` for ``names`` (``trained`` under its own name, the others from the config),
+    restricted to the log-SNR range all of them and ``trained`` cover (``ValueError`` if none)."""
     from difflab.schedules import common_log_snr_range, schedule_from_config
 
     names = list(dict.fromkeys(names))
@@ -48,11 +47,9 @@ def _schedule(cfg: dict, trained):
 
 
 def sampling_schedules(cfg: dict, trained) -> dict:
-    """The sampling-time schedules of a network trained on ``trained`` (a ``Schedule``, or a config
-    schedule's name) from config ``sample.schedules``, ``{name: Schedule}``: null gives the training
-    schedule alone, over its own interval; a list gives every listed schedule restricted to the one
-    log-SNR range that all of them and ``trained`` cover, so that the rows under them integrate the
-    same noise levels and can be compared."""
+    """The sampling-time schedules ``{name: Schedule}`` of a network trained on ``trained`` (a
+    ``Schedule``, or a config schedule's name) from ``sample.schedules``: null gives the training
+    schedule alone, over its own interval; a list gives the listed schedules, ``_restricted``."""
     trained = _schedule(cfg, trained)
     names = cfg["sample"]["schedules"]
     if names is None:
@@ -61,9 +58,8 @@ def sampling_schedules(cfg: dict, trained) -> dict:
 
 
 def invariance_schedules(cfg: dict, trained) -> dict:
-    """The schedules a schedule-invariant solver's rows are redrawn under to check the invariance on a
-    network: its training schedule first, then every other trained and sampling schedule of the
-    config, all restricted to their common log-SNR range (``{name: Schedule}``)."""
+    """The schedules a schedule-invariant solver's rows are redrawn under: the training schedule first,
+    then every other trained and sampling schedule of the config, ``_restricted``."""
     trained = _schedule(cfg, trained)
     names = [trained.name, *cfg["schedules"], *(cfg["sample"]["schedules"] or ())]
     return _restricted(cfg, trained, names)
@@ -161,14 +157,8 @@ def _sweep_steps(net: Network, sweep: Sweep, w, steps: int, cond, out: Path) -> 
         save_grid(out / f"{row.stem}.png", images[:64], 8, levels=sweep.levels, min_side=256)
         err = None if reference is None else solver_error(result.x[: len(reference)].numpy(), reference)
         firsts[name] = result.x[:n_check]
-        rows.append(
-            row.replace(
-                nfe=float(result.nfe),
-                seconds_per_sample=float(result.seconds_per_sample),
-                solver_error=err,
-                n_samples=sweep.draw.n,
-            )
-        )
+        timing = {"nfe": float(result.nfe), "seconds_per_sample": float(result.seconds_per_sample)}
+        rows.append(row.replace(**timing, solver_error=err, n_samples=sweep.draw.n))
         print(f"{net.model} seed {net.seed} -> {name} {row.key}: nfe={result.nfe:.0f} error={err}")
     pool = _invariance_pool(net, sweep, w, steps, firsts) if n_check else None
     if pool is None:
@@ -196,11 +186,8 @@ def load_references(folder: str | Path, model: str, schedule: str, guidance_scal
     scale (float ``x`` ``[m, ...]``)."""
     from difflab.images import load_samples
 
-    out = {}
-    for w in guidance_scales:
-        stem = reference_row(model, schedule, w).stem
-        out[w] = np.asarray(load_samples(Path(folder) / f"{stem}.npz")["x"])
-    return out
+    stems = {w: reference_row(model, schedule, w).stem for w in guidance_scales}
+    return {w: np.asarray(load_samples(Path(folder) / f"{stem}.npz")["x"]) for w, stem in stems.items()}
 
 
 def reference_row(model: str, schedule: str, guidance_scale=None) -> Row:
@@ -217,7 +204,7 @@ def load_network_for(cfg: dict, net_id, sweep: Sweep, *, models="models", refere
     fitted to it (``grids/<solver>/<grid>/<model>/seed_<seed>/grid.json``) mapped onto each sampling
     schedule."""
     from difflab.networks import load_network
-    from difflab.solvers.fitted import FIT_METHODS
+    from difflab.solvers.fitted import FIT_METHODS, load_fitted
 
     D = load_network(net_id.folder(models), sweep.draw.device)
     trained = D.schedule
@@ -231,8 +218,6 @@ def load_network_for(cfg: dict, net_id, sweep: Sweep, *, models="models", refere
         refs = load_references(net_id.folder(references), net_id.model, trained.name, sweep.guidance_scales)
     grids = {}
     if fitted:
-        from difflab.solvers.fitted import load_fitted
-
         path = f"{net_id.folder(f'grids/{sweep.spec.name}/{sweep.grid}')}/grid.json"
         grids = {name: load_fitted(path, schedule=target) for name, target in targets.items()}
     return Network(net_id.model, trained.name, net_id.seed, D, targets, redraw, refs, grids)

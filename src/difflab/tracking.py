@@ -1,10 +1,5 @@
-"""W&B tracking through Lightning's ``WandbLogger``: offline unless the user says otherwise.
-
-``WANDB_MODE`` is respected (``offline`` when unset; ``disabled`` turns tracking off); W&B's
-directories (``WANDB_DIR``, ``WANDB_CACHE_DIR``, ``WANDB_DATA_DIR``, ``WANDB_CONFIG_DIR``) default to
-folders inside the run's output folder (``use_wandb_folders``). Every run of an experiment is in one
-group (``wandb_group``) and named by schedule.
-"""
+"""W&B tracking through Lightning's ``WandbLogger``: offline unless the user says otherwise
+(``WANDB_MODE``; ``disabled`` turns tracking off), W&B's folders inside the run's output folder."""
 
 from __future__ import annotations
 
@@ -51,17 +46,9 @@ def make_logger(cfg: dict, name: str, out_dir, job_type: str = "train"):
     from lightning.pytorch.loggers import WandbLogger
 
     save_dir = use_wandb_folders(pathlib.Path(out_dir) / "wandb")
-    return WandbLogger(
-        name=name,
-        project=cfg["wandb"]["project"],
-        entity=cfg["wandb"]["entity"],
-        group=wandb_group(cfg),
-        job_type=job_type,
-        save_dir=str(save_dir),
-        mode=mode,
-        config=cfg,
-        log_model=False,
-    )
+    where = {"project": cfg["wandb"]["project"], "entity": cfg["wandb"]["entity"], "group": wandb_group(cfg)}
+    run = {"name": name, "job_type": job_type, "save_dir": str(save_dir), "mode": mode}
+    return WandbLogger(**where, **run, config=cfg, log_model=False)
 
 
 def finish_run(logger, summary: dict) -> None:
