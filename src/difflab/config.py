@@ -1,10 +1,6 @@
-"""The composed configuration: Hydra groups in ``conf/`` -> one plain dict (= ``params.yaml``).
-
-``compose(overrides)`` builds the dict the way DVC's Hydra integration does for
-``dvc exp run -S ...``; ``validate(cfg)`` rejects bad values with one clear line (a
-``ConfigError``, a ``ValueError``) before any stage does work; ``load_params`` reads and validates
-``params.yaml``; ``write_params`` writes it atomically. Library entry points take the plain dict
-and read only their own keys (see each owner's docstring).
+"""The composed configuration: Hydra groups in ``conf/`` -> one plain dict (= ``params.yaml``), composed
+the way DVC's Hydra integration does for ``dvc exp run -S ...`` and validated before any stage does
+work. Library entry points take the plain dict and read only their own keys (see each owner's docstring).
 
 Validation reads declared schemas (``difflab.schema``): each section's ``{key: Field}`` is written
 beside the code that reads it (``training.TRAINER_FIELDS``, ``losses.LOSS_FIELDS``, ...), and names

@@ -1,9 +1,5 @@
 """Samples as images: model space [-1, 1] to integer levels and back to 0..255, the samples file
-(``.npz``) and the PNG grid.
-
-``to_levels`` maps model space to integers ``{0..levels-1}`` (rounded, clamped), ``from_levels`` back;
-``levels_to_uint8_images`` spreads levels over 0..255 for feature extractors.
-"""
+(``.npz``) and the PNG grid."""
 
 from __future__ import annotations
 
@@ -74,8 +70,7 @@ def save_samples(path, result, *, levels: int = 256, save_x: bool = False, meta:
         arrays["labels"] = result.labels.numpy()
     if save_x:
         arrays["x"] = result.x.numpy()
-    for key, value in (meta or {}).items():
-        arrays[key] = np.asarray(value)
+    arrays.update({key: np.asarray(value) for key, value in (meta or {}).items()})
 
     def write(tmp):
         with open(tmp, "wb") as fh:

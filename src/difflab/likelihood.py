@@ -21,10 +21,6 @@ where the first two terms are the prior N(0, s(t_max)^2 I) on y, ``s = sigma / a
 prior N(0, sigma(t_max)^2 I) on x plus its end of the change of variables. The prior (not the true
 p_{t_max}) and the start at t_min (not 0) give small biases that vanish as alpha(t_max) -> 0 and
 sigma(t_min) -> 0. Everything runs in float64 with torchdiffeq's dopri5.
-
-``pf_ode_nll`` is its parts in order: ``_check_args``, ``_Ends`` (the interval's two ends),
-a divergence from ``_DIVERGENCES`` (the registry behind ``DIVERGENCES``), ``_integrate`` (the ODE
-with its divergence), and ``_log_prior`` plus ``_Ends.log_det`` (the change of variables).
 """
 
 from __future__ import annotations
@@ -37,7 +33,7 @@ import torch
 from torch import Tensor
 from torchdiffeq import odeint
 
-from difflab.schedules import Schedule
+from difflab.schedules import Schedule, _check_positive
 from difflab.solvers import edm_ode_velocity
 
 # A divergence maker: (batch, dims, n_probes, generator, float64 kwargs) -> div(v, y) -> [B],
@@ -60,8 +56,7 @@ def _exact_divergence(B: int, d: int, n_probes: int, generator, f64: dict) -> Di
 
 
 def _hutchinson_divergence(B: int, d: int, n_probes: int, generator, f64: dict) -> Divergence:
-    """Hutchinson's unbiased estimate ``E[e^T J e]`` with ``n_probes`` Rademacher probes per row,
-    drawn once here from ``generator`` and kept fixed along the trajectory."""
+    """Hutchinson's unbiased ``E[e^T J e]``: Rademacher probes ``[n_probes, B, d]`` drawn once, here."""
     gen_device = generator.device if generator is not None else torch.device("cpu")
     bits = torch.randint(0, 2, (n_probes, B, d), generator=generator, device=gen_device)
     probes = (2 * bits - 1).to(**f64)  # [n_probes, B, d]
@@ -77,10 +72,7 @@ def _hutchinson_divergence(B: int, d: int, n_probes: int, generator, f64: dict) 
     return div
 
 
-_DIVERGENCES: dict[str, Callable[..., Divergence]] = {
-    "exact": _exact_divergence,
-    "hutchinson": _hutchinson_divergence,
-}
+_DIVERGENCES = {"exact": _exact_divergence, "hutchinson": _hutchinson_divergence}
 DIVERGENCES = tuple(_DIVERGENCES)
 
 
@@ -117,10 +109,8 @@ def pf_ode_nll(
     log_prior = _log_prior(x_T, ends.sigma_max)
     log_det = ends.log_det(d).expand(B)
     nll = -(log_prior + log_det + int_div)
-    if return_stats:
-        stats = {"nfe": nfe, "x_T": x_T, "log_prior": log_prior, "int_div": int_div}
-        return nll, {**stats, "log_det": log_det}
-    return nll
+    stats = {"nfe": nfe, "x_T": x_T, "log_prior": log_prior, "int_div": int_div, "log_det": log_det}
+    return (nll, stats) if return_stats else nll
 
 
 def _check_args(x0, divergence: str, n_probes, rtol, atol) -> None:
@@ -128,9 +118,7 @@ def _check_args(x0, divergence: str, n_probes, rtol, atol) -> None:
         raise ValueError(f"unknown divergence {divergence!r}; valid: {', '.join(DIVERGENCES)}")
     if isinstance(n_probes, bool) or not (isinstance(n_probes, int) and n_probes >= 1):
         raise ValueError(f"n_probes={n_probes!r} must be an integer >= 1")
-    for key, value in (("rtol", rtol), ("atol", atol)):
-        if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-            raise ValueError(f"{key}={value!r} must be a finite number > 0")
+    _check_positive(rtol=rtol, atol=atol)
     if not torch.is_tensor(x0) or x0.ndim < 1 or x0.shape[0] == 0:
         raise ValueError("x0 must be a tensor of shape [B, ...] with B >= 1")
     if not x0.is_floating_point():
@@ -238,19 +226,8 @@ def bits_per_dim(
     """
     z = dequantize(x, levels, generator)
     D = x[0].numel()
-    out = pf_ode_nll(
-        denoiser,
-        schedule,
-        z,
-        divergence=divergence,
-        generator=generator,
-        rtol=rtol,
-        atol=atol,
-        n_probes=n_probes,
-        cond=cond,
-        return_stats=return_stats,
-    )
-    nll, stats = out if return_stats else (out, None)
+    options = dict(divergence=divergence, generator=generator, rtol=rtol, atol=atol, n_probes=n_probes)
+    nll, stats = pf_ode_nll(denoiser, schedule, z, **options, cond=cond, return_stats=True)
     bpd = (nll - D * math.log(2 / levels)) / (D * math.log(2))
     return (bpd, stats) if return_stats else bpd
 

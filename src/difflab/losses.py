@@ -35,7 +35,7 @@ import torch
 from torch import Tensor
 
 from difflab.parametrization import SIGMA_DATA, from_x0
-from difflab.schedules import Schedule, schedule_class, schedule_names
+from difflab.schedules import Schedule, _time_derivative, schedule_class, schedule_names
 from difflab.schema import Field
 
 P_MEAN, P_STD = -1.2, 1.2  # EDM's log-normal noise levels, ln sigma ~ N(P_mean, P_std^2) (Karras et al. 2022)
@@ -62,18 +62,15 @@ def _uniform_offsets(n: int, generator, device) -> Tensor:
 
 
 def _stratified(schedule: Schedule, n: int, *, generator=None, device=None) -> Tensor:
-    """Uniform on [t_min, t_max], one point per 1/n stratum."""
     return schedule.t_min + (schedule.t_max - schedule.t_min) * _uniform_offsets(n, generator, device)
 
 
 def _uniform(schedule: Schedule, n: int, *, generator=None, device=None) -> Tensor:
-    """Uniform on [t_min, t_max], i.i.d."""
     u = torch.rand(n, generator=generator, device=device)
     return schedule.t_min + (schedule.t_max - schedule.t_min) * u
 
 
 def _logsnr(schedule: Schedule, n: int, *, generator=None, device=None) -> Tensor:
-    """Uniform in log-SNR between the interval's ends (stratified), mapped back to t."""
     u = _uniform_offsets(n, generator, device)
     ends = schedule.log_snr(
         torch.tensor([schedule.t_min, schedule.t_max], dtype=torch.float64, device=device)
@@ -118,7 +115,6 @@ def _unit(lam: Tensor, k2: Tensor) -> Tensor:
 
 
 def _min_snr(lam: Tensor, k2: Tensor, *, min_snr_gamma: float = MIN_SNR_GAMMA) -> Tensor:
-    """Min-SNR-gamma: ``lambda = min(snr, gamma)`` on the x0-MSE (for eps: ``min(snr, gamma) / snr``)."""
     return lam.exp().clamp(max=min_snr_gamma) / k2
 
 
@@ -191,9 +187,6 @@ class DiffusionLoss:
 
     ``denoiser`` is a ``parametrization.Denoiser``: its schedule, prediction type and sigma_data define
     the target, and ``denoiser.raw`` gives the network output (the network sees c_in * x_t and log-SNR).
-    ``time_sampling`` is one of ``TIME_SAMPLINGS``, ``weighting`` one of ``WEIGHTINGS``;
-    ``min_snr_gamma`` is min-SNR's gamma, ``P_mean``, ``P_std`` and ``P_uniform`` the log-normal
-    density's.
     """
 
     def __init__(
@@ -224,15 +217,8 @@ class DiffusionLoss:
         return cls(**{**schedule.loss_defaults, **{k: v for k, v in settings.items() if v is not None}})
 
     def settings(self) -> dict:
-        """Plain-dict description: ``DiffusionLoss(**loss.settings())`` rebuilds the loss."""
-        return {
-            "time_sampling": self.time_sampling,
-            "weighting": self.weighting,
-            "min_snr_gamma": self.min_snr_gamma,
-            "P_mean": self.P_mean,
-            "P_std": self.P_std,
-            "P_uniform": self.P_uniform,
-        }
+        """The ``loss`` section's keys and values: ``DiffusionLoss(**loss.settings())`` rebuilds it."""
+        return {key: getattr(self, key) for key in LOSS_FIELDS}
 
     def __repr__(self) -> str:
         return f"DiffusionLoss({', '.join(f'{k}={v!r}' for k, v in self.settings().items())})"
@@ -280,10 +266,7 @@ HISTOGRAM_SAMPLES = 2**20  # training times drawn for a density without a closed
 
 def _uniform_t(schedule: Schedule, loss: DiffusionLoss, lam: Tensor, t: Tensor) -> Tensor:
     """t uniform on [t_min, t_max]: ``p(lambda) = |dt / d lambda| / (t_max - t_min)`` (autograd)."""
-    with torch.enable_grad():
-        tt = t.detach().clone().requires_grad_(True)
-        (dlam_dt,) = torch.autograd.grad(schedule.log_snr(tt).sum(), tt)
-    return 1 / dlam_dt.abs() / (schedule.t_max - schedule.t_min)
+    return 1 / _time_derivative(schedule.log_snr, t).abs() / (schedule.t_max - schedule.t_min)
 
 
 def _uniform_lam(schedule: Schedule, loss: DiffusionLoss, lam: Tensor, t: Tensor) -> Tensor:

@@ -9,10 +9,7 @@ With ``x = alpha x0 + sigma eps`` (t = 0 data, t = 1 noise) the prediction types
     "score"     grad log p_t(x) = (alpha x0 - x) / sigma^2     (Tweedie)
     "edm"       F with D = c_skip x/alpha + c_out F           (Karras et al. 2022, preconditioned x0)
 
-``to_x0`` and ``from_x0`` convert between any of them and x0; ``Denoiser`` wraps a network
-(which sees a unit-variance input and the log-SNR, never raw t) into D; ``guided`` applies
-classifier-free guidance; ``reparametrize`` serves a denoiser of one schedule under another by
-log-SNR matching (Kingma et al. 2021, sec. 4; Karras et al. 2022, eq. 4). Solvers only ever see D.
+``Denoiser`` wraps a network into D; solvers only ever see D.
 """
 
 from __future__ import annotations
@@ -89,11 +86,6 @@ def from_x0(
     return (x0 - c_skip * x / a) / c_out
 
 
-def score_from_x0(x0: Tensor, x: Tensor, t: Tensor, schedule: Schedule) -> Tensor:
-    """Tweedie: ``score = (alpha x0 - x) / sigma^2``."""
-    return from_x0("score", x0, x, t, schedule)
-
-
 class Denoiser(nn.Module):
     """``D(x, t, cond) = E[x0 | x_t = x]`` from a network predicting ``prediction``.
 
@@ -159,9 +151,10 @@ def reparametrize(denoiser, trained_on: Schedule, target: Schedule, *, clamp: bo
 
     (under ``target``, ``x = alpha_T x0 + sigma_T eps``; rescaled it is ``alpha_tr(t') x0 + sigma_tr(t') eps``
     because ``sigma/alpha`` agree at equal log-SNR: the trained schedule's x at t'; Kingma et al. 2021,
-    sec. 4). A target log-SNR outside the trained ``[log_snr(t_max), log_snr(t_min)]`` raises
-    ``ValueError`` naming the range, or with ``clamp=True`` uses the nearest end, warns once and sets
-    ``.clamped``. ``servable_interval(trained_on, target)`` gives the target times that stay exact.
+    sec. 4; Karras et al. 2022, eq. 4). A target log-SNR outside the trained ``[log_snr(t_max),
+    log_snr(t_min)]`` raises ``ValueError`` naming the range, or with ``clamp=True`` uses the nearest
+    end, warns once and sets ``.clamped``. ``servable_interval(trained_on, target)`` gives the target
+    times that stay exact.
     """
     return Reparametrized(denoiser, trained_on, target, clamp=clamp)
 

@@ -6,8 +6,7 @@ A row is one network sampled one way: the identity (``model``: the network, its 
 ``None`` until the stage that measures it has run (the sample stage fills NFE, time and the solver's
 distance to the reference; evaluate the FID, KID, precision/recall and class accuracy; the report the
 NLL, the seed aggregation and the comparison with the network's converged solution). Every stage
-passes rows, never bare dicts; ``Row.key`` names a setting everywhere (feature files, pairing, the
-report), ``Row.seed_key`` one network's row of it. ``nested_metrics`` nests rows for metrics.json.
+passes rows, never bare dicts.
 """
 
 from __future__ import annotations
@@ -84,8 +83,7 @@ class Row:
         only where the sampling schedule differs from the network's training one, the grid where the
         row names one, ``w=`` where it is guided)."""
         steps = "adaptive" if self.steps == ADAPTIVE_STEPS else str(self.steps)
-        own = self.sample_schedule == self.schedule
-        text = f"{self.model}{'' if own else '@' + self.sample_schedule}/{self.solver}/{steps}"
+        text = f"{self.model}{'' if self.on_diagonal else '@' + self.sample_schedule}/{self.solver}/{steps}"
         if self.grid:
             text += f"/{self.grid}"
         if self.guidance_scale is not None:
@@ -137,41 +135,12 @@ class Row:
 
 
 # results/comparison.csv: SPEC's columns in order, then the others; `fid_by_seed` is not a column.
-CSV_COLUMNS = tuple(f.name for f in fields(Row) if f.name not in ("fid_by_seed",))
-_FIRST = (
-    "schedule",
-    "solver",
-    "steps",
-    "nfe",
-    "fid",
-    "fid_lo",
-    "fid_hi",
-    "kid_mean",
-    "kid_std",
-    "nll_bpd",
-    "solver_error",
-    "seconds_per_sample",
-    "n_samples",
-    "feature_extractor",
-    "nll_bpd_se",
-    "sample_schedule",
-    "grid",
-    "seed",
-    "guidance_scale",
-    "class_accuracy",
-    "precision",
-    "recall",
-    "n_seeds",
-    "fid_seed_sd",
-    "class_accuracy_lo",
-    "class_accuracy_hi",
-    "precision_lo",
-    "precision_hi",
-    "recall_lo",
-    "recall_hi",
-    "invariance_error",
-)
-CSV_COLUMNS = _FIRST + tuple(c for c in CSV_COLUMNS if c not in _FIRST)
+_FIRST = ("schedule", "solver", "steps", "nfe", "fid", "fid_lo", "fid_hi", "kid_mean", "kid_std", "nll_bpd",
+          "solver_error", "seconds_per_sample", "n_samples", "feature_extractor", "nll_bpd_se",
+          "sample_schedule", "grid", "seed", "guidance_scale", "class_accuracy", "precision", "recall",
+          "n_seeds", "fid_seed_sd", "class_accuracy_lo", "class_accuracy_hi", "precision_lo",
+          "precision_hi", "recall_lo", "recall_hi", "invariance_error")  # fmt: skip
+CSV_COLUMNS = _FIRST + tuple(f.name for f in fields(Row) if f.name not in (*_FIRST, "fid_by_seed"))
 _TEXT = {"schedule", "solver", "feature_extractor", "sample_schedule", "grid", "model"}
 _INTS = {"steps", "n_samples", "n_seeds"}
 

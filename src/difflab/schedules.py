@@ -11,17 +11,14 @@ Modeling through SDEs"):
 
 Closed forms override the autograd defaults where they exist; tests compare the two.
 ``t_min`` and ``t_max`` bound the interval solvers integrate over: every quantity above is
-finite on it.
-
-Each schedule class also says how it is customarily trained: ``prediction`` (the network's
-target, a ``parametrization.PREDICTIONS`` name) and ``loss_defaults`` (the ``losses.DiffusionLoss``
-settings of its recipe; empty: the loss's own defaults). ``SCHEDULES`` is the registry's keys, read
-when asked, so a schedule registered at run time with ``@register_schedule`` joins every list.
+finite on it. ``SCHEDULES`` is the registry's keys, read when asked, so a schedule registered at
+run time with ``@register_schedule`` joins every list.
 """
 
 from __future__ import annotations
 
 import copy
+import inspect
 import math
 
 import torch
@@ -44,12 +41,9 @@ def _time_derivative(fn, t: Tensor) -> Tensor:
 
 
 def register_schedule(cls: type[Schedule]) -> type[Schedule]:
-    """Class decorator: add a ``Schedule`` subclass to the registry under ``cls.name``.
-
-    ``get_schedule(cls.name, ...)`` then builds it and ``SCHEDULES`` lists it. A name already taken by
-    another class raises ``ValueError`` (``unregister_schedule`` frees it); registering the same class
-    twice is a no-op.
-    """
+    """Class decorator: register a ``Schedule`` subclass under ``cls.name`` for ``get_schedule`` and
+    ``SCHEDULES``. A name taken by another class raises ``ValueError`` (``unregister_schedule`` frees
+    it); registering the same class twice is a no-op."""
     if not (isinstance(cls, type) and issubclass(cls, Schedule)):
         raise ValueError(f"register_schedule: {cls!r} is not a Schedule subclass")
     name = getattr(cls, "name", None)
@@ -65,8 +59,7 @@ def register_schedule(cls: type[Schedule]) -> type[Schedule]:
 
 def unregister_schedule(name: str) -> None:
     """Remove ``name`` from the registry (a schedule registered at run time, e.g. in a test)."""
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown schedule {name!r}; valid schedules: {', '.join(_REGISTRY)}")
+    schedule_class(name)  # ValueError listing the valid names
     del _REGISTRY[name]
 
 
@@ -89,13 +82,10 @@ def __getattr__(name: str):
 
 
 class Schedule:
-    """Base class. ``x_t = alpha(t) x0 + sigma(t) eps``; t = 0 is data, t = 1 is noise.
-
-    Subclasses define ``alpha(t)`` and ``sigma(t)`` (elementwise on a float tensor of any shape);
-    ``d_alpha``, ``d_sigma``, ``f``, ``g2``, ``log_snr`` and ``t_from_log_snr`` follow.
-    ``prediction`` is the customary network target: "eps" unless a subclass says otherwise (DDPM's
-    target, Ho et al. 2020, defined under every schedule); ``loss_defaults`` the loss settings of
-    the schedule's training recipe (empty: ``DiffusionLoss``'s own defaults).
+    """Base class: subclasses define ``alpha(t)`` and ``sigma(t)`` (elementwise on a float tensor of
+    any shape). ``prediction`` is the customary network target: "eps" unless a subclass says otherwise
+    (DDPM's target, Ho et al. 2020, defined under every schedule); ``loss_defaults`` the loss settings
+    of the schedule's training recipe (empty: ``DiffusionLoss``'s own defaults).
     """
 
     name = "custom"
@@ -103,6 +93,7 @@ class Schedule:
     loss_defaults: dict = {}
     t_min: float = 1e-3
     t_max: float = 1.0
+    param_names: tuple[str, ...] = ()  # the attributes ``params`` adds: the subclass's own parameters
 
     def __init__(self, t_min: float | None = None, t_max: float | None = None):
         if t_min is not None:
@@ -181,7 +172,8 @@ class Schedule:
 
     def params(self) -> dict:
         """Plain-dict description: ``get_schedule(**s.params())`` rebuilds the schedule."""
-        return {"name": self.name, "t_min": self.t_min, "t_max": self.t_max}
+        own = {key: getattr(self, key) for key in self.param_names}
+        return {"name": self.name, "t_min": self.t_min, "t_max": self.t_max, **own}
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.params().items() if k != "name")
@@ -198,15 +190,10 @@ class VPLinear(Schedule):
     """
 
     name = "vp_linear"
-    prediction = "eps"
-    t_min = 1e-3
-    t_max = 1.0
+    param_names = ("beta_min", "beta_max")
 
     def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, **interval):
-        _check_positive(beta_min=beta_min, beta_max=beta_max)
-        if not beta_min < beta_max:
-            raise ValueError(f"vp_linear: beta_min={beta_min} must be below beta_max={beta_max}")
-        self.beta_min, self.beta_max = float(beta_min), float(beta_max)
+        self.beta_min, self.beta_max = _check_pair("vp_linear", beta_min=beta_min, beta_max=beta_max)
         super().__init__(**interval)
 
     def beta(self, t: Tensor) -> Tensor:
@@ -241,9 +228,6 @@ class VPLinear(Schedule):
         d = self.beta_max - self.beta_min
         return 2 * B / (self.beta_min + torch.sqrt(self.beta_min**2 + 2 * d * B))
 
-    def params(self):
-        return {**super().params(), "beta_min": self.beta_min, "beta_max": self.beta_max}
-
 
 @register_schedule
 class VPCosine(Schedule):
@@ -256,8 +240,7 @@ class VPCosine(Schedule):
     """
 
     name = "vp_cosine"
-    prediction = "eps"
-    t_min = 1e-3
+    param_names = ("s",)
     t_max = 0.9946
 
     def __init__(self, s: float = 0.008, **interval):
@@ -304,12 +287,24 @@ class VPCosine(Schedule):
         theta = torch.atan2(torch.sqrt(torch.sigmoid(-lam) * c2 + s2), torch.sqrt(torch.sigmoid(lam) * c2))
         return theta * 2 * (1 + self.s) / math.pi - self.s
 
-    def params(self):
-        return {**super().params(), "s": self.s}
+
+class _AlphaOne(Schedule):
+    """alpha = 1, so f = 0; sigma runs from ``sigma_min`` to ``sigma_max`` (VE, EDM)."""
+
+    param_names = ("sigma_min", "sigma_max")
+
+    def alpha(self, t):
+        return torch.ones_like(t)
+
+    def d_alpha(self, t):
+        return torch.zeros_like(t)
+
+    def f(self, t):
+        return torch.zeros_like(t)
 
 
 @register_schedule
-class VE(Schedule):
+class VE(_AlphaOne):
     """Variance-exploding schedule (Song & Ermon 2019; Song et al. 2021).
 
     alpha = 1, sigma(t) = sigma_min (sigma_max / sigma_min)^t (geometric); f = 0,
@@ -319,30 +314,17 @@ class VE(Schedule):
     name = "ve"
     prediction = "edm"  # EDM's preconditioned x0: eps-prediction is ill-conditioned at sigma = 50
     t_min = 0.0
-    t_max = 1.0
 
     def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0, **interval):
-        _check_positive(sigma_min=sigma_min, sigma_max=sigma_max)
-        if not sigma_min < sigma_max:
-            raise ValueError(f"ve: sigma_min={sigma_min} must be below sigma_max={sigma_max}")
-        self.sigma_min, self.sigma_max = float(sigma_min), float(sigma_max)
+        self.sigma_min, self.sigma_max = _check_pair("ve", sigma_min=sigma_min, sigma_max=sigma_max)
         self._log_ratio = math.log(self.sigma_max / self.sigma_min)
         super().__init__(**interval)
-
-    def alpha(self, t):
-        return torch.ones_like(t)
 
     def sigma(self, t):
         return self.sigma_min * torch.exp(t * self._log_ratio)
 
-    def d_alpha(self, t):
-        return torch.zeros_like(t)
-
     def d_sigma(self, t):
         return self.sigma(t) * self._log_ratio
-
-    def f(self, t):
-        return torch.zeros_like(t)
 
     def g2(self, t):
         return 2 * self.sigma(t) ** 2 * self._log_ratio
@@ -352,9 +334,6 @@ class VE(Schedule):
 
     def t_from_log_snr(self, lam):
         return (-lam / 2 - math.log(self.sigma_min)) / self._log_ratio
-
-    def params(self):
-        return {**super().params(), "sigma_min": self.sigma_min, "sigma_max": self.sigma_max}
 
 
 @register_schedule
@@ -368,7 +347,6 @@ class Flow(Schedule):
 
     name = "flow"
     prediction = "velocity"
-    t_min = 1e-3
     t_max = 1.0 - 1e-3
 
     def alpha(self, t):
@@ -397,7 +375,7 @@ class Flow(Schedule):
 
 
 @register_schedule
-class EDM(Schedule):
+class EDM(_AlphaOne):
     """EDM's schedule (Karras et al. 2022, Table 1): alpha = 1, sigma = EDM's t, rescaled to t in [0, 1].
 
     sigma(t) = sigma_max t on [sigma_min / sigma_max, 1]; f = 0, g2 = d sigma^2/dt = 2 sigma_max^2 t,
@@ -410,33 +388,20 @@ class EDM(Schedule):
     name = "edm"
     prediction = "edm"
     loss_defaults = {"time_sampling": "lognormal", "weighting": "edm"}
-    t_max = 1.0
 
     def __init__(self, sigma_min: float = 0.002, sigma_max: float = 80.0, **interval):
-        _check_positive(sigma_min=sigma_min, sigma_max=sigma_max)
-        if not sigma_min < sigma_max:
-            raise ValueError(f"edm: sigma_min={sigma_min} must be below sigma_max={sigma_max}")
-        self.sigma_min, self.sigma_max = float(sigma_min), float(sigma_max)
+        self.sigma_min, self.sigma_max = _check_pair("edm", sigma_min=sigma_min, sigma_max=sigma_max)
         if interval.get("t_min") is None:
             interval["t_min"] = self.sigma_min / self.sigma_max
         if not interval["t_min"] > 0:
             raise ValueError(f"edm: t_min={interval['t_min']} must be > 0 (sigma(0) = 0: no finite log-SNR)")
         super().__init__(**interval)
 
-    def alpha(self, t):
-        return torch.ones_like(t)
-
     def sigma(self, t):
         return self.sigma_max * t
 
-    def d_alpha(self, t):
-        return torch.zeros_like(t)
-
     def d_sigma(self, t):
         return torch.full_like(t, self.sigma_max)
-
-    def f(self, t):
-        return torch.zeros_like(t)
 
     def g2(self, t):
         return 2 * self.sigma_max**2 * t
@@ -446,9 +411,6 @@ class EDM(Schedule):
 
     def t_from_log_snr(self, lam):
         return torch.exp(-lam / 2) / self.sigma_max
-
-    def params(self):
-        return {**super().params(), "sigma_min": self.sigma_min, "sigma_max": self.sigma_max}
 
 
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
@@ -496,8 +458,7 @@ class VPDiscrete(Schedule):
     """
 
     name = "vp_discrete"
-    prediction = "eps"
-    t_max = 1.0
+    param_names = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule")
 
     def __init__(
         self,
@@ -603,15 +564,6 @@ class VPDiscrete(Schedule):
         j = j.clamp(0, self.num_train_timesteps - 1)
         return self._out(t_n[j] + (log_alpha - log_alpha_n[j]) / slope_n[j], lam)
 
-    def params(self):
-        return {
-            **super().params(),
-            "num_train_timesteps": self.num_train_timesteps,
-            "beta_start": self.beta_start,
-            "beta_end": self.beta_end,
-            "beta_schedule": self.beta_schedule,
-        }
-
 
 def common_log_snr_range(*schedules: Schedule) -> tuple[float, float]:
     """``(lam_lo, lam_hi)``: the log-SNRs every one of ``schedules`` covers (``ValueError`` if none)."""
@@ -622,16 +574,13 @@ def common_log_snr_range(*schedules: Schedule) -> tuple[float, float]:
     return lo, hi
 
 
+_PREDICTIONS = registry("difflab.parametrization", "PREDICTIONS")
 # ``schedule.<name>`` of the config: what ``schedule_from_config`` and training (its ``prediction``)
 # read; ``params`` are the schedule's own, checked by building it (``config._check_schedules``)
 SCHEDULE_FIELDS = {
     "params": Field(dict, nullable=True, optional=True),
     "prediction": Field(
-        str,
-        choices=registry("difflab.parametrization", "PREDICTIONS"),
-        nullable=True,
-        optional=True,
-        doc="null: the schedule's own",
+        str, choices=_PREDICTIONS, nullable=True, optional=True, doc="null: the schedule's own"
     ),
 }
 
@@ -644,8 +593,9 @@ def schedule_from_config(cfg: dict, name: str) -> Schedule:
 def get_schedule(name: str, **params) -> Schedule:
     """Build a schedule by name: one of ``SCHEDULES``. Unknown names/parameters raise ``ValueError``."""
     cls = schedule_class(name)
-    allowed = _allowed_params(cls)
-    named = _named_params(cls)
+    own = _init_params(cls)
+    allowed = {"t_min", "t_max"} | {p.name for p in own}
+    named = {p.name for p in own if isinstance(p.default, str)}  # the rest take numbers
     for key, value in params.items():
         if key not in allowed:
             raise ValueError(
@@ -660,36 +610,30 @@ def get_schedule(name: str, **params) -> Schedule:
     return cls(**params)
 
 
-def _allowed_params(cls: type[Schedule]) -> set[str]:
-    import inspect
-
-    names = {"t_min", "t_max"}
-    for klass in cls.__mro__:
-        if "__init__" in vars(klass):
-            sig = inspect.signature(klass.__init__)
-            names |= {
-                p for p, v in sig.parameters.items() if p != "self" and v.kind is v.POSITIONAL_OR_KEYWORD
-            }
-    return names
-
-
-def _named_params(cls: type[Schedule]) -> set[str]:
-    """The parameters of ``cls`` whose default is a string: they take a name, every other one a number."""
-    import inspect
-
-    return {
+def _init_params(cls: type[Schedule]) -> list[inspect.Parameter]:
+    """The named parameters of every ``__init__`` along ``cls``'s MRO (``self`` and ``**interval`` aside)."""
+    return [
         p
         for klass in cls.__mro__
         if "__init__" in vars(klass)
-        for p, v in inspect.signature(klass.__init__).parameters.items()
-        if isinstance(v.default, str)
-    }
+        for p in inspect.signature(klass.__init__).parameters.values()
+        if p.name != "self" and p.kind is p.POSITIONAL_OR_KEYWORD
+    ]
 
 
 def _check_positive(**values):
     for key, value in values.items():
         if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
             raise ValueError(f"{key}={value!r} must be a finite number > 0")
+
+
+def _check_pair(schedule: str, **pair) -> tuple[float, float]:
+    """``(lo, hi)`` of ``pair`` (``lo_name=lo, hi_name=hi``) as floats: both > 0 and ``lo < hi``."""
+    _check_positive(**pair)
+    (lo_name, lo), (hi_name, hi) = pair.items()
+    if not lo < hi:
+        raise ValueError(f"{schedule}: {lo_name}={lo} must be below {hi_name}={hi}")
+    return float(lo), float(hi)
 
 
 def _check_interval(t_min: float, t_max: float):

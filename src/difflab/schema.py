@@ -41,9 +41,8 @@ class Field:
     object (anything; ``choices`` decide). ``low``/``high``: bounds, open where ``low_open``/
     ``high_open``. ``choices``: the allowed values, or a function returning them (a registry's keys,
     read when checking). ``nullable``: null allowed. ``optional``: the key may be absent (the reader's
-    default applies). ``any_of``: alternatives, one must allow the value.
-    Lists: ``item`` each item's field; distinct and non-empty (``may_be_empty``: or empty), or exactly
-    ``length`` items (one value:
+    default applies). ``any_of``: alternatives, one must allow the value. Lists: ``item`` each item's
+    field; distinct and non-empty (``may_be_empty``: or empty), or exactly ``length`` items (one value:
     a bad item names the whole list). Mappings: ``fields`` (fixed keys), or ``keys`` and ``values``
     (free keys: registry names); neither: any mapping, left to a cross-check. ``noun`` names what a
     ``choices`` value is ("schedule"): a bad list item or mapping key reads "unknown schedule 'x'".

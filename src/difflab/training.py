@@ -3,9 +3,7 @@
 ``train(cfg, schedule_name, out_dir)`` builds the data, the ``DiffusionModule`` (network, schedule,
 loss) and the Trainer (EMA, checkpoints, sample grids, non-finite-loss guard, W&B logger), fits or
 resumes, and saves; ``load_denoiser(out_dir)`` rebuilds the trained ``Denoiser`` without Lightning.
-``TRAINER_FIELDS``, ``OPTIM_FIELDS``, ``EMA_FIELDS`` and ``CLASS_COND_FIELDS`` declare which values
-of those sections are allowed (``difflab.schema``); every value comes from the config (conf/ holds
-the defaults).
+Every value comes from the config (conf/ holds the defaults; the ``*_FIELDS`` declare what is allowed).
 """
 
 from __future__ import annotations
@@ -280,6 +278,7 @@ def train(
     before anything is written; a non-finite loss raises ``NonFiniteLossError`` keeping the checkpoints.
     """
     from difflab.callbacks import LossCurves
+    from difflab.tracking import finish_run
 
     cfg = _plain(cfg)  # a plain deep copy (OmegaConf resolved): what is logged and saved
     out_dir = pathlib.Path(out_dir)
@@ -301,12 +300,9 @@ def train(
     metrics = _fit_record(trainer, module, dm, {**run, "resumed_from_step": start_step, "seconds": seconds})
     if trainer.is_global_zero:
         save_model(out_dir, module, metrics)
+        final = {f"final/{k}": v for k, v in metrics.items() if v is not None and k != "curves"}
         if logger is not None:
-            from difflab.tracking import finish_run
-
-            finish_run(
-                logger, {f"final/{k}": v for k, v in metrics.items() if v is not None and k != "curves"}
-            )
+            finish_run(logger, final)
     return metrics
 
 
