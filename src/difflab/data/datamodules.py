@@ -6,11 +6,9 @@ images scaled to [-1, 1]: ``x = 2 * level / (levels - 1) - 1``. ``toy2d`` is con
 None``) and stores float points. Attributes: ``data_shape`` ((C, H, W) or (d,)), ``num_classes``,
 ``levels``; ``train_levels()`` and ``heldout_levels()`` give ``(Tensor[N, ...] levels, labels)``.
 
-``DATAMODULES`` is the registry (name -> class); a dataset's ``fields`` declare its config keys (its
-constructor's keyword parameters, whose defaults apply where the config leaves one out), and
-``data_shape_of(cfg)`` / ``known_classes`` tell the shape and the classes without loading anything,
-so a config is checked (``check_data``) before any download.
-"""
+``DATAMODULES`` is the registry (name -> class). A dataset's shape and classes are known from its
+config without loading anything (``data_shape_of``, ``known_classes``), so a config is checked
+(``check_data``) before any download."""
 
 from __future__ import annotations
 
@@ -39,11 +37,9 @@ def _check_fraction(key: str, frac) -> None:
         raise ValueError(f"{key}={frac!r} must be a number in [0, 1)")
 
 
-def _check_loader(batch_size, num_workers) -> None:
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size={batch_size!r} must be an integer >= 1")
-    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
-        raise ValueError(f"num_workers={num_workers!r} must be an integer >= 0")
+def _check_int(key: str, value, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{key}={value!r} must be an integer >= {low}")
 
 
 def _split(n: int, val_fraction: float, test_fraction: float, seed: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -57,9 +53,8 @@ def _split(n: int, val_fraction: float, test_fraction: float, seed: int) -> tupl
 
 class ArrayDataModule(pl.LightningDataModule):
     """A datamodule over in-memory arrays. Subclasses implement ``_load() -> (train, test)``, each a
-    ``(levels, labels)`` pair (test may be ``None``: then it is split off the training pool), and
-    ``data_shape_of(cfg)``; their own config keys are keyword parameters of their ``__init__``, declared
-    in ``fields``.
+    ``(levels, labels)`` pair (test may be ``None``: then it is split off the training pool), and set
+    ``known_shape`` or override ``data_shape_of(cfg)``.
 
     ``val_fraction``, ``test_fraction`` (of the pool when the dataset has no test split),
     ``batch_size``, ``num_workers``; ``root`` where the files are; ``num_classes`` overrides the number
@@ -67,8 +62,9 @@ class ArrayDataModule(pl.LightningDataModule):
 
     name = "array"
     levels: int | None = 256
+    known_shape: tuple[int, ...]  # one example's shape, where the config does not choose it
     known_classes: int | None = None  # the dataset's classes where known before loading
-    # the ``data`` config keys of every dataset besides ``name`` (absent: ``__init__``'s default)
+    # the ``data`` config keys besides ``name``: ``__init__``'s keyword parameters (absent: their default)
     fields: dict[str, Field] = {
         "root": Field(str, nullable=True, optional=True),
         "val_fraction": Field(float, low=0, high=1, high_open=True, optional=True),
@@ -90,24 +86,21 @@ class ArrayDataModule(pl.LightningDataModule):
         num_classes: int | None = None,
     ):
         super().__init__()
-        _check_loader(batch_size, num_workers)
+        _check_int("batch_size", batch_size, 1)
+        _check_int("num_workers", num_workers, 0)
         for key, frac in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
             _check_fraction(key, frac)
         self.seed, self.root = int(seed), root
         self.batch_size, self.num_workers = batch_size, num_workers
         self.val_fraction, self.test_fraction = float(val_fraction), float(test_fraction)
         self._num_classes = num_classes
-        self._splits: dict[str, tuple[Tensor, Tensor]] | None = None
-        self.num_classes = 0
-        self.data_shape: tuple[int, ...] = ()
         self._prepare()
 
     @classmethod
     def data_shape_of(cls, cfg: dict) -> tuple[int, ...]:
         """The shape of one example under config ``cfg`` (the ``data`` section), without loading."""
-        raise NotImplementedError
+        return cls.known_shape
 
-    # -- loading ---------------------------------------------------------------------------------
     def _load(self) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor] | None]:
         raise NotImplementedError
 
@@ -119,7 +112,7 @@ class ArrayDataModule(pl.LightningDataModule):
         else:
             tr, va, _ = _split(len(x), self.val_fraction, 0.0, self.seed)
         self._splits = {"train": (x[tr], y[tr]), "val": (x[va], y[va]), "test": test}
-        self.data_shape = tuple(x.shape[1:])
+        self.data_shape: tuple[int, ...] = tuple(x.shape[1:])
         found = int(y.max()) + 1 if len(y) and y.min() >= 0 else 0
         self.num_classes = int(found if self._num_classes is None else self._num_classes)
 
@@ -141,7 +134,6 @@ class ArrayDataModule(pl.LightningDataModule):
         x, y = self.split(name)
         return TensorDataset(self.to_model_space(x), y.long())
 
-    # -- Lightning hooks -------------------------------------------------------------------------
     def train_dataloader(self) -> DataLoader:
         ds = self.dataset("train")
         return DataLoader(
@@ -168,6 +160,7 @@ class Toy2D(ArrayDataModule):
 
     name = "toy2d"
     levels = None
+    known_shape = (2,)
     known_classes = 0
     fields = {
         **ArrayDataModule.fields,
@@ -181,14 +174,9 @@ class Toy2D(ArrayDataModule):
 
         if toy not in TOY_DATASETS:
             raise ValueError(f"toy: unknown toy dataset {toy!r}; allowed: {', '.join(TOY_DATASETS)}")
-        if isinstance(n, bool) or not isinstance(n, int) or n < 2:
-            raise ValueError(f"n={n!r} must be an integer >= 2")
+        _check_int("n", n, 2)
         self.toy, self.n, self.noise = toy, n, noise
         super().__init__(seed, **{"num_classes": 0, **common})
-
-    @classmethod
-    def data_shape_of(cls, cfg: dict) -> tuple[int, ...]:
-        return (2,)
 
     def _load(self):
         from difflab.data.toy import sample_toy
@@ -205,11 +193,8 @@ class Digits(ArrayDataModule):
 
     name = "digits"
     levels = 17
+    known_shape = (1, 8, 8)
     known_classes = 10
-
-    @classmethod
-    def data_shape_of(cls, cfg: dict) -> tuple[int, ...]:
-        return (1, 8, 8)
 
     def _load(self):
         x, y = _digits_arrays()
@@ -251,21 +236,16 @@ def _download(name: str, dataset_class, root: pathlib.Path) -> None:
     try:
         dataset_class(str(root), download=True)
     except (OSError, RuntimeError) as e:  # no network, a refused or broken download, a bad checksum
-        log.warning(
-            "%s: download failed (%s: %s)", name, type(e).__name__, str(e).splitlines()[0] if str(e) else ""
-        )
+        first = str(e).splitlines()[0] if str(e) else ""
+        log.warning("%s: download failed (%s: %s)", name, type(e).__name__, first)
     finally:
         socket.setdefaulttimeout(old)
 
 
-class MNIST(ArrayDataModule):
-    """MNIST ``[1, 28, 28]``, 256 levels, 10 classes. Reads the IDX files from ``root`` (else env
-    ``DIFFLAB_MNIST_ROOT``, else ``data/mnist``); downloads them with torchvision when missing and
-    ``download`` is set. With only the 10k test split present (offline), that split is divided into
-    train / held-out by ``test_fraction`` and a warning says so."""
+class _Downloadable(ArrayDataModule):
+    """A torchvision dataset (256 levels, 10 classes) downloaded when its files are missing and
+    ``download`` is set."""
 
-    name = "mnist"
-    levels = 256
     known_classes = 10
     fields = {**ArrayDataModule.fields, "download": Field(bool, optional=True)}
 
@@ -275,9 +255,14 @@ class MNIST(ArrayDataModule):
         self.download = download
         super().__init__(seed, **common)
 
-    @classmethod
-    def data_shape_of(cls, cfg: dict) -> tuple[int, ...]:
-        return (1, 28, 28)
+
+class MNIST(_Downloadable):
+    """MNIST ``[1, 28, 28]``: the IDX files under ``root`` (else env ``DIFFLAB_MNIST_ROOT``, else
+    ``data/mnist``). With only the 10k test split present (offline), that split is divided into
+    train / held-out by ``test_fraction`` and a warning says so."""
+
+    name = "mnist"
+    known_shape = (1, 28, 28)
 
     def _load(self):
         import torchvision
@@ -294,37 +279,21 @@ class MNIST(ArrayDataModule):
         test = (_read_idx(test_x)[:, None], _read_idx(test_y).long())
         train_x, train_y = _find(root, "train-images-idx3-ubyte"), _find(root, "train-labels-idx1-ubyte")
         if train_x is None or train_y is None:
-            log.warning(
-                "mnist: only the 10k test split is in '%s'; splitting it into train/val/held-out (seed %d)",
-                root,
-                self.seed,
-            )
+            msg = "mnist: only the 10k test split is in '%s'; splitting it into train/val/held-out (seed %d)"
+            log.warning(msg, root, self.seed)
             self.offline_split = True
             return test, None
         self.offline_split = False
         return (_read_idx(train_x)[:, None], _read_idx(train_y).long()), test
 
 
-class CIFAR10(ArrayDataModule):
-    """CIFAR-10 ``[3, 32, 32]``, 256 levels, 10 classes, from the python pickle batches under ``root``
-    (``cifar-10-batches-py``; default ``data/cifar10``), downloaded with torchvision when missing and
-    ``download`` is set."""
+class CIFAR10(_Downloadable):
+    """CIFAR-10 ``[3, 32, 32]``: the python pickle batches under ``root`` (``cifar-10-batches-py``;
+    default ``data/cifar10``)."""
 
     name = "cifar10"
-    levels = 256
-    known_classes = 10
-    fields = {**ArrayDataModule.fields, "download": Field(bool, optional=True)}
+    known_shape = (3, 32, 32)
     BATCHES = (*(f"data_batch_{i}" for i in range(1, 6)), "test_batch")
-
-    def __init__(self, seed: int = 0, *, download: bool = True, **common):
-        if not isinstance(download, bool):
-            raise ValueError(f"download={download!r} must be true or false")
-        self.download = download
-        super().__init__(seed, **common)
-
-    @classmethod
-    def data_shape_of(cls, cfg: dict) -> tuple[int, ...]:
-        return (3, 32, 32)
 
     def _load(self):
         import torchvision
@@ -337,13 +306,10 @@ class CIFAR10(ArrayDataModule):
             raise ValueError(f"cifar10: no CIFAR-10 batches under data root '{folder}' and no download")
 
         def read(files):
-            xs, ys = [], []
-            for n in files:
-                with open(folder / n, "rb") as f:
-                    d = pickle.load(f, encoding="latin1")
-                xs.append(np.asarray(d["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-                ys.append(np.asarray(d["labels"]))
-            return torch.from_numpy(np.concatenate(xs)), torch.from_numpy(np.concatenate(ys)).long()
+            batches = [pickle.loads((folder / n).read_bytes(), encoding="latin1") for n in files]
+            x = np.concatenate([np.asarray(d["data"], dtype=np.uint8) for d in batches])  # [N, 3072]
+            y = np.concatenate([np.asarray(d["labels"]) for d in batches])
+            return torch.from_numpy(x.reshape(-1, 3, 32, 32)), torch.from_numpy(y).long()
 
         return read(self.BATCHES[:-1]), read(self.BATCHES[-1:])
 
@@ -353,7 +319,6 @@ class ImageFolder(ArrayDataModule):
     ``image_size`` and ``channels`` (1 or 3) fix the shape; 256 levels."""
 
     name = "imagefolder"
-    levels = 256
     fields = {
         **ArrayDataModule.fields,
         "image_size": Field(int, low=1),
@@ -398,32 +363,13 @@ class ImageFolder(ArrayDataModule):
         return (torch.stack(xs), torch.tensor(ys, dtype=torch.long)), None
 
 
-DATAMODULES: dict[str, type[ArrayDataModule]] = {
-    cls.name: cls for cls in (Toy2D, Digits, MNIST, CIFAR10, ImageFolder)
-}
+DATAMODULES = {cls.name: cls for cls in (Toy2D, Digits, MNIST, CIFAR10, ImageFolder)}
 
 
 def __getattr__(name: str):
     if name == "DATASETS":  # the registry's keys, read when asked (datasets registered at run time too)
         return tuple(DATAMODULES)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def _dataset_class(name) -> type[ArrayDataModule]:
-    if name not in DATAMODULES:
-        raise ValueError(f"unknown dataset {name!r}; valid datasets: {', '.join(DATAMODULES)}")
-    return DATAMODULES[name]
-
-
-def _class_and_keys(cfg: dict) -> tuple[type[ArrayDataModule], dict]:
-    cfg = dict(cfg)
-    cls = _dataset_class(cfg.pop("name", None))
-    for key in cfg:
-        if key not in cls.fields:
-            raise ValueError(
-                f"unknown key {key!r} for dataset {cls.name!r}; allowed: name, {', '.join(cls.fields)}"
-            )
-    return cls, cfg
 
 
 DATASET = Field(str, choices=lambda: tuple(DATAMODULES))
@@ -441,11 +387,17 @@ def check_data(cfg: dict) -> tuple[tuple[int, ...], int | None]:
 
 
 def build_datamodule(cfg: dict, seed: int = 0) -> ArrayDataModule:
-    """Build the datamodule ``cfg["name"]`` (a key of ``DATAMODULES``) from the ``data`` config section;
-    the other keys are the dataset's keyword parameters (its ``fields``).
-
-    Unknown name or key, bad values or missing files -> ``ValueError`` (one line). The data are
-    loaded here, eagerly.
-    """
-    cls, cfg = _class_and_keys(cfg)
+    """Build the datamodule ``cfg["name"]`` from the ``data`` config section (the other keys: its
+    ``fields``) and load its data, eagerly. Unknown name or key, bad values or missing files ->
+    ``ValueError`` (one line)."""
+    cfg = dict(cfg)
+    name = cfg.pop("name", None)
+    if name not in DATAMODULES:
+        raise ValueError(f"unknown dataset {name!r}; valid datasets: {', '.join(DATAMODULES)}")
+    cls = DATAMODULES[name]
+    for key in cfg:
+        if key not in cls.fields:
+            raise ValueError(
+                f"unknown key {key!r} for dataset {cls.name!r}; allowed: name, {', '.join(cls.fields)}"
+            )
     return cls(seed, **cfg)

@@ -24,8 +24,7 @@ class GaussianMixture:
     and ``E[x0 | x_t, c]`` is the sum above with ``r_k`` restricted to class ``c``'s components.
     ``num_classes = C`` and ``null_label = C`` (the "no class" label of a classifier-free-guidance
     model: ``cond = null_label`` or ``None`` gives the unconditional denoiser). Without labels
-    ``num_classes = 0``, ``null_label = None`` and the denoiser ignores ``cond``.
-    """
+    ``num_classes = 0``, ``null_label = None`` and the denoiser ignores ``cond``."""
 
     def __init__(
         self, means: Tensor, stds: Tensor | float, weights: Tensor | None = None, labels: Tensor | None = None
@@ -35,11 +34,8 @@ class GaussianMixture:
             raise ValueError(f"means must have shape [K, d], got {tuple(means.shape)}")
         K = means.shape[0]
         stds = torch.as_tensor(stds, dtype=torch.float64).expand(K).clone()
-        weights = (
-            torch.full((K,), 1.0 / K, dtype=torch.float64)
-            if weights is None
-            else torch.as_tensor(weights, dtype=torch.float64)
-        )
+        weights = torch.full((K,), 1.0 / K, dtype=torch.float64) if weights is None else weights
+        weights = torch.as_tensor(weights, dtype=torch.float64)
         if not torch.isfinite(means).all() or not torch.isfinite(stds).all():
             raise ValueError("GaussianMixture: means and stds must be finite")
         if (stds <= 0).any():
@@ -109,7 +105,7 @@ class GaussianMixture:
         x = self.means[k] + self.stds[k, None] * z
         return (x, self.labels[k]) if return_labels else x
 
-    def _component_log_prob(self, x: Tensor, scale: Tensor, var: Tensor) -> Tensor:
+    def _component_log_prob(self, x: Tensor, scale: Tensor | float, var: Tensor) -> Tensor:
         """log w_k + log N(x; scale mu_k, var_k I) for every row and component, ``[n, K]``."""
         x = x.to(torch.float64).reshape(x.shape[0], -1)
         sq = torch.cdist(x, scale * self.means) ** 2  # [n, K]
@@ -120,23 +116,19 @@ class GaussianMixture:
         if label is None:
             return torch.logsumexp(comp, dim=1)
         label = self._check_labels(label, comp.shape[0], "label", allow_null=False)
-        member = self._member[label]  # [n, K]
-        return torch.logsumexp(comp.masked_fill(~member, -math.inf), dim=1) - torch.log(
-            self.class_weights[label]
-        )
+        masked = comp.masked_fill(~self._member[label], -math.inf)  # [n, K]
+        return torch.logsumexp(masked, dim=1) - torch.log(self.class_weights[label])
 
     def log_prob(self, x: Tensor, label: Tensor | int | None = None) -> Tensor:
         """Exact log-density at each row of ``x``, ``[n]``: of the mixture, or with ``label`` (``[n]``
         or one int) of that class's sub-mixture, ``log p(x | c)``."""
-        one = torch.ones((), dtype=torch.float64)
-        return self._reduce(self._component_log_prob(x, one, self.stds**2), label)
+        return self._reduce(self._component_log_prob(x, 1.0, self.stds**2), label)
 
     def class_log_posterior(self, x: Tensor) -> Tensor:
         """``log p(c | x)`` for every row and class, ``[n, C]``: its argmax is the Bayes classifier."""
         if self.labels is None:
             raise ValueError("GaussianMixture: no class posterior, this mixture has no class labels")
-        one = torch.ones((), dtype=torch.float64)
-        comp = self._component_log_prob(x, one, self.stds**2)  # [n, K]
+        comp = self._component_log_prob(x, 1.0, self.stds**2)  # [n, K]
         joint = torch.logsumexp(comp[:, None, :].masked_fill(~self._member[None], -math.inf), dim=2)
         return joint - torch.logsumexp(joint, dim=1, keepdim=True)  # [n, C]
 
@@ -200,14 +192,17 @@ def _check_component_labels(labels, weights: Tensor) -> Tensor:
     return labels
 
 
+def _check_count(key: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{key}={value!r} must be an integer >= 1")
+
+
 def ring_mixture(k: int = 8, radius: float = math.sqrt(2.0), std: float = 0.1) -> GaussianMixture:
     """``k`` equal-weight Gaussians of std ``std`` on a circle of radius ``radius`` in 2-D.
 
     The default radius sqrt(2) gives each coordinate variance ``1 + std^2``; k = 8 is the
-    "8 Gaussians" toy set (``sample_toy("gaussian_mixture", ...)``), with an exact denoiser.
-    """
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ValueError(f"ring_mixture: k={k!r} must be an integer >= 1")
+    "8 Gaussians" toy set (``sample_toy("gaussian_mixture", ...)``), with an exact denoiser."""
+    _check_count("ring_mixture: k", k)
     if not (math.isfinite(radius) and radius >= 0):
         raise ValueError(f"ring_mixture: radius={radius!r} must be a finite number >= 0")
     angle = 2 * math.pi * torch.arange(k, dtype=torch.float64) / k
@@ -217,8 +212,7 @@ def ring_mixture(k: int = 8, radius: float = math.sqrt(2.0), std: float = 0.1) -
 def small_mixture(dim: int = 2) -> GaussianMixture:
     """A small, fixed, deliberately uneven mixture in ``dim`` dimensions for tests: three
     components with weights (0.5, 0.3, 0.2), stds (0.3, 0.5, 0.2) and means at unit scale."""
-    if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
-        raise ValueError(f"small_mixture: dim={dim!r} must be an integer >= 1")
+    _check_count("small_mixture: dim", dim)
     k, j = torch.arange(3, dtype=torch.float64)[:, None], torch.arange(dim, dtype=torch.float64)[None]
     means = 1.2 * torch.cos(2.1 * k + 1.3 * j + 0.4)  # [3, dim]
     return GaussianMixture(means, torch.tensor([0.3, 0.5, 0.2]), torch.tensor([0.5, 0.3, 0.2]))
@@ -229,17 +223,10 @@ def small_mixture(dim: int = 2) -> GaussianMixture:
 # ``noise`` is the std of isotropic Gaussian noise added in those final units. -------------------
 
 
-def _check_n(n) -> None:
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"n={n!r} must be an integer >= 1")
-
-
-def _check_noise(noise) -> None:
-    if (
-        isinstance(noise, bool)
-        or not isinstance(noise, (int, float))
-        or not (math.isfinite(noise) and noise >= 0)
-    ):
+def _check_toy(n, noise) -> None:
+    _check_count("n", n)
+    number = isinstance(noise, (int, float)) and not isinstance(noise, bool)
+    if not (number and math.isfinite(noise) and noise >= 0):
         raise ValueError(f"noise={noise!r} must be a finite number >= 0")
 
 
@@ -253,23 +240,21 @@ def moons(n: int, generator: torch.Generator | None = None, noise: float = 0.05)
     """Two interleaving half circles (scikit-learn's ``make_moons``), ``[n, 2]`` float64.
 
     Outer: (cos th, sin th), inner: (1 - cos th, 1/2 - sin th), th ~ U[0, pi]; centred at
-    (1/2, 1/4) and divided by the RMS spread sqrt((3/4 + 5/8 - 1/pi - 1/16) / 2) ~ 0.705.
-    """
-    _check_n(n), _check_noise(noise)
+    (1/2, 1/4) and divided by the RMS spread sqrt((3/4 + 5/8 - 1/pi - 1/16) / 2) ~ 0.705."""
+    _check_toy(n, noise)
     theta = math.pi * torch.rand(n, dtype=torch.float64, generator=generator)
     inner = torch.arange(n) % 2 == 1
     x = torch.where(inner, 1 - theta.cos(), theta.cos())
     y = torch.where(inner, 0.5 - theta.sin(), theta.sin())
     scale = math.sqrt((0.75 + 0.625 - 1 / math.pi - 0.0625) / 2)
-    return _add_noise(
-        (torch.stack([x, y], 1) - torch.tensor([0.5, 0.25], dtype=torch.float64)) / scale, noise, generator
-    )
+    centred = torch.stack([x, y], 1) - torch.tensor([0.5, 0.25], dtype=torch.float64)
+    return _add_noise(centred / scale, noise, generator)
 
 
 def rings(n: int, generator: torch.Generator | None = None, noise: float = 0.05) -> Tensor:
     """Two concentric circles, radii r and r/2 (``make_circles(factor=0.5)``), half the points
     on each; r = 1/sqrt(5/16) ~ 1.79 gives unit variance per coordinate. ``[n, 2]`` float64."""
-    _check_n(n), _check_noise(noise)
+    _check_toy(n, noise)
     theta = 2 * math.pi * torch.rand(n, dtype=torch.float64, generator=generator)
     radius = torch.where(torch.arange(n) % 2 == 1, 0.5, 1.0).to(torch.float64) / math.sqrt(5 / 16)
     return _add_noise(radius[:, None] * torch.stack([theta.cos(), theta.sin()], 1), noise, generator)
@@ -278,7 +263,7 @@ def rings(n: int, generator: torch.Generator | None = None, noise: float = 0.05)
 def checkerboard(n: int, generator: torch.Generator | None = None, noise: float = 0.0) -> Tensor:
     """Uniform on the 8 "black" cells of a 4 x 4 checkerboard over [-2, 2]^2 (cells where
     floor(x) + floor(y) is even), divided by 2/sqrt(3) (unit variance). ``[n, 2]`` float64."""
-    _check_n(n), _check_noise(noise)
+    _check_toy(n, noise)
     x = 4 * torch.rand(n, dtype=torch.float64, generator=generator) - 2
     row = torch.randint(0, 2, (n,), generator=generator)  # which of the two black cells in x's column
     y_cell = 2 * row - 2 + (torch.floor(x).long() % 2)  # in {-2, -1, 0, 1}, parity matching x's cell
@@ -289,7 +274,7 @@ def checkerboard(n: int, generator: torch.Generator | None = None, noise: float 
 def swiss_roll(n: int, generator: torch.Generator | None = None, noise: float = 0.05) -> Tensor:
     """2-D Swiss roll (``make_swiss_roll``'s (x, z) plane): (t cos t, t sin t), t ~ U[3pi/2, 9pi/2];
     centred at its mean (2, 2/(3pi)) and divided by its RMS spread ~ 6.79. ``[n, 2]`` float64."""
-    _check_n(n), _check_noise(noise)
+    _check_toy(n, noise)
     a, b = 1.5 * math.pi, 4.5 * math.pi
     t = a + (b - a) * torch.rand(n, dtype=torch.float64, generator=generator)
     mean = torch.tensor([2.0, 2 / (3 * math.pi)], dtype=torch.float64)
@@ -300,19 +285,13 @@ def swiss_roll(n: int, generator: torch.Generator | None = None, noise: float = 
 
 def gaussian_mixture(n: int, generator: torch.Generator | None = None, noise: float = 0.1) -> Tensor:
     """8 Gaussians of std ``noise`` on a circle of radius sqrt(2) (``ring_mixture``). ``[n, 2]`` float64."""
-    _check_n(n), _check_noise(noise)
+    _check_toy(n, noise)
     if noise == 0:
         raise ValueError("gaussian_mixture: noise is the components' std and must be > 0")
     return ring_mixture(8, math.sqrt(2.0), noise).sample(n, generator)
 
 
-TOY_DATASETS = {
-    "moons": moons,
-    "rings": rings,
-    "checkerboard": checkerboard,
-    "swiss_roll": swiss_roll,
-    "gaussian_mixture": gaussian_mixture,
-}
+TOY_DATASETS = {f.__name__: f for f in (moons, rings, checkerboard, swiss_roll, gaussian_mixture)}
 
 
 def sample_toy(
@@ -322,10 +301,8 @@ def sample_toy(
     noise: float | None = None,
     dtype: torch.dtype = torch.float32,
 ) -> Tensor:
-    """``n`` points ``[n, 2]`` of the 2-D toy set ``name`` (one of ``TOY_DATASETS``) in ``dtype``.
-
-    ``noise=None`` keeps the set's default noise. The same generator state gives the same points.
-    """
+    """``n`` points ``[n, 2]`` of the 2-D toy set ``name`` (one of ``TOY_DATASETS``) in ``dtype``;
+    ``noise=None`` keeps the set's default noise."""
     if name not in TOY_DATASETS:
         raise ValueError(f"unknown toy dataset {name!r}; valid: {', '.join(TOY_DATASETS)}")
     kwargs = {} if noise is None else {"noise": noise}

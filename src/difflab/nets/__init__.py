@@ -1,12 +1,7 @@
 """Denoiser networks (torch only; they see a noise level, the log-SNR, never a schedule).
 
-All take ``(x, noise_level, class_labels=None)`` and return a tensor shaped like ``x``.
-``NETS`` is the registry (name -> class); ``NET_FIELDS`` declares each network's size arguments
-(its constructor's keyword parameters after ``data_shape`` and ``num_classes``, whose defaults
-apply where the config leaves one out), and the constructor rejects sizes that do not fit the data.
-``build_net(cfg, data_shape, num_classes)`` builds one from the ``denoiser`` config section;
-``check_net`` builds it on the meta device (no memory, no initialisation cost) to validate a config.
-"""
+All take ``(x, noise_level, class_labels=None)`` and return a tensor shaped like ``x``. ``NETS`` is the
+registry (name -> class); each constructor rejects sizes that do not fit the data."""
 
 from __future__ import annotations
 
@@ -21,24 +16,14 @@ from difflab.schema import Field, check_built, check_section
 
 NETS: dict[str, type[nn.Module]] = {"mlp": MLP, "unet": UNet, "dit": DiT}
 
-__all__ = [
-    "DiT",
-    "MLP",
-    "NETS",
-    "Conditioning",
-    "FourierEmbedding",
-    "LabelEmbedding",
-    "LearnedSkip",
-    "UNet",
-    "build_net",
-    "check_net",
-]
+__all__ = ["DiT", "MLP", "NETS", "Conditioning", "FourierEmbedding", "LabelEmbedding", "LearnedSkip", "UNet",
+           "build_net", "check_net"]  # fmt: skip
 
 
 _SIZE = Field(int, low=1, optional=True)
 _DROPOUT = Field(float, low=0, high=1, high_open=True, optional=True)
-# each network's size arguments: the ``denoiser`` section's keys besides ``name`` (absent: the
-# constructor's default); what must fit the data (divisibility, resolutions) the constructor checks
+# each network's size arguments: the ``denoiser`` section's keys besides ``name``, the constructor's
+# keyword parameters after ``data_shape`` and ``num_classes`` (absent: the constructor's default)
 NET_FIELDS: dict[str, dict[str, Field]] = {
     "mlp": {"width": _SIZE, "depth": _SIZE, "emb_dim": _SIZE, "dropout": _DROPOUT},
     "unet": {
@@ -68,8 +53,7 @@ def build_net(cfg: dict, data_shape, num_classes: int = 0) -> nn.Module:
     ``num_classes`` classes (0 = unconditional; the null label is index ``num_classes``).
 
     Raises ``ValueError`` with one line for an unknown name, an unknown size argument, a bad size, or
-    a data shape the network cannot take.
-    """
+    a data shape the network cannot take."""
     cfg = dict(cfg)
     name = cfg.pop("name", None)
     if name not in NETS:

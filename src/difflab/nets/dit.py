@@ -6,7 +6,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from difflab.nets.embedding import Conditioning, LearnedSkip, check_sizes
+from difflab.nets.embedding import Conditioning, LearnedSkip, check_sizes, zero_init
 
 
 def _modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
@@ -17,11 +17,9 @@ def _sincos_2d(dim: int, grid: int) -> Tensor:
     """Fixed 2-D sine-cosine position embedding, ``[grid * grid, dim]`` (MAE / DiT)."""
     quarter = dim // 4
     omega = 1.0 / 10000 ** (torch.arange(quarter, dtype=torch.float64) / quarter)
-    ys, xs = torch.meshgrid(
-        torch.arange(grid, dtype=torch.float64), torch.arange(grid, dtype=torch.float64), indexing="ij"
-    )
-    out = [f(p.reshape(-1, 1) * omega) for p in (ys, xs) for f in (torch.sin, torch.cos)]
-    emb = torch.cat(out, dim=1)
+    pos = torch.arange(grid, dtype=torch.float64)
+    ys, xs = torch.meshgrid(pos, pos, indexing="ij")
+    emb = torch.cat([f(p.reshape(-1, 1) * omega) for p in (ys, xs) for f in (torch.sin, torch.cos)], dim=1)
     return F.pad(emb, (0, dim - emb.shape[1])).float()
 
 
@@ -38,9 +36,7 @@ class DiTBlock(nn.Module):
         self.mlp = nn.Sequential(
             nn.Linear(hidden, inner), nn.GELU(approximate="tanh"), nn.Linear(inner, hidden)
         )
-        self.ada = nn.Sequential(nn.SiLU(), nn.Linear(hidden, 6 * hidden))
-        nn.init.zeros_(self.ada[1].weight)
-        nn.init.zeros_(self.ada[1].bias)
+        self.ada = nn.Sequential(nn.SiLU(), zero_init(nn.Linear(hidden, 6 * hidden)))
 
     def forward(self, x: Tensor, c: Tensor) -> Tensor:
         shift1, scale1, gate1, shift2, scale2, gate2 = self.ada(c).chunk(6, dim=1)
@@ -85,11 +81,8 @@ class DiT(nn.Module):
         self.register_buffer("pos", _sincos_2d(hidden, self.grid)[None], persistent=False)
         self.blocks = nn.ModuleList(DiTBlock(hidden, heads, mlp_ratio) for _ in range(depth))
         self.final_norm = nn.LayerNorm(hidden, elementwise_affine=False, eps=1e-6)
-        self.final_ada = nn.Sequential(nn.SiLU(), nn.Linear(hidden, 2 * hidden))
-        self.final = nn.Linear(hidden, patch_size * patch_size * c_data)
-        for layer in (self.final_ada[1], self.final):
-            nn.init.zeros_(layer.weight)
-            nn.init.zeros_(layer.bias)
+        self.final_ada = nn.Sequential(nn.SiLU(), zero_init(nn.Linear(hidden, 2 * hidden)))
+        self.final = zero_init(nn.Linear(hidden, patch_size * patch_size * c_data))
         self.skip = LearnedSkip(hidden, c_data)
 
     def forward(self, x: Tensor, noise_level: Tensor, class_labels: Tensor | None = None) -> Tensor:

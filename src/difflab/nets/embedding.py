@@ -1,8 +1,7 @@
 """Shared conditioning layers: a Fourier embedding of the noise level and a class embedding.
 
 The networks are conditioned on the log-SNR ``lambda = log(alpha^2 / sigma^2)`` rather than raw t, so
-one architecture serves every schedule (VP, VE and flow all cover roughly lambda in [-15, 15]).
-"""
+one architecture serves every schedule (VP, VE and flow all cover roughly lambda in [-15, 15])."""
 
 from __future__ import annotations
 
@@ -20,9 +19,15 @@ def check_sizes(net: str, **sizes) -> None:
 
 
 def check_dropout(net: str, dropout) -> None:
-    ok = isinstance(dropout, (int, float)) and not isinstance(dropout, bool) and 0 <= dropout < 1
-    if not ok:
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
         raise ValueError(f"dropout={dropout!r} must be a number in [0, 1) (denoiser {net!r})")
+
+
+def zero_init(layer: nn.Linear | nn.Conv2d) -> nn.Linear | nn.Conv2d:
+    """``layer`` with weight and bias set to 0: a residual branch or output that starts at zero."""
+    nn.init.zeros_(layer.weight)
+    nn.init.zeros_(layer.bias)
+    return layer
 
 
 class FourierEmbedding(nn.Module):
@@ -30,8 +35,7 @@ class FourierEmbedding(nn.Module):
 
     ``phi(lambda) = [cos(2 pi f_i lambda), sin(2 pi f_i lambda)]`` with periods from ``max_period`` down
     to ``min_period`` (in log-SNR units), so both coarse and fine changes of noise level are visible.
-    ``[B] -> [B, dim]``.
-    """
+    ``[B] -> [B, dim]``."""
 
     def __init__(self, dim: int, num_freqs: int = 32, min_period: float = 0.5, max_period: float = 64.0):
         super().__init__()
@@ -45,10 +49,8 @@ class FourierEmbedding(nn.Module):
 
 
 class LabelEmbedding(nn.Module):
-    """Class embedding with a learned null label at index ``num_classes`` (classifier-free guidance).
-
-    ``class_labels=None`` means "no class" for the whole batch. ``[B] -> [B, dim]``.
-    """
+    """Class embedding with a learned null label at index ``num_classes`` (classifier-free guidance);
+    ``class_labels=None`` means "no class" for the whole batch. ``[B] -> [B, dim]``."""
 
     def __init__(self, num_classes: int, dim: int):
         super().__init__()
@@ -69,10 +71,8 @@ class LabelEmbedding(nn.Module):
 
 
 class Conditioning(nn.Module):
-    """``emb = FourierEmbedding(lambda) + LabelEmbedding(y)`` (the label part only when num_classes > 0).
-
-    An unconditional network (``num_classes = 0``) ignores any labels it is given.
-    """
+    """``emb = FourierEmbedding(lambda) + LabelEmbedding(y)`` (the label part only when num_classes > 0):
+    an unconditional network (``num_classes = 0``) ignores any labels it is given."""
 
     def __init__(self, dim: int, num_classes: int = 0):
         super().__init__()
@@ -94,9 +94,7 @@ class LearnedSkip(nn.Module):
 
     def __init__(self, emb_dim: int, channels: int):
         super().__init__()
-        self.gain = nn.Linear(emb_dim, channels)
-        nn.init.zeros_(self.gain.weight)
-        nn.init.zeros_(self.gain.bias)
+        self.gain = zero_init(nn.Linear(emb_dim, channels))
 
     def forward(self, out: Tensor, x: Tensor, emb: Tensor) -> Tensor:
         g = self.gain(emb)  # [B, channels]

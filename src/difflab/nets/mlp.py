@@ -6,7 +6,7 @@ import math
 
 from torch import Tensor, nn
 
-from difflab.nets.embedding import Conditioning, LearnedSkip, check_dropout, check_sizes
+from difflab.nets.embedding import Conditioning, LearnedSkip, check_dropout, check_sizes, zero_init
 
 
 class _Block(nn.Module):
@@ -17,10 +17,8 @@ class _Block(nn.Module):
         self.norm = nn.LayerNorm(width)
         self.fc1 = nn.Linear(width, width)
         self.mod = nn.Linear(emb_dim, 2 * width)
-        self.fc2 = nn.Linear(width, width)
+        self.fc2 = zero_init(nn.Linear(width, width))
         self.drop = nn.Dropout(dropout)
-        nn.init.zeros_(self.fc2.weight)
-        nn.init.zeros_(self.fc2.bias)
 
     def forward(self, h: Tensor, emb: Tensor) -> Tensor:
         scale, shift = self.mod(emb).chunk(2, dim=1)
@@ -52,9 +50,7 @@ class MLP(nn.Module):
         self.inp = nn.Linear(dim, width)
         self.blocks = nn.ModuleList(_Block(width, emb_dim, dropout) for _ in range(depth))
         self.out_norm = nn.LayerNorm(width)
-        self.out = nn.Linear(width, dim)
-        nn.init.zeros_(self.out.weight)
-        nn.init.zeros_(self.out.bias)
+        self.out = zero_init(nn.Linear(width, dim))
         self.skip = LearnedSkip(emb_dim, dim)
 
     def forward(self, x: Tensor, noise_level: Tensor, class_labels: Tensor | None = None) -> Tensor:

@@ -7,7 +7,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from difflab.nets.embedding import Conditioning, LearnedSkip, check_dropout, check_sizes
+from difflab.nets.embedding import Conditioning, LearnedSkip, check_dropout, check_sizes, zero_init
 
 
 def _norm(channels: int, groups: int) -> nn.GroupNorm:
@@ -25,11 +25,9 @@ class ResBlock(nn.Module):
         super().__init__()
         self.norm1, self.conv1 = _norm(c_in, groups), nn.Conv2d(c_in, c_out, 3, padding=1)
         self.mod = nn.Linear(emb_dim, 2 * c_out)
-        self.norm2, self.conv2 = _norm(c_out, groups), nn.Conv2d(c_out, c_out, 3, padding=1)
+        self.norm2, self.conv2 = _norm(c_out, groups), zero_init(nn.Conv2d(c_out, c_out, 3, padding=1))
         self.drop = nn.Dropout(dropout)
         self.skip = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
-        nn.init.zeros_(self.conv2.weight)
-        nn.init.zeros_(self.conv2.bias)
 
     def forward(self, x: Tensor, emb: Tensor) -> Tensor:
         h = self.conv1(F.silu(self.norm1(x)))
@@ -48,9 +46,7 @@ class AttnBlock(nn.Module):
         self.heads = heads
         self.norm = _norm(channels, groups)
         self.qkv = nn.Conv2d(channels, 3 * channels, 1)
-        self.proj = nn.Conv2d(channels, channels, 1)
-        nn.init.zeros_(self.proj.weight)
-        nn.init.zeros_(self.proj.bias)
+        self.proj = zero_init(nn.Conv2d(channels, channels, 1))
 
     def forward(self, x: Tensor, emb: Tensor | None = None) -> Tensor:
         B, C, H, W = x.shape
@@ -64,8 +60,7 @@ class UNet(nn.Module):
 
     ``channels`` base width, ``ch_mult`` one multiplier per resolution (H halves between them, so H
     and W must be divisible by ``2 ** (len(ch_mult) - 1)``), ``num_res_blocks`` per resolution,
-    self-attention at the resolutions listed in ``attn_resolutions`` (in pixels).
-    """
+    self-attention at the resolutions listed in ``attn_resolutions`` (in pixels)."""
 
     def __init__(
         self,
@@ -88,16 +83,15 @@ class UNet(nn.Module):
         if emb_dim is not None:
             check_sizes("unet", emb_dim=emb_dim)
         check_dropout("unet", dropout)
-        if len(data_shape) != 3:
-            raise ValueError(
-                f"denoiser 'unet' needs image data [C, H, W]; got data shape {tuple(data_shape)}"
-            )
-        c_data, H, W = data_shape
+        shape = tuple(data_shape)
+        if len(shape) != 3:
+            raise ValueError(f"denoiser 'unet' needs image data [C, H, W]; got data shape {shape}")
+        c_data, H, W = shape
         factor = 2 ** (len(ch_mult) - 1)
         if H % factor or W % factor:
             raise ValueError(
                 f"denoiser 'unet' with {len(ch_mult)} resolutions needs H, W divisible by {factor}; "
-                f"got data shape {tuple(data_shape)}"
+                f"got data shape {shape}"
             )
         resolutions = [H // 2**i for i in range(len(ch_mult))]
         for res in attn_resolutions:
@@ -106,51 +100,42 @@ class UNet(nn.Module):
                     f"attn_resolutions holds {res!r}, not a resolution of this U-Net "
                     f"({', '.join(map(str, resolutions))})"
                 )
-        self.data_shape, self.num_classes = tuple(data_shape), num_classes
+        self.data_shape, self.num_classes = shape, num_classes
         emb_dim = emb_dim or 4 * channels
         self.cond = Conditioning(emb_dim, num_classes)
         self.inp = nn.Conv2d(c_data, channels, 3, padding=1)
 
+        def res_attn(c_in: int, c_out: int, res: int) -> nn.ModuleList:
+            """A residual block, then self-attention where ``res`` is in ``attn_resolutions``."""
+            blocks = [ResBlock(c_in, c_out, emb_dim, groups, dropout)]
+            if res in attn_resolutions:
+                blocks.append(AttnBlock(c_out, groups, heads))
+            return nn.ModuleList(blocks)
+
         self.down = nn.ModuleList()
         skips, c, res = [channels], channels, H
-        for level, mult in enumerate(ch_mult):
+        for i, mult in enumerate(ch_mult):
             for _ in range(num_res_blocks):
-                blocks = [ResBlock(c, channels * mult, emb_dim, groups, dropout)]
+                self.down.append(res_attn(c, channels * mult, res))
                 c = channels * mult
-                if res in attn_resolutions:
-                    blocks.append(AttnBlock(c, groups, heads))
-                self.down.append(nn.ModuleList(blocks))
                 skips.append(c)
-            if level < len(ch_mult) - 1:
+            if i < len(ch_mult) - 1:
                 self.down.append(nn.ModuleList([nn.Conv2d(c, c, 3, stride=2, padding=1)]))
                 skips.append(c)
                 res //= 2
-        self.mid = nn.ModuleList(
-            [
-                ResBlock(c, c, emb_dim, groups, dropout),
-                AttnBlock(c, groups, heads),
-                ResBlock(c, c, emb_dim, groups, dropout),
-            ]
-        )
+        self.mid = nn.ModuleList([ResBlock(c, c, emb_dim, groups, dropout), AttnBlock(c, groups, heads)])
+        self.mid.append(ResBlock(c, c, emb_dim, groups, dropout))
         self.up = nn.ModuleList()
-        for level, mult in reversed(list(enumerate(ch_mult))):
+        for i, mult in reversed(list(enumerate(ch_mult))):
             for _ in range(num_res_blocks + 1):
-                blocks = [ResBlock(c + skips.pop(), channels * mult, emb_dim, groups, dropout)]
+                self.up.append(res_attn(c + skips.pop(), channels * mult, res))
                 c = channels * mult
-                if res in attn_resolutions:
-                    blocks.append(AttnBlock(c, groups, heads))
-                self.up.append(nn.ModuleList(blocks))
-            if level > 0:
-                self.up.append(
-                    nn.ModuleList(
-                        [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(c, c, 3, padding=1)]
-                    )
-                )
+            if i > 0:
+                upsample = [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(c, c, 3, padding=1)]
+                self.up.append(nn.ModuleList(upsample))
                 res *= 2
         self.out_norm = _norm(c, groups)
-        self.out = nn.Conv2d(c, c_data, 3, padding=1)
-        nn.init.zeros_(self.out.weight)
-        nn.init.zeros_(self.out.bias)
+        self.out = zero_init(nn.Conv2d(c, c_data, 3, padding=1))
         self.skip = LearnedSkip(emb_dim, c_data)
 
     @staticmethod

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from difflab.metrics.paired import Difference, Pairing
+from difflab.report.tables import group_by
 from difflab.results import ADAPTIVE_STEPS, Row
 from difflab.solvers import GRIDS
 from difflab.solvers.registry import Solvers
@@ -201,12 +202,9 @@ def _curve(rows: list[Row], pairing: Pairing) -> Curve:
 
 def best_scales(rows: Sequence[Row], pairing: Pairing) -> list[Guided]:
     """Per training schedule (in the rows' order) its curves over w (diagonal guided rows only), the best."""
-    groups: dict[tuple, list[Row]] = {}
-    for r in (r for r in guided_rows(rows) if r.on_diagonal):
-        groups.setdefault((r.schedule, r.solver, r.steps, r.grid), []).append(r)
-    by_schedule: dict[str, list[Curve]] = {}
-    for key, group in groups.items():
-        by_schedule.setdefault(key[0], []).append(_curve(group, pairing))
+    diagonal = [r for r in guided_rows(rows) if r.on_diagonal]
+    groups = group_by(diagonal, lambda r: (r.schedule, r.solver, r.steps, r.grid))
+    by_schedule = group_by((_curve(g, pairing) for g in groups.values()), lambda c: c.rows[0].schedule)
     out = []
     for schedule, curves in by_schedule.items():
         finite = [c for c in curves if c.best is not None]
@@ -219,11 +217,8 @@ def drawn_curves(guided: Guided, solvers: Solvers) -> dict[str, list[Row]]:
     """The curves one guidance panel draws, solver -> rows by w with a finite FID and class accuracy:
     each solver at its largest fixed step count (adaptive: its one), at the grid of lowest FID; with
     more than ``FEW_SOLVERS`` solvers only the lowest-FID solver of each group."""
-    by_solver: dict[str, list[Curve]] = {}
-    for c in guided.curves:
-        pts = [r for r in c.rows if _finite(r.fid) and _finite(r.class_accuracy)]
-        if pts:
-            by_solver.setdefault(c.rows[0].solver, []).append(pts)
+    drawable = ([r for r in c.rows if _finite(r.fid) and _finite(r.class_accuracy)] for c in guided.curves)
+    by_solver = group_by((pts for pts in drawable if pts), lambda pts: pts[0].solver)
     chosen = {}
     for solver, cands in by_solver.items():
         fixed = [pts[0].steps for pts in cands if pts[0].steps != ADAPTIVE_STEPS]

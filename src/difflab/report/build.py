@@ -1,6 +1,5 @@
-"""Turn the evaluate and nll stages' records into ``results/``: comparison.csv, seeds.csv, paired.csv,
-metrics.json, diagnostics.json (``write_tables``; ``metrics.diagnostics.network_diagnostics`` computes
-the last), plots/ and report.html (``write_page``)."""
+"""Turn the evaluate and nll stages' records into ``results/``: the tables (``write_tables``;
+``metrics.diagnostics.network_diagnostics`` computes diagnostics.json), plots/ and report.html."""
 
 from __future__ import annotations
 
@@ -54,9 +53,7 @@ def collect(evals_dir: str | os.PathLike, cfg: Mapping) -> tuple[list[Row], dict
 def load_replicates(evals_dir: str | os.PathLike, rows: Sequence[Row]) -> dict[str, np.ndarray]:
     """``row.seed_key -> FID bootstrap replicates [B]`` of every per-seed row from the evaluate stage's
     ``evals_dir/<model>/seed_<seed>/features.npz`` (``metrics.paired.read_replicates``: they must pair)."""
-    files: dict[Path, list[Row]] = {}
-    for r in rows:
-        files.setdefault(Path(evals_dir) / r.model / f"seed_{r.seed[0]}" / "features.npz", []).append(r)
+    files = tables.group_by(rows, lambda r: Path(evals_dir) / r.model / f"seed_{r.seed[0]}" / "features.npz")
     return read_replicates(files)
 
 

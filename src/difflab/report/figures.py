@@ -1,10 +1,7 @@
 """The report's figures (matplotlib, Agg), each drawn from what ``tables`` and ``axes`` computed and
-saved as a PNG: FID vs NFE per schedule and per solver, the Pareto plane, solver error, bits/dim,
-sample grids, the loss weights per log-SNR, the cross-schedule heat maps, the grid effect and FID vs
-class accuracy under guidance.
-
-A solver keeps one colour in every figure, ODE lines are solid and SDE lines dashed, the marker says
-the order, and legends list the solvers under a heading per family and order (``Solvers.group``)."""
+saved as a PNG. A solver keeps one colour in every figure, ODE lines are solid and SDE lines dashed, the
+marker says the order, and legends list the solvers under a heading per family and order
+(``Solvers.group``)."""
 
 from __future__ import annotations
 

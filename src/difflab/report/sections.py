@@ -187,9 +187,7 @@ def training_seeds(rows: Sequence[Row], ctx: ReportContext) -> Section:
 
 def solvers_and_floor(rows: Sequence[Row], ctx: ReportContext) -> Section:
     main = main_rows(rows, ctx)
-    groups: dict[str, list[str]] = {}
-    for name in _used(main, ctx):
-        groups.setdefault(ctx.solvers.group(name), []).append(name)
+    groups = tables.group_by(_used(main, ctx), ctx.solvers.group)
     families = "; ".join(f"{g}: {', '.join(v)}" for g, v in groups.items())
     by_family = f"Solvers by family (from their specs; the figures group them the same way): {families}."
     paragraphs = [by_family, text.invariance_sentence(main, ctx.solvers)]

@@ -1,6 +1,5 @@
 """The comparison computed from rows (one per setting over its training seeds,
-``results.aggregate_seeds``): the main slice, budgets, frontier, the schedule matrix, the differences
-that survive training noise and paired.csv.
+``results.aggregate_seeds``).
 
 Solvers (``difflab.solvers.registry.Solvers``) are compared at equal NFE (denoiser evaluations), not
 at equal steps. Every row draws sample ``i`` from the same noise, so two rows are compared by the
@@ -12,13 +11,21 @@ the other (the same noise)."""
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import combinations
 
 from difflab.metrics.paired import Difference, Pairing, with_holm
 from difflab.results import ADAPTIVE_STEPS, Row
 from difflab.solvers.registry import Solvers
+
+
+def group_by(items: Iterable, key: Callable) -> dict:
+    """``key(item) -> [items]``, the keys in the order first seen."""
+    groups: dict = {}
+    for item in items:
+        groups.setdefault(key(item), []).append(item)
+    return groups
 
 
 # -- the main slice, budgets, frontier -------------------------------------------------------------

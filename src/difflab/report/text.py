@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 
 from difflab.metrics.paired import Difference
 from difflab.report.axes import BREAK_FACTOR, NOT_IDENTICAL, NOT_MEASURED, Curve, Guided
-from difflab.report.tables import Budget
+from difflab.report.tables import Budget, group_by
 from difflab.results import ADAPTIVE_STEPS, Row
 from difflab.solvers.registry import Solvers
 
@@ -106,9 +106,7 @@ def survival_sentences(survivors: Sequence[Difference], n_seeds: int) -> list[st
     lines = [ONE_SEED if n_seeds <= 1 else MANY_SEEDS.format(k=n_seeds, dof=n_seeds - 1)]
     if not survivors:
         return lines + ["No two training schedules share a fixed-step ODE setting to compare."]
-    pairs: dict[tuple[str, str], list[Difference]] = {}
-    for d in survivors:
-        pairs.setdefault((d.a.schedule, d.b.schedule), []).append(d)
+    pairs = group_by(survivors, lambda d: (d.a.schedule, d.b.schedule))
     lines += [_pair_sentence(pair, items) for pair, items in pairs.items()]
     n_kept, n_holm = sum(d.resolved for d in survivors), sum(d.significant for d in survivors)
     n = len(survivors)
@@ -117,8 +115,7 @@ def survival_sentences(survivors: Sequence[Difference], n_seeds: int) -> list[st
 
 
 def invariance_sentence(rows: Sequence[Row], solvers: Solvers) -> str:
-    """Which rows are identical by schedule invariance (solvers stepping in log-SNR or EDM's
-    variables give the same samples under every schedule for the same exact denoiser)."""
+    """Which rows are identical by schedule invariance (``axes`` says why) and which step in t."""
     used = [n for n in solvers.names if any(r.solver == n for r in rows)]
     inv = [n for n in used if solvers.spec(n).schedule_invariant]
     other = [n for n in used if not solvers.spec(n).schedule_invariant]

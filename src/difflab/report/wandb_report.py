@@ -1,11 +1,5 @@
-"""W&B: the comparison run (offline by default) and a W&B Report of it (``wandb-workspaces``).
-
-The comparison run holds ``comparison/table`` (every row, ``results.CSV_COLUMNS``),
-``comparison/paired`` (the pairs of ``results/paired.csv``), FID-vs-NFE line plots per schedule and
-per solver, bits/dim per schedule, and every report section's tables (``report/<section>/<k>``) and
-figures (``figures/<name>``, sample grids under ``samples/``); it shares the W&B group of the
-training runs. ``report_blocks`` builds the Report's blocks without any network; ``publish_report``
-saves them to W&B only when online with a key and says why not otherwise."""
+"""W&B: the comparison run (offline by default, in the W&B group of the training runs) and a W&B
+Report of it (``wandb-workspaces``)."""
 
 from __future__ import annotations
 
