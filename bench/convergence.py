@@ -192,7 +192,7 @@ def _snapshot_callback(steps: list[int], folder: Path):
             t0, c0 = time.perf_counter(), time.process_time()
             tmp = folder / f"step{k}.ckpt"
             trainer.save_checkpoint(tmp)  # WeightAveraging stores the EMA weights as its state_dict
-            ckpt = torch.load(tmp, map_location="cpu", weights_only=False)
+            ckpt = torch.load(tmp, map_location="cpu", weights_only=True)
             net = {name[4:]: v for name, v in ckpt["state_dict"].items() if name.startswith("net.")}
             hparams = json.loads(json.dumps(dict(ckpt["hyper_parameters"])))
             torch.save({"state_dict": net, "hparams": hparams}, folder / f"model_step{k}.pt")

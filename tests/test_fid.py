@@ -120,6 +120,8 @@ def test_reference_cache_is_keyed_by_content_and_weights(ckpt, halves, digits, t
     again = F.fid_kid(other, ref, extractor_path=ckpt[0], cache_dir=tmp_path, bootstrap=0, kid_subsets=5)
     assert not first["reference_cache_hit"] and again["reference_cache_hit"]
     assert again["fid"] == first["fid"]
+    (cached,) = tmp_path.glob("ref-classifier-*.pt")  # tensors only: it loads as weights
+    assert set(torch.load(cached, weights_only=True)) == {"features", "mu", "sigma", "n"}
     changed = ref.clone()
     changed[0, 0, 0, 0] ^= 1  # one pixel, one bit
     moved = F.fid_kid(other, changed, extractor_path=ckpt[0], cache_dir=tmp_path, bootstrap=0, kid_subsets=5)

@@ -817,7 +817,7 @@ def _stage_floor(inputs: Mapping, n: int, cfg: Mapping) -> dict | None:
     if not (folder / "heldout_features.npy").is_file():
         return None
     ref = json.loads((folder / "floor.json").read_text())["reference_features"]  # fid.reference_statistics
-    ref = torch.load(folder / ref, weights_only=False)["features"]
+    ref = torch.load(folder / ref, weights_only=True)["features"]
     held = np.load(folder / "heldout_features.npy")
     try:
         return floor_at_n(ref, held, n, bootstrap=cfg["evaluate"]["bootstrap"], seed=cfg["seed"])

@@ -141,16 +141,20 @@ def reference_statistics(
     reference: Tensor, *, feature_extractor: str, weights: Path, cache_dir, device="cpu", batch_size: int = 64
 ) -> tuple[dict, str, bool]:
     """``({"features", "mu", "sigma"}, cache key, hit)``, cached in ``cache_dir`` under a key from
-    the reference content, the extractor and the weights file's hash."""
+    the reference content, the extractor and the weights file's hash. The cache holds tensors only
+    (``mu`` and ``sigma`` as float64 tensors, numpy again once loaded), so it loads with
+    ``weights_only=True``."""
     key = hashlib.sha256(
-        f"{feature_extractor}|{content_hash(reference)}|{weights_hash(weights)}".encode()
+        f"tensors|{feature_extractor}|{content_hash(reference)}|{weights_hash(weights)}".encode()
     ).hexdigest()[:32]
     path = Path(cache_dir) / f"ref-{feature_extractor}-{key}.pt"
     if path.is_file():
-        return torch.load(path, map_location="cpu", weights_only=False), key, True
+        stats = torch.load(path, map_location="cpu", weights_only=True)
+        return {**stats, "mu": stats["mu"].numpy(), "sigma": stats["sigma"].numpy()}, key, True
     features = _extract(reference, feature_extractor, weights, device, batch_size)
     stats = {"features": features, **_stats(features), "n": reference.shape[0]}
-    atomic_write(path, lambda tmp: torch.save(stats, tmp))
+    saved = {**stats, "mu": torch.from_numpy(stats["mu"]), "sigma": torch.from_numpy(stats["sigma"])}
+    atomic_write(path, lambda tmp: torch.save(saved, tmp))
     return stats, key, False
 
 
