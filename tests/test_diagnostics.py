@@ -6,6 +6,7 @@ FID's closed-form 1/n bias on Gaussians."""
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -25,7 +26,7 @@ from difflab.metrics.diagnostics import (
     vs_converged_columns,
 )
 from difflab.metrics.fid import bias_shifted_interval, bootstrap_fid, fid_of_features
-from difflab.metrics.paired import row_key
+from difflab.results import Row
 
 D = 8
 EXACT = {"mu": np.zeros(D), "sigma": np.eye(D)}
@@ -86,16 +87,7 @@ def test_training_seeds_spread_can_undo_a_beat():
 
 
 def _row(schedule, solver, steps, grid="logsnr", seed=0, sample_schedule=None, w=None, fid=1.0):
-    return {
-        "schedule": schedule,
-        "solver": solver,
-        "steps": steps,
-        "grid": grid,
-        "seed": seed,
-        "sample_schedule": sample_schedule or schedule,
-        "guidance_scale": w,
-        "fid": fid,
-    }
+    return Row(schedule, solver, steps, sample_schedule or schedule, grid, w, (seed,), fid=fid)
 
 
 FAMILIES = {"rk45": "ode", "euler": "ode", "ddim": "ode", "ddpm": "sde", "euler_maruyama": "sde"}
@@ -143,7 +135,7 @@ def test_converged_partner_is_the_same_networks_solve_of_the_same_kind():
     }
     for r, p in zip(rows, got):
         if id(r) in want:
-            assert p is want[id(r)], row_key(r)
+            assert p is want[id(r)], r.key
     no_sde = converged_partners(rows, FAMILIES)  # no fine-step SDE configured
     assert no_sde[rows.index(ddpm)] is None and no_sde[rows.index(euler)] is rk_vp
     by_registry = converged_partners(rows, None, sde_solver="euler_maruyama", sde_steps=1000)
@@ -160,7 +152,7 @@ def test_vs_converged_columns_from_keyed_replicates():
     conv = _row("vp_linear", "rk45", 0, fid=2.0)
     good = _row("vp_linear", "euler", 20, fid=1.5)
     orphan = _row("ve", "euler", 20, fid=3.0)
-    reps = {row_key(r): r["fid"] + shared + rng.normal(0, 0.01, 100) for r in (conv, good, orphan)}
+    reps = {r.key: r.fid + shared + rng.normal(0, 0.01, 100) for r in (conv, good, orphan)}
     rows = [conv, good, orphan]
     cols = vs_converged_columns(rows, reps, converged_partners(rows, FAMILIES))
     assert cols[0]["vs_converged"] == 0 and cols[0]["beats_converged"] is False
@@ -280,7 +272,7 @@ def test_fid_infinity_of_exact_gaussians_is_near_zero():
 
 def test_regime_sentences_state_cancellation_copying_and_training():
     floor = {"floor_fid": 0.5, "floor_lo": 0.4, "floor_hi": 0.6, "method": "subsample", "n": 400}
-    conv = {**_row("vp_linear", "rk45", 0), "fid": 2.0, "fid_lo": 1.8, "fid_hi": 2.2}
+    conv = replace(_row("vp_linear", "rk45", 0), fid=2.0, fid_lo=1.8, fid_hi=2.2)
     copying = {
         "memorization_ratio": 0.2,
         "copy_fraction": 0.95,

@@ -1,8 +1,7 @@
 """What a run can conclude: the real-data FID floor at the rows' own sample count, error cancellation
 (each row against its own network's converged solution), memorization, training convergence and the
 denoiser's coverage where sampling starts; ``network_diagnostics`` gathers them from the pipeline's
-stage folders into ``results/diagnostics.json``. Rows are the comparison's rows, mappings or
-``difflab.results.Row``.
+stage folders into ``results/diagnostics.json``. Rows are the comparison's ``difflab.results.Row``s.
 """
 
 from __future__ import annotations
@@ -17,7 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from difflab.metrics.paired import LEVEL, row_key, seed_combined_difference
+from difflab.metrics.paired import LEVEL, seed_combined_difference
+from difflab.results import Row
 
 VS_COLUMNS = ("vs_converged", "vs_converged_lo", "vs_converged_hi", "beats_converged")
 CONVERGED_ODE_SOLVER = "rk45"  # the converged PF-ODE: the adaptive solve every network is sampled with
@@ -308,27 +308,10 @@ def vs_converged(fid_row, fid_converged, boots_row, boots_converged, *, level: f
     return dict(zip(VS_COLUMNS, (d["fid_diff"], d["diff_lo"], d["diff_hi"], bool(d["diff_hi"] < 0))))
 
 
-def _get(r, name: str, default=None):
-    return r.get(name, default) if isinstance(r, Mapping) else getattr(r, name, default)
-
-
-def _default_key(r) -> str:
-    """A row's replicate key: ``Row.key`` for a ``difflab.results.Row``, else ``paired.row_key``."""
-    return r.key if hasattr(r, "key") and not isinstance(r, Mapping) else row_key(r)
-
-
-def _seed_text(seed) -> str:
-    if isinstance(seed, (tuple, list)):
-        return " ".join(str(int(s)) for s in seed)
-    return "" if seed is None else str(seed)
-
-
-def _identity(r) -> tuple:
+def _identity(r: Row) -> tuple:
     """What a converged partner shares with its row: the network (model, default its training schedule;
     training schedule; training seeds), the sampling schedule and the guidance scale."""
-    schedule = _get(r, "schedule")
-    network = (_get(r, "model") or schedule, schedule, _seed_text(_get(r, "seed")))
-    return (*network, _get(r, "sample_schedule") or schedule, _get(r, "guidance_scale"))
+    return (r.model or r.schedule, r.schedule, r.seed, r.sample_schedule, r.guidance_scale)
 
 
 def _family_of(families: Mapping | None) -> Callable[[str], str]:
@@ -375,13 +358,12 @@ def converged_partners(
         _check_count("sde_steps", sde_steps, 1)
     pools: dict[tuple, list] = {}
     for r in rows:
-        solver, steps = _get(r, "solver"), int(_get(r, "steps"))
-        if solver == ode_solver or (solver, steps) == (sde_solver, sde_steps):
-            pools.setdefault((family(solver), *_identity(r)), []).append(r)
+        if r.solver == ode_solver or (r.solver, r.steps) == (sde_solver, sde_steps):
+            pools.setdefault((family(r.solver), *_identity(r)), []).append(r)
     out = []
     for r in rows:
-        pool = pools.get((family(_get(r, "solver")), *_identity(r)), [])
-        same_grid = [p for p in pool if _get(p, "grid") == _get(r, "grid")]
+        pool = pools.get((family(r.solver), *_identity(r)), [])
+        same_grid = [p for p in pool if p.grid == r.grid]
         out.append((same_grid or pool or [None])[0])
     return out
 
@@ -391,22 +373,20 @@ def vs_converged_columns(
     replicates: Mapping[str, np.ndarray],
     partners: Sequence,
     *,
-    key: Callable = _default_key,
     level: float = LEVEL,
 ) -> list[dict]:
     """``vs_converged`` of every row against its partner (``converged_partners``), as the comparison's
     columns ``dict(vs_converged, vs_converged_lo, vs_converged_hi, beats_converged)`` (all None where a
-    row has no partner). ``replicates[key(row)]``: the row's bootstrap replicates ``[B]`` or ``[K, B]``
+    row has no partner). ``replicates[row.key]``: the row's bootstrap replicates ``[B]`` or ``[K, B]``
     (``report.build.load_replicates``, ``results.aggregate_seeds``); the per-seed FIDs are the
     row's ``fid_by_seed`` where it has them, else its ``fid``."""
     if len(partners) != len(rows):
         raise ValueError(f"{len(partners)} partners for {len(rows)} rows; pass converged_partners(rows)")
 
     def inputs(r):
-        k = key(r)
-        if k not in replicates:
-            raise ValueError(f"no bootstrap replicates for {k}")
-        return list(_get(r, "fid_by_seed") or [_get(r, "fid")]), replicates[k]
+        if r.key not in replicates:
+            raise ValueError(f"no bootstrap replicates for {r.key}")
+        return list(r.fid_by_seed or [r.fid]), replicates[r.key]
 
     out = []
     for r, p in zip(rows, partners):
@@ -615,7 +595,6 @@ def network_entry(
     copying: Mapping | None = None,
     training: Mapping | None = None,
     coverage: Mapping | None = None,
-    key: Callable = _default_key,
 ) -> dict:
     """One network's record in ``results/diagnostics.json`` (under ``networks``): from its converged
     PF-ODE and reverse-SDE rows (with ``fid``, ``fid_lo``, ``fid_hi``), ``floor_at_n``'s,
@@ -628,10 +607,10 @@ def network_entry(
         out.update({k: (part or {}).get(renamed.get(k, k)) for k in keys})
 
     for kind, row in (("ode", converged_ode), ("sde", converged_sde)):
-        out[f"converged_{kind}_fid"] = None if row is None else _get(row, "fid")
-        out[f"converged_{kind}_lo"] = None if row is None else _get(row, "fid_lo")
-        out[f"converged_{kind}_hi"] = None if row is None else _get(row, "fid_hi")
-        out[f"converged_{kind}_row"] = None if row is None else key(row)
+        out[f"converged_{kind}_fid"] = None if row is None else row.fid
+        out[f"converged_{kind}_lo"] = None if row is None else row.fid_lo
+        out[f"converged_{kind}_hi"] = None if row is None else row.fid_hi
+        out[f"converged_{kind}_row"] = None if row is None else row.key
     take(floor, ("floor_fid", "floor_lo", "floor_hi", "floor_method", "floor_n"))
     for kind in ("ode", "sde"):
         fid, fl = out[f"converged_{kind}_fid"], out["floor_fid"]
@@ -804,7 +783,7 @@ def config_partners(rows: Sequence, cfg: Mapping) -> list:
 
     sample = cfg.get("sample") or {}
     sde = sample.get("converged_sde") or {}
-    names = [CONVERGED_ODE_SOLVER, *([sde["solver"]] if sde else []), *(_get(r, "solver") for r in rows)]
+    names = [CONVERGED_ODE_SOLVER, *([sde["solver"]] if sde else []), *(r.solver for r in rows)]
     solvers = Solvers.of(names, sample.get("options"))
     families = {n: solvers.family(n) for n in solvers.names}
     return converged_partners(rows, families, sde_solver=sde.get("solver"), sde_steps=sde.get("steps"))

@@ -252,18 +252,8 @@ def with_holm(diffs: Sequence[Difference], alpha: float = ALPHA) -> list[Differe
     return [replace(d, p_holm=q, holm_rejects=r) for d, q, r in zip(diffs, holm_adjusted(p), holm(p, alpha))]
 
 
-def row_key(r) -> str:
-    """``difflab.results.Row.key`` of a row given as a dict of its identity (``schedule``, ``solver``,
-    ``steps``, optionally ``sample_schedule``, ``grid``, ``guidance_scale``, ``model``)."""
-    from difflab.results import Row
-
-    identity = ("grid", "guidance_scale", "model")
-    extra = {k: r[k] for k in identity if r.get(k) is not None}
-    return Row(r["schedule"], r["solver"], r["steps"], r.get("sample_schedule") or r["schedule"], **extra).key
-
-
 def save_row_features(path, rows: dict[str, dict], *, bootstrap_seed: int) -> None:
-    """One schedule's rows for paired comparisons, as an atomic ``.npz``: per ``row_key`` the
+    """One schedule's rows for paired comparisons, as an atomic ``.npz``: per ``Row.key`` the
     generated ``features`` (float32 ``[n, d]``), the FID bootstrap replicates ``fid_bootstrap``
     (``[B]``, drawn by ``fid.bootstrap_draws(n, B, bootstrap_seed)``) and the sample ``indices``
     (``[n]``), as ``"<key>/features"`` etc., plus the scalar ``bootstrap_seed``."""
