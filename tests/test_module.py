@@ -10,6 +10,7 @@ import os
 import pathlib
 
 import lightning.pytorch as pl
+import psutil
 import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
@@ -102,6 +103,9 @@ def test_ema_checkpoint_resume_and_weights_only(tmp_path):
     )
     metrics = train(cfg, "flow", tmp_path)
     assert metrics["steps"] == 20
+    # W&B's service has stopped when train() returns: nothing writes into the run folder after the stage
+    # (a stage forked by the warm-start server skips W&B's exit hook; DVC hashes the folder at once)
+    assert not [p.name() for p in psutil.Process().children(recursive=True) if "wandb" in p.name()]
     # sample grids: after the first epoch's validation (step 10) and at the end; 64 samples, a class a column
     from PIL import Image
 

@@ -42,7 +42,9 @@ def test_mnist_pipeline_end_to_end_offline_on_cpu(tmp_path, mnist_root):
     with (repo / "results" / "comparison.csv").open() as fh:
         rows = list(csv.DictReader(fh))
     assert list(rows[0])[: len(COLUMNS)] == COLUMNS
-    assert len(rows) == 2 * (2 * 2 + 1)  # 2 schedules x (2 fixed-step solvers x 2 step counts + rk45)
+    # 2 schedules x (2 fixed-step solvers x 2 step counts + rk45 + the converged stage's reverse-SDE solve)
+    assert len(rows) == 2 * (2 * 2 + 1 + 1)
+    assert sum(r["solver"] == "dpm_solver_2m_sde" and r["steps"] == "200" for r in rows) == 2
     for r in rows:
         assert r["feature_extractor"] == "classifier" and int(r["n_samples"]) == 32
         assert math.isfinite(float(r["fid"])) and float(r["fid"]) > 0

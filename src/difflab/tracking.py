@@ -52,12 +52,20 @@ def make_logger(cfg: dict, name: str, out_dir, job_type: str = "train"):
 
 
 def finish_run(logger, summary: dict) -> None:
-    """Write ``summary`` into the run's summary and close the run."""
-    import wandb
-
+    """Write ``summary`` into the run's summary and close the run (``shut_down``)."""
     logger.experiment.summary.update(summary)
     logger.finalize("success")
+    shut_down()
+
+
+def shut_down() -> None:
+    """Finish the current run and stop W&B's service process, waiting for its last writes. W&B does
+    this at interpreter exit, but a stage forked by the warm-start server ends with ``os._exit``,
+    which skips it: the service would go on writing into the stage's outputs after DVC hashed them."""
+    import wandb
+
     wandb.finish()
+    wandb.teardown()
 
 
 def start_run(cfg: dict, out_dir, group: str, *, job_type: str, name: str):

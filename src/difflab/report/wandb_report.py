@@ -10,7 +10,7 @@ from pathlib import Path
 from difflab.report import sections, tables, text
 from difflab.report.page import cell_text
 from difflab.results import ADAPTIVE_STEPS, CSV_COLUMNS, Row
-from difflab.tracking import start_run, why_offline
+from difflab.tracking import shut_down, start_run, why_offline
 
 TABLE_KEY = "comparison/table"
 PAIRED_KEY = "comparison/paired"
@@ -86,6 +86,7 @@ def log_comparison(
         return Path(run.dir).parent
     finally:
         run.finish()
+        shut_down()
 
 
 def report_blocks(rows: Sequence[Row], summary: Sequence[tables.Budget], where: Mapping[str, str]) -> list:
